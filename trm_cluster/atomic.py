@@ -1,0 +1,61 @@
+"""Atomic file replacement: a reader sees the old file or the new one, never a torn one.
+
+Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target, then
+fsync the directory so the rename itself survives a crash. Every durable write in the package goes
+through here, so there is one place where tests can pause a write (``TRM_CLUSTER_PAUSE_IN_WRITE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+PAUSE_ENV = "TRM_CLUSTER_PAUSE_IN_WRITE"
+"""Test seam: ``"<substring of the target file name>:<seconds>"`` sleeps after the temp file is
+written and before it replaces the target, so a test can kill a process mid-write."""
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
+    """Yield a file to write; on clean exit it atomically becomes ``target``; on error it vanishes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _maybe_pause(target)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(target.parent)
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    with atomic_writer(target) as handle:
+        handle.write(data)
+
+
+def _maybe_pause(target: Path) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    pattern, _, seconds = spec.rpartition(":")
+    if pattern and pattern in target.name:
+        time.sleep(float(seconds))

@@ -1,0 +1,179 @@
+"""Checkpoint files: atomic writes with digests, retention, and a loader that falls back past bad ones.
+
+A checkpoint is a plain dict loaded with ``torch.load(weights_only=True)`` (nothing in it can execute
+code): ``{"model": weights, "trainer": the rest of the trainer state, "rng": ..., "meta": ...}``.
+Capturing the state (:func:`capture`, a detached CPU copy) is separate from writing it, so a writer
+can later run in the background while training goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from .atomic import atomic_writer
+from .manifest import CheckpointRecord, RunManifest, utc_now
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that belongs to another run."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:09d}.pt"
+
+
+def capture(state: Any) -> Any:
+    """A detached CPU copy of every tensor in a nested state, so training may go on mutating its own."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, Mapping):
+        return {key: capture(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [capture(value) for value in state]
+    if isinstance(state, tuple):
+        return tuple(capture(value) for value in state)
+    return state
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        return self._handle.write(view)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    record: CheckpointRecord
+    payload: dict[str, Any]
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` folder of one run, published through its manifest."""
+
+    def __init__(self, manifest: RunManifest, keep_last: int) -> None:
+        self.manifest = manifest
+        self.run_dir = manifest.run_dir
+        self.directory = self.run_dir / CHECKPOINT_DIR
+        self.keep_last = keep_last
+
+    def save(self, step: int, payload: Mapping[str, Any]) -> CheckpointRecord:
+        """Write atomically, then publish in the manifest, then prune files beyond ``keep_last``."""
+        record = self.write(step, payload)
+        self.publish(record)
+        return record
+
+    def write(self, step: int, payload: Mapping[str, Any]) -> CheckpointRecord:
+        target = self.directory / checkpoint_name(step)
+        with atomic_writer(target) as handle:
+            hashing = _HashingWriter(handle)
+            torch.save(dict(payload), hashing)  # type: ignore[arg-type]
+        return CheckpointRecord(
+            step=step,
+            file=str(target.relative_to(self.run_dir)),
+            bytes=hashing.size,
+            sha256=hashing.digest.hexdigest(),
+            created_at=utc_now(),
+        )
+
+    def publish(self, record: CheckpointRecord) -> None:
+        with self.manifest.update() as data:
+            data.checkpoints = [c for c in data.checkpoints if c.step != record.step] + [record]
+            data.checkpoints.sort(key=lambda c: c.step)
+            dropped, data.checkpoints = (
+                data.checkpoints[: -self.keep_last],
+                data.checkpoints[-self.keep_last :],
+            )
+        for old in dropped:
+            (self.run_dir / old.file).unlink(missing_ok=True)
+
+    def load_latest(self, run_uid: str) -> LoadedCheckpoint | None:
+        """The newest checkpoint that exists, matches its digest and loads; None when there is none.
+
+        Falls back past missing or corrupt files with a warning. A valid file that belongs to another
+        run is an error, not a fallback: it means the directory was mixed up by hand.
+        """
+        records = self.manifest.read().checkpoints
+        for record in reversed(records):
+            payload = self._verified_payload(record)
+            if payload is None:
+                continue
+            owner = payload.get("meta", {}).get("run_uid")
+            if owner != run_uid:
+                raise CheckpointError(
+                    f"{record.file} belongs to run {owner!r}, not to this run {run_uid!r}; refusing to load it"
+                )
+            return LoadedCheckpoint(record, payload)
+        if records:
+            raise CheckpointError(
+                f"none of the {len(records)} checkpoints recorded in {self.manifest.path} is usable "
+                "(all missing or corrupt); refusing to restart from scratch"
+            )
+        return None
+
+    def _verified_payload(self, record: CheckpointRecord) -> dict[str, Any] | None:
+        path = self.run_dir / record.file
+        if not path.is_file():
+            log.warning("checkpoint %s (step %d) is missing; falling back", record.file, record.step)
+            return None
+        size = os.path.getsize(path)
+        if size != record.bytes or sha256_of(path) != record.sha256:
+            log.warning("checkpoint %s (step %d) fails its digest; falling back", record.file, record.step)
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            log.warning("checkpoint %s does not load (%s); falling back", record.file, error)
+            return None
+        if not isinstance(payload, dict) or "model" not in payload:
+            log.warning("checkpoint %s has no 'model' entry; falling back", record.file)
+            return None
+        return payload
+
+    def remove_orphans(self) -> list[str]:
+        """Delete files a killed process left behind: temp files and unpublished checkpoints."""
+        if not self.directory.is_dir():
+            return []
+        published = {Path(c.file).name for c in self.manifest.read().checkpoints}
+        removed = []
+        for path in self.directory.iterdir():
+            is_temp = path.name.startswith(".") and path.name.endswith(".tmp")
+            is_unpublished = path.suffix == ".pt" and path.name not in published
+            if is_temp or is_unpublished:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        if removed:
+            log.warning("removed %d unpublished checkpoint file(s): %s", len(removed), ", ".join(removed))
+        return removed

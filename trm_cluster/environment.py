@@ -1,0 +1,122 @@
+"""Where this process runs (Slurm, local, debug executor) and why it was asked to stop.
+
+submitit guesses "timeout vs preemption" from wall time (every signal to a job of 10 minutes or less
+is a "timeout"). Here the answer comes from the scheduler itself: Slurm records a PreemptTime when it
+preempts a job and an EndTime near "now" when the time limit is close; the local executor tells its
+tasks their timeout and signal delay through the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from .signals import StopRequest
+
+log = logging.getLogger(__name__)
+
+TIME_LIMIT_SLACK_S = 60
+"""Slurm checks limits every 30 s, so its warning can come up to 30 s before the requested delay."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    executor: str
+    """slurm, local, debug, or process (called directly, no submitit)."""
+    job_id: str
+    array_index: int | None
+    restart_count: int
+    host: str
+    pid: int
+    global_rank: int
+    world_size: int
+    started_at: float
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @classmethod
+    def detect(cls) -> JobContext:
+        executor = _executor_kind()
+        job_id, rank, world = str(os.getpid()), 0, 1
+        if executor != "process":
+            import submitit
+
+            env = submitit.JobEnvironment()
+            job_id, rank, world = str(env.job_id), env.global_rank, env.num_tasks
+        array = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return cls(
+            executor=executor,
+            job_id=job_id,
+            array_index=int(array) if array else None,
+            restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            global_rank=rank,
+            world_size=world,
+            started_at=time.time(),
+        )
+
+    def classify(self, request: StopRequest, signal_delay_s: float) -> str:
+        """'timeout' or 'preempted' for a stop request, from what the scheduler says."""
+        if self.executor == "slurm":
+            return _classify_slurm(self.job_id, request, signal_delay_s)
+        if self.executor == "local":
+            timeout_s = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "inf"))
+            delay_s = float(os.environ.get("SUBMITIT_LOCAL_SIGNAL_DELAY_S", "0"))
+            elapsed = request.received_at - self.started_at
+            return "timeout" if elapsed >= timeout_s - delay_s - 5 else "preempted"
+        return "preempted"
+
+
+def _executor_kind() -> str:
+    if "SUBMITIT_DEBUG_JOB_ID" in os.environ:
+        return "debug"
+    if "SUBMITIT_LOCAL_JOB_ID" in os.environ:
+        return "local"
+    if "SLURM_JOB_ID" in os.environ and "SUBMITIT_FOLDER" in os.environ:
+        return "slurm"
+    return "process"
+
+
+def _classify_slurm(job_id: str, request: StopRequest, delay_s: float) -> str:
+    fields = slurm_job_fields(job_id)
+    if fields is None:
+        log.warning("scontrol gave no answer for job %s; calling the stop a preemption", job_id)
+        return "preempted"
+    if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
+        return "preempted"
+    end = _parse_slurm_time(fields.get("EndTime", ""))
+    if end is None:
+        return "preempted"
+    remaining = end - request.received_at
+    return "timeout" if remaining <= delay_s + TIME_LIMIT_SLACK_S else "preempted"
+
+
+def slurm_job_fields(job_id: str) -> dict[str, str] | None:
+    """``scontrol show job -o`` as a dict (None when scontrol is missing or fails)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields: dict[str, str] = {}
+    for token in out.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            fields.setdefault(key, value)
+    return fields
+
+
+def _parse_slurm_time(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()  # local time, like Slurm prints
+    except ValueError:
+        return None

@@ -1,0 +1,390 @@
+"""The resumable training job: the whole path of a requeue, top to bottom.
+
+One process runs one *segment* of a run::
+
+    stop signals deferred -> manifest read, segment opened -> trainer built, newest valid checkpoint
+    loaded, RNG restored -> W&B resumed above the watermark -> train step by step ->
+    [signal recorded] -> step boundary -> full state saved atomically -> checkpoint published ->
+    W&B finished as preempted -> segment closed with its reason -> submitit's requeue (exit)
+
+The object submitit pickles (:class:`TrainingJob`) carries only the run directory and a few flags:
+everything else comes back from the manifest and the checkpoint files, so a Slurm-initiated requeue
+that reruns an old pickle still resumes from the newest state on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from .checkpoint import CheckpointStore, capture
+from .config import RunConfig
+from .digest import weights_sha256
+from .environment import JobContext
+from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
+from .signals import StopRequest, StopSignals, preempt_signal
+from .state import capture_rng, restore_rng, seed_everything
+from .tracking import NullTracker, Tracker, WandbTracker
+from .workload import Evaluates, TrainContext, Trainer, load_workload
+
+log = logging.getLogger(__name__)
+
+
+class RequeueRefused(RuntimeError):
+    """The run stopped at a time limit with its timeout requeue budget spent."""
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    reason: str
+    """completed, timeout or preempted."""
+    step: int
+    requeue: bool
+    signum: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingJob(submitit.helpers.Checkpointable):
+    """What submitit runs (and reruns after every requeue) for one run directory."""
+
+    def __init__(
+        self, run_dir: Path, wandb_resume: str = "allow", preempt_at: Sequence[int] = (), quiet: bool = False
+    ) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.wandb_resume = wandb_resume
+        self.preempt_at = tuple(preempt_at)
+        self.quiet = quiet
+
+    def __call__(self) -> dict[str, Any]:
+        _configure_logging()
+        context = JobContext.detect()
+        while True:
+            outcome = run_segment(self.run_dir, context, self.wandb_resume, self.preempt_at, self.quiet)
+            if outcome.reason == "completed":
+                return outcome.summary
+            if not outcome.requeue:
+                raise RequeueRefused(
+                    f"stopped at step {outcome.step} ({outcome.reason}); the timeout requeue budget is spent. "
+                    f"Continue with: python -m trm_cluster.submit --resume {self.run_dir}"
+                )
+            if context.executor in ("debug", "process"):
+                # No scheduler to requeue us: rehearse the requeue in-process, from disk, as a new segment.
+                context = JobContext.detect()
+                continue
+            _hand_over_to_submitit(outcome.signum or preempt_signal())
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Cheap by design: the state is already on disk when submitit calls this."""
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def run_segment(
+    run_dir: Path,
+    context: JobContext,
+    wandb_resume: str = "allow",
+    preempt_at: Sequence[int] = (),
+    quiet: bool = False,
+) -> SegmentOutcome:
+    """Train one process's share of the run and leave disk and manifest consistent however it ends."""
+    signals = StopSignals()
+    signals.install()  # from here on, USR2/TERM are only recorded; we act at step boundaries
+    manifest = RunManifest(run_dir)
+    try:
+        data = manifest.read()
+        run_cfg = RunConfig(**data.config["run"])
+        segment = _open_segment(manifest, context)
+        store = CheckpointStore(manifest, keep_last=run_cfg.keep_checkpoints)
+        store.remove_orphans()
+        trainer, step = _build_and_restore(data, run_cfg, store, run_dir, context)
+        _say(quiet, f"[trm_cluster] segment {segment.index}: step {step}/{data.total_steps} on {context.host}")
+    except BaseException:
+        signals.restore()
+        raise
+
+    tracker: Tracker = NullTracker(data.wandb.last_step)
+    saved_step = step if step > 0 else -1
+    injector = _PreemptionInjector(preempt_at, start_step=step)
+    try:
+        if data.wandb.mode != "disabled" and context.is_rank_zero:
+            tracker = WandbTracker.start(data, run_dir, resume=wandb_resume, quiet=quiet)
+            _record_wandb_started(manifest, segment.index, tracker)
+        injector.start()
+        total = data.total_steps
+        started, started_step = time.time(), step
+        while step < total and signals.request is None:
+            metrics = trainer.train_step(step)
+            step += 1
+            injector.reached(step)
+            if step % run_cfg.log_every == 0 or step == total:
+                tracker.log(step, _with_progress(metrics, step, started, started_step))
+                _say(quiet, _progress_line(step, total, metrics))
+            if run_cfg.eval_every and step % run_cfg.eval_every == 0 and step < total:
+                tracker.log(step, _evaluate(trainer, step))
+            if run_cfg.checkpoint_every and step % run_cfg.checkpoint_every == 0:
+                _save(store, trainer, step, data)
+                saved_step = step
+        injector.stop()
+
+        if signals.request is None:
+            final_eval = _evaluate(trainer, step)
+            if final_eval:
+                tracker.log(step, final_eval)
+                _say(quiet, "[trm_cluster] eval: " + _format(final_eval))
+        if saved_step != step:
+            _save(store, trainer, step, data)
+        request = signals.request  # read once: a signal during the final save still means "stop"
+        reason = "completed" if step >= total else _stop_reason(context, request, data)
+        tracker.finish(preempting=reason != "completed")
+        requeue = _close_segment(manifest, segment.index, step, reason, request, tracker)
+        summary = _summary(manifest, store) if reason == "completed" else {}
+        _say(quiet, f"[trm_cluster] segment {segment.index} ended at step {step}: {reason}")
+        return SegmentOutcome(reason, step, requeue, request.signum if request else None, summary)
+    except BaseException as error:
+        injector.stop()
+        tracker.finish(preempting=False, failed=True)
+        killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        _fail_segment(manifest, segment.index, step, "killed" if killed else "failed", error)
+        raise
+    finally:
+        signals.restore()
+
+
+def _hand_over_to_submitit(signum: int) -> None:
+    """Call submitit's own handler now that the state is durable: it calls our cheap ``checkpoint()``,
+    dumps the pickle, runs ``scontrol requeue`` (local: exit code 144) and exits."""
+    handler = signal.getsignal(preempt_signal())
+    if not callable(handler):
+        raise RuntimeError("no submitit signal handler installed; is this running under submitit?")
+    handler(preempt_signal(), None)
+    sys.exit(-1)  # submitit's handler exits itself; this only guards against one that returns
+
+
+def _open_segment(manifest: RunManifest, context: JobContext) -> Segment:
+    with manifest.update() as data:
+        dangling = data.open_segment
+        if dangling is not None:
+            _refuse_if_alive(dangling, context)
+            dangling.end_time = utc_now()
+            dangling.end_step = data.step
+            dangling.end_reason = "killed"
+            dangling.message = "process ended without closing its segment (SIGKILL, OOM, node failure?)"
+        segment = Segment(
+            index=len(data.segments),
+            job_id=context.job_id,
+            array_index=context.array_index,
+            restart_count=context.restart_count,
+            host=context.host,
+            pid=context.pid,
+            executor=context.executor,
+            start_time=utc_now(),
+            start_step=data.step,
+        )
+        data.segments.append(segment)
+        data.status = "running"
+    return segment
+
+
+def _refuse_if_alive(segment: Segment, context: JobContext) -> None:
+    if segment.host != context.host or segment.pid == context.pid:
+        return
+    try:
+        os.kill(segment.pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise ManifestError(
+        f"run is already being trained by pid {segment.pid} on {segment.host} (segment {segment.index}); "
+        "refusing to train it twice"
+    )
+
+
+def _build_and_restore(
+    data: ManifestData, run_cfg: RunConfig, store: CheckpointStore, run_dir: Path, context: JobContext
+) -> tuple[Trainer, int]:
+    workload = load_workload(data.workload)
+    job_cfg = workload.config_from_dict(data.config["job"])
+    seed_everything(run_cfg.seed)
+    trainer = workload.build(
+        job_cfg,
+        TrainContext(
+            seed=run_cfg.seed,
+            total_steps=data.total_steps,
+            run_dir=run_dir,
+            rank=context.global_rank,
+            world_size=context.world_size,
+        ),
+    )
+    loaded = store.load_latest(data.run_uid)
+    if loaded is None:
+        return trainer, 0
+    payload = loaded.payload
+    trainer.load_state_dict({**payload["trainer"], "model": payload["model"]})
+    restore_rng(payload["rng"])  # last: building and loading must not consume the restored streams
+    return trainer, int(payload["meta"]["step"])
+
+
+def _save(store: CheckpointStore, trainer: Trainer, step: int, data: ManifestData) -> None:
+    state = capture(trainer.state_dict())
+    if "model" not in state:
+        raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
+    model = state.pop("model")
+    payload = {
+        "model": model,
+        "trainer": state,
+        "rng": capture(capture_rng()),
+        "meta": {
+            "format": 1,
+            "step": step,
+            "run_uid": data.run_uid,
+            "run_name": data.name,
+            "workload": data.workload,
+            "config": data.config,
+            "saved_at": utc_now(),
+        },
+    }
+    store.save(step, payload)
+
+
+def _stop_reason(context: JobContext, request: StopRequest | None, data: ManifestData) -> str:
+    if request is None:
+        return "preempted"
+    signal_delay_s = float(data.launch.get("signal_delay_s", 120))
+    return context.classify(request, signal_delay_s)
+
+
+def _close_segment(
+    manifest: RunManifest,
+    index: int,
+    step: int,
+    reason: str,
+    request: StopRequest | None,
+    tracker: Tracker,
+) -> bool:
+    """Close the segment; count the requeue; return whether a requeue is allowed."""
+    with manifest.update() as data:
+        segment = data.segments[index]
+        segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
+        segment.signal = request.name if request else None
+        data.wandb.last_step = max(data.wandb.last_step, tracker.last_step)
+        if reason == "completed":
+            data.status = "completed"
+            return False
+        data.requeues[reason] = data.requeues.get(reason, 0) + 1
+        allowed = reason == "preempted" or data.requeues["timeout"] <= data.max_requeues
+        data.status = "requeued" if allowed else "failed"
+        if not allowed:
+            segment.message = f"timeout requeue budget spent ({data.max_requeues} requeues)"
+        return allowed
+
+
+def _fail_segment(manifest: RunManifest, index: int, step: int, reason: str, error: BaseException) -> None:
+    try:
+        with manifest.update() as data:
+            segment = data.segments[index]
+            if segment.end_reason is None:
+                segment.end_time, segment.end_step, segment.end_reason = utc_now(), data.step, reason
+                segment.message = "".join(traceback.format_exception_only(error)).strip()[-2000:]
+            if data.status != "requeued":
+                data.status = "failed"
+    except Exception as manifest_error:  # the original error matters more
+        log.error("could not record the failure in the manifest: %s", manifest_error)
+
+
+def _record_wandb_started(manifest: RunManifest, index: int, tracker: Tracker) -> None:
+    with manifest.update() as data:
+        data.wandb.started = True
+        data.segments[index].wandb_dir = tracker.segment_dir
+
+
+def _summary(manifest: RunManifest, store: CheckpointStore) -> dict[str, Any]:
+    data = manifest.read()
+    latest = data.checkpoints[-1]
+    payload = store.load_latest(data.run_uid)
+    return {
+        "status": data.status,
+        "step": latest.step,
+        "run_id": data.wandb.run_id,
+        "checkpoint": latest.file,
+        "weights_sha256": weights_sha256(payload.payload["model"]) if payload else None,
+    }
+
+
+def _evaluate(trainer: Trainer, step: int) -> dict[str, float]:
+    if not isinstance(trainer, Evaluates):
+        return {}
+    return {f"eval/{k}": float(v) for k, v in trainer.evaluate(step).items()}
+
+
+def _with_progress(metrics: Mapping[str, float], step: int, started: float, started_step: int) -> dict[str, float]:
+    elapsed = max(time.time() - started, 1e-9)
+    return {
+        **{f"train/{k}": float(v) for k, v in metrics.items()},
+        "trainer/step": float(step),
+        "trainer/steps_per_s": (step - started_step) / elapsed,
+    }
+
+
+def _progress_line(step: int, total: int, metrics: Mapping[str, float]) -> str:
+    return f"[trm_cluster] step {step}/{total} " + _format(metrics)
+
+
+def _format(metrics: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={float(v):.4g}" for k, v in list(metrics.items())[:8])
+
+
+def _say(quiet: bool, line: str) -> None:
+    if not quiet:
+        print(line, flush=True)
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class _PreemptionInjector:
+    """Preemption rehearsal: send ourselves the real preemption signal once the run passes given steps.
+
+    A thread sends it, so it lands asynchronously, mid-step, as a scheduler's signal would.
+    """
+
+    def __init__(self, steps: Sequence[int], start_step: int) -> None:
+        self._pending = sorted(s for s in steps if s >= start_step)[:1]  # one per process: it then stops
+        self._reached = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._pending:
+            self._thread = threading.Thread(target=self._run, name="preemption-injector", daemon=True)
+            self._thread.start()
+
+    def reached(self, step: int) -> None:
+        if self._pending and step >= self._pending[0]:
+            self._reached.set()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._reached.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        self._reached.wait()
+        if self._done.is_set():
+            return
+        time.sleep(random.Random(self._pending[0]).uniform(0.0, 0.005))
+        os.kill(os.getpid(), preempt_signal())

@@ -1,0 +1,74 @@
+"""Deferred stop signals: the handler only records the request; the loop acts at a step boundary.
+
+submitit's own USR2 handler checkpoints and requeues inside the handler, i.e. at whatever bytecode the
+loop was executing (mid ``optimizer.step()``), and SIGTERM is merely logged. :class:`StopSignals`
+replaces both with a handler that notes the first request and returns; the previous handlers are
+kept so the job can hand over to submitit's requeue path once the state is safely on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+def preempt_signal() -> signal.Signals:
+    """The signal submitit and Slurm use for "save and requeue" (USR2 unless SUBMITIT_PREEMPT_SIGNAL)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+    return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    signum: int
+    received_at: float
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class StopSignals:
+    """Record stop requests (the preemption signal and SIGTERM) instead of acting on them."""
+
+    def __init__(self) -> None:
+        self.signals: tuple[signal.Signals, ...] = tuple(dict.fromkeys((preempt_signal(), signal.SIGTERM)))
+        self._previous: dict[int, Handler] = {}
+        self._owner_pid = os.getpid()
+        self.request: StopRequest | None = None
+        self.repeats = 0
+
+    def install(self) -> None:
+        self._owner_pid = os.getpid()
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._record)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def previous_handler(self, signum: int) -> Handler:
+        return self._previous.get(signum)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        # Runs between two bytecodes of arbitrary code: no locks, no I/O, no allocation-heavy work.
+        if os.getpid() != self._owner_pid:
+            return  # a forked child (e.g. a DataLoader worker) inherited this handler: not ours to act on
+        if self.request is None:
+            self.request = StopRequest(signum, time.time())
+        else:
+            self.repeats += 1
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """Use as a DataLoader ``worker_init_fn``: workers must neither die of USR2 nor act on it."""
+    for signum in (preempt_signal(), signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

@@ -1,0 +1,170 @@
+"""One W&B run across every process of a training run.
+
+The run id lives in the manifest (written before the first ``wandb.init``); every process resumes it
+with ``resume="allow"`` (or ``"must"`` when asked) and logs with ``step=`` the global step. Steps at or
+below the watermark (the highest step already on disk, from the manifest and from the ``.wandb``
+files earlier processes left) are never logged again, so offline segments synced later hold no
+duplicated or shifted points.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import wandb_files
+from .manifest import ManifestData, WandbInfo
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """A W&B-compatible run id: 8 lowercase base-36 characters, like wandb's own."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def api_key_configured() -> bool:
+    """Whether W&B could log online: a key in the environment or in ~/.netrc (never read or copied)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str) -> str:
+    if requested == "auto":
+        return "online" if api_key_configured() else "offline"
+    if requested not in ("online", "offline", "disabled"):
+        raise ValueError(f"unknown W&B mode {requested!r} (auto, online, offline, disabled)")
+    return requested
+
+
+def drop_empty_wandb_env() -> list[str]:
+    """wandb crashes on empty WANDB_* values (e.g. WANDB_MODE=""); unset them, never export them."""
+    empty = [k for k, v in os.environ.items() if k.startswith("WANDB_") and v == ""]
+    for key in empty:
+        del os.environ[key]
+    return empty
+
+
+def change_annotations(data: ManifestData) -> dict[str, Any]:
+    """W&B config entries that say which settings were changed on a resume, and how.
+
+    A change of ``job.curriculum.x`` gives ``curriculum_modified: true`` and a ``curriculum_change``
+    description, so a chart reader sees that the run was not trained under one config throughout.
+    """
+    notes: dict[str, Any] = {}
+    for change in data.config_changes:
+        for key, (old, new) in change.changes.items():
+            parts = key.split(".")
+            field = parts[1] if parts[0] == "job" and len(parts) > 1 else parts[-1]
+            notes[f"{field}_modified"] = True
+            described = f"{key}: {old!r} -> {new!r} at step {change.at_step}"
+            previous = notes.get(f"{field}_change")
+            notes[f"{field}_change"] = f"{previous}; {described}" if previous else described
+    if notes:
+        notes["config_modified"] = True
+    return notes
+
+
+class Tracker(Protocol):
+    last_step: int
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def finish(self, preempting: bool, failed: bool = False) -> None: ...
+
+    @property
+    def segment_dir(self) -> str | None: ...
+
+
+class NullTracker:
+    """W&B disabled (or a rank other than 0): keeps the interface, logs nothing."""
+
+    def __init__(self, last_step: int = -1) -> None:
+        self.last_step = last_step
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.last_step = max(self.last_step, step)
+
+    def finish(self, preempting: bool, failed: bool = False) -> None:
+        pass
+
+    @property
+    def segment_dir(self) -> str | None:
+        return None
+
+
+class WandbTracker:
+    """The W&B run of one process, bound to the manifest's run id and watermark."""
+
+    def __init__(self, run: Any, watermark: int, run_dir: Path) -> None:
+        self._run = run
+        self.watermark = watermark
+        self.last_step = watermark
+        self._run_dir = run_dir
+        self.skipped = 0
+
+    @classmethod
+    def start(
+        cls, data: ManifestData, run_dir: Path, resume: str = "allow", quiet: bool = False
+    ) -> WandbTracker:
+        import wandb
+
+        drop_empty_wandb_env()
+        info: WandbInfo = data.wandb
+        watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
+        word = "Resuming" if info.started else "Starting new"
+        print(f"{word} W&B run: {info.run_id}", flush=True)
+        run = wandb.init(
+            id=info.run_id,
+            resume=resume,
+            project=info.project,
+            entity=info.entity,
+            name=data.name,
+            dir=str(run_dir),
+            mode=info.mode,  # type: ignore[arg-type]
+            config=data.config,
+            settings=wandb.Settings(console="off", quiet=quiet),
+        )
+        notes = change_annotations(data)
+        if notes:
+            run.config.update(notes, allow_val_change=True)
+        return cls(run, watermark, run_dir)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        if step <= self.watermark:
+            self.skipped += 1  # an earlier process already put this step on disk
+            return
+        self._run.log(dict(metrics), step=step)
+        self.last_step = max(self.last_step, step)
+
+    def finish(self, preempting: bool, failed: bool = False) -> None:
+        """Flush and close; a preempted segment is marked so W&B shows it as preempted, not crashed."""
+        if self._run is None:
+            return
+        run, self._run = self._run, None
+        try:
+            if preempting:
+                run.mark_preempting()
+            run.finish(exit_code=1 if preempting or failed else 0)
+        except Exception as error:  # wandb-core may already be gone (SIGTERM); the data is on disk or lost
+            log.warning("W&B finish failed: %s", error)
+
+    @property
+    def segment_dir(self) -> str | None:
+        """The offline-run-*/run-* folder this process writes, relative to the run directory."""
+        try:
+            return str(Path(self._run.dir).parent.relative_to(self._run_dir))
+        except (ValueError, AttributeError):
+            return None
