@@ -108,7 +108,9 @@ def run_segment(
         store = CheckpointStore(manifest, keep_last=run_cfg.keep_checkpoints)
         store.remove_orphans()
         trainer, step = _build_and_restore(data, run_cfg, store, run_dir, context)
-        _say(quiet, f"[trm_cluster] segment {segment.index}: step {step}/{data.total_steps} on {context.host}")
+        _say(
+            quiet, f"[trm_cluster] segment {segment.index}: step {step}/{data.total_steps} on {context.host}"
+        )
     except BaseException:
         signals.restore()
         raise
@@ -328,7 +330,9 @@ def _evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     return {f"eval/{k}": float(v) for k, v in trainer.evaluate(step).items()}
 
 
-def _with_progress(metrics: Mapping[str, float], step: int, started: float, started_step: int) -> dict[str, float]:
+def _with_progress(
+    metrics: Mapping[str, float], step: int, started: float, started_step: int
+) -> dict[str, float]:
     elapsed = max(time.time() - started, 1e-9)
     return {
         **{f"train/{k}": float(v) for k, v in metrics.items()},
@@ -351,8 +355,14 @@ def _say(quiet: bool, line: str) -> None:
 
 
 def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Our warnings (checkpoint fallbacks, W&B trouble) go to the job's stderr log, once."""
+    package = logging.getLogger("trm_cluster")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False
 
 
 class _PreemptionInjector:
@@ -362,7 +372,8 @@ class _PreemptionInjector:
     """
 
     def __init__(self, steps: Sequence[int], start_step: int) -> None:
-        self._pending = sorted(s for s in steps if s >= start_step)[:1]  # one per process: it then stops
+        # One per process (it then stops); a process resumed at step s has already been stopped by s.
+        self._pending = sorted(s for s in steps if s > start_step)[:1]
         self._reached = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None

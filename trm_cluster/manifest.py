@@ -159,7 +159,9 @@ class RunManifest:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ManifestError(f"{self.path} is corrupt (not valid JSON: {error}); refusing to touch it")
+            raise ManifestError(
+                f"{self.path} is corrupt (not valid JSON: {error}); refusing to touch it"
+            ) from None
         if not isinstance(raw, dict) or "schema_version" not in raw:
             raise ManifestError(f"{self.path} is corrupt (no schema_version); refusing to touch it")
         version = raw["schema_version"]
@@ -171,7 +173,9 @@ class RunManifest:
         try:
             data = ManifestData.from_dict(raw)
         except (TypeError, KeyError) as error:
-            raise ManifestError(f"{self.path} is corrupt (bad field: {error}); refusing to touch it")
+            raise ManifestError(
+                f"{self.path} is corrupt (bad field: {error}); refusing to touch it"
+            ) from None
         if config_hash(data.config) != data.config_hash:
             raise ManifestError(f"{self.path} is corrupt (config does not match config_hash)")
         return data

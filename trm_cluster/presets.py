@@ -17,12 +17,13 @@ A preset file looks like::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 PRESET_SUFFIX = ".toml"
 

@@ -100,7 +100,11 @@ def dataclass_from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> Config
     hints = _resolved_hints(cls)
     for name, value in values.items():
         field_type = hints.get(name)
-        if isinstance(field_type, type) and dataclasses.is_dataclass(field_type) and isinstance(value, Mapping):
+        if (
+            isinstance(field_type, type)
+            and dataclasses.is_dataclass(field_type)
+            and isinstance(value, Mapping)
+        ):
             kwargs[name] = dataclass_from_dict(field_type, value)
         elif isinstance(value, (list, tuple)) and _is_tuple_type(field_type):
             item_type = _tuple_item_type(field_type)

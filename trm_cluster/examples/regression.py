@@ -70,7 +70,9 @@ class RegressionTrainer:
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr)
         warmup = max(config.warmup_steps, 1)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup)
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
         self._batches: Iterator[list[torch.Tensor]] | None = None
 
@@ -108,7 +110,7 @@ class RegressionTrainer:
         self.ema.update_parameters(self.model)
         if self.config.step_delay_s:
             time.sleep(self.config.step_delay_s)
-        return {"loss": float(loss.detach()), "lr": self.schedule.get_last_lr()[0], "noise": self.noise(step)}
+        return {"loss": float(loss.detach()), "lr": float(self.schedule.get_last_lr()[0]), "noise": self.noise(step)}
 
     def evaluate(self, step: int) -> Mapping[str, float]:
         inputs, targets = self.dataset.tensors

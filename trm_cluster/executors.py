@@ -1,0 +1,135 @@
+"""submitit executors for Slurm, local processes and in-process debugging, from one options dataclass."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import submitit
+
+ExecutorKind = Literal["auto", "slurm", "local", "debug"]
+
+UNLIMITED_SUBMITIT_TIMEOUTS = 1_000_000
+"""submitit counts "timeouts" by a wall-time guess and stops requeueing after max_num_timeout; the
+requeue budget is kept in the manifest instead (timeouts counted from what Slurm says, preemptions
+never), so submitit's own counter is set out of reach."""
+
+
+@dataclass
+class ExecutorOptions:
+    """Where and how the job runs. Not part of the training config: may change on every --resume."""
+
+    executor: ExecutorKind = "auto"
+    """slurm, local (a process per task on this machine, real signals), debug (in this process), or
+    auto: slurm when the Slurm controller answers, else local."""
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    time_min: int = 60
+    """Time limit per job (Slurm) or per process (local)."""
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which the job is warned (USR2): longer than a save takes."""
+    max_requeues: int = 20
+    """Requeues after a time limit before the run gives up; preemptions are not counted."""
+    sbatch: tuple[str, ...] = field(default_factory=tuple)
+    """Extra sbatch options as KEY=VALUE (e.g. --sbatch exclusive=1 mail_type=END)."""
+    job_name: str = "trm"
+
+    def validate(self) -> None:
+        if self.time_min <= 0:
+            raise ValueError(f"--time-min must be positive, got {self.time_min}")
+        if self.signal_delay_s < 0 or self.signal_delay_s >= self.time_min * 60:
+            raise ValueError(
+                f"--signal-delay-s must be in [0, time limit = {self.time_min * 60} s), got {self.signal_delay_s}"
+            )
+        if self.nodes < 1 or self.tasks_per_node < 1 or self.gpus_per_node < 0:
+            raise ValueError("--nodes and --tasks-per-node must be >= 1 and --gpus-per-node >= 0")
+        if self.max_requeues < 0:
+            raise ValueError(f"--max-requeues must be >= 0, got {self.max_requeues}")
+        for item in self.sbatch:
+            if "=" not in item:
+                raise ValueError(f"--sbatch takes KEY=VALUE items, got {item!r}")
+
+    def extra_sbatch(self) -> dict[str, str]:
+        return {key.replace("-", "_"): value for key, _, value in (i.partition("=") for i in self.sbatch)}
+
+
+def slurm_available() -> bool:
+    """True when a Slurm controller answers (a bare ``sbatch`` binary is not enough)."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def resolve_kind(kind: ExecutorKind) -> str:
+    if kind == "auto":
+        return "slurm" if slurm_available() else "local"
+    return kind
+
+
+def slurm_parameters(options: ExecutorOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "job_name": options.job_name,
+        "time": options.time_min,
+        "nodes": options.nodes,
+        "ntasks_per_node": options.tasks_per_node,
+        "signal_delay_s": options.signal_delay_s,
+        "partition": options.partition,
+        "cpus_per_task": options.cpus_per_task,
+        "gpus_per_node": options.gpus_per_node or None,
+        "mem": f"{options.mem_gb:g}GB" if options.mem_gb else None,
+        "account": options.account,
+        "qos": options.qos,
+        "constraint": options.constraint,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    if options.sbatch:
+        params["additional_parameters"] = options.extra_sbatch()
+    return params
+
+
+def make_executor(kind: str, options: ExecutorOptions, folder: Path) -> submitit.Executor:
+    if kind == "slurm":
+        slurm = submitit.SlurmExecutor(folder=folder, max_num_timeout=UNLIMITED_SUBMITIT_TIMEOUTS)
+        slurm.update_parameters(**slurm_parameters(options))
+        return slurm
+    if kind == "local":
+        if options.nodes != 1:
+            raise ValueError("the local executor runs on one node; use --nodes 1")
+        local = submitit.LocalExecutor(folder=folder, max_num_timeout=UNLIMITED_SUBMITIT_TIMEOUTS)
+        local.update_parameters(
+            timeout_min=options.time_min,
+            tasks_per_node=options.tasks_per_node,
+            signal_delay_s=options.signal_delay_s,
+            **({"gpus_per_node": options.gpus_per_node} if options.gpus_per_node else {}),
+        )
+        return local
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    raise ValueError(f"unknown executor {kind!r} (auto, slurm, local, debug)")
+
+
+def sbatch_script(options: ExecutorOptions, folder: Path) -> str:
+    """The sbatch script a Slurm submission would use, without needing Slurm on this machine.
+
+    submitit builds it in ``submitit.slurm.slurm._make_sbatch_string`` (private, but the only way to
+    see the script without submitting); the command line is the one SlurmExecutor runs.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return str(_make_sbatch_string(command=command, folder=folder, **slurm_parameters(options)))

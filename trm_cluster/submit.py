@@ -1,0 +1,219 @@
+"""``python -m trm_cluster.submit``: start a run (or resume one) through submitit.
+
+The preset (``--preset NAME|PATH``, or the run's own config with ``--resume RUN_DIR``) supplies the
+defaults of every flag, so ``--help`` shows the values that will actually be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import tyro
+
+from .config import RunConfig
+from .executors import ExecutorOptions, resolve_kind, sbatch_script
+from .launch import (
+    LOG_DIR,
+    WandbOptions,
+    config_differences,
+    create_run,
+    follow,
+    preemption_steps,
+    resolved_config,
+    resume_run,
+    submit,
+)
+from .manifest import ManifestError, RunManifest
+from .presets import PresetError, load_preset
+from .workload import Workload, dataclass_from_dict, load_workload
+
+JobT = TypeVar("JobT")
+DEFAULT_PRESET = "tiny"
+
+
+@dataclass
+class SubmitArgs(Generic[JobT]):
+    """Submit a training run through submitit (Slurm, local processes, or in-process debug)."""
+
+    job: JobT
+    run: RunConfig
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
+    preset: str = DEFAULT_PRESET
+    """A preset name from jobs/ or a path to a preset .toml file."""
+    resume: Path | None = None
+    """Continue the run in this directory (same W&B run); flags given here override its config."""
+    run_dir: Path | None = None
+    """Directory of a new run (default: runs/<name>)."""
+    name: str | None = None
+    """Run name (default: <preset>-<date>-<time>)."""
+    wandb_project: str = "peptide-trm"
+    wandb_entity: str | None = None
+    wandb_mode: str = "auto"
+    """auto (online when an API key is configured, else offline), online, offline."""
+    no_wandb: bool = False
+    """Disable W&B entirely."""
+    wandb_must_resume: bool = False
+    """With --resume: fail unless the W&B run exists (W&B's resume="must")."""
+    preemptions: int = 0
+    """Rehearsal: send the job N real preemption signals at random steps."""
+    dry_run: bool = False
+    """Print the resolved config and the sbatch script, then exit without writing anything."""
+    wait: bool = False
+    """Follow the job to its end; exit 0 only if the run completed."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except (ValueError, ManifestError, PresetError) as error:
+        print(f"trm-submit: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", default=None)
+    early.add_argument("--resume", type=Path, default=None)
+    known, _ = early.parse_known_args(argv)
+
+    workload, defaults, run_config = _defaults(known.preset, known.resume)
+    args: SubmitArgs[Any] = tyro.cli(
+        SubmitArgs[workload.config_type],  # type: ignore[name-defined]
+        default=SubmitArgs(
+            job=defaults, run=run_config, preset=known.preset or DEFAULT_PRESET, resume=known.resume
+        ),
+        args=argv,
+        prog="python -m trm_cluster.submit",
+        config=(tyro.conf.OmitArgPrefixes,),
+    )
+    args.run.validate()
+    args.executor.validate()
+    config = resolved_config(args.run, args.job)
+    kind = resolve_kind(args.executor.executor)
+    launch = {
+        **dataclasses.asdict(args.executor),
+        "executor": kind,
+        "preset": args.preset,
+    }
+    if args.resume is not None:
+        return _resume(args, config, kind, launch)
+    return _new(args, workload, config, kind, launch)
+
+
+def _defaults(preset_name: str | None, resume: Path | None) -> tuple[Workload[Any], Any, RunConfig]:
+    """The workload and the values flags default to: the preset's, or the resumed run's own."""
+    if resume is None:
+        preset = load_preset(preset_name or DEFAULT_PRESET)
+        workload = load_workload(preset.workload)
+        return workload, workload.config_from_dict(preset.job), dataclass_from_dict(RunConfig, preset.run)
+    data = RunManifest(resume).read()
+    workload = load_workload(data.workload)
+    if preset_name is not None:
+        preset = load_preset(preset_name)
+        preset_config = resolved_config(
+            dataclass_from_dict(RunConfig, preset.run),
+            load_workload(preset.workload).config_from_dict(preset.job),
+        )
+        differing = config_differences(data.config, preset_config)
+        if preset.workload != data.workload or differing:
+            keys = ", ".join(sorted(differing)) or "workload"
+            raise ValueError(
+                f"preset {preset_name!r} differs from the run's config ({keys}); to change settings on resume, "
+                "pass them as flags (e.g. --steps N) without --preset"
+            )
+    return (
+        workload,
+        workload.config_from_dict(data.config["job"]),
+        dataclass_from_dict(RunConfig, data.config["run"]),
+    )
+
+
+def _new(
+    args: SubmitArgs[Any], workload: Workload[Any], config: dict[str, Any], kind: str, launch: dict[str, Any]
+) -> int:
+    preset = load_preset(args.preset)
+    name = args.name or f"{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = (args.run_dir or Path("runs") / name).resolve()
+    if args.dry_run:
+        return _dry_run(args, config, run_dir)
+    wandb = WandbOptions(
+        project=args.wandb_project,
+        entity=args.wandb_entity,
+        mode="disabled" if args.no_wandb else args.wandb_mode,
+    )
+    data = create_run(run_dir, name, preset.workload, config, wandb, args.executor.max_requeues, launch)
+    preempt_at = preemption_steps(args.preemptions, data.total_steps, data.run_uid)
+    return _submit_and_report(args, run_dir, kind, "allow", preempt_at)
+
+
+def _resume(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: dict[str, Any]) -> int:
+    assert args.resume is not None
+    run_dir = args.resume.resolve()
+    if args.dry_run:
+        return _dry_run(args, config, run_dir)
+    data = resume_run(run_dir, config, launch)
+    if data.config_changes and data.config_changes[-1].at_step == data.step:
+        for key, (old, new) in data.config_changes[-1].changes.items():
+            print(f"config change at step {data.step}: {key}: {old!r} -> {new!r}")
+    preempt_at = tuple(
+        s + data.step for s in preemption_steps(args.preemptions, data.total_steps - data.step, data.run_uid)
+    )
+    return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
+
+
+def _dry_run(args: SubmitArgs[Any], config: dict[str, Any], run_dir: Path) -> int:
+    import json
+
+    print(f"# run directory: {run_dir}")
+    print("# resolved config:")
+    print("\n".join(f"#   {line}" for line in json.dumps(config, indent=2).splitlines()))
+    print(sbatch_script(args.executor, run_dir / LOG_DIR), end="")
+    return 0
+
+
+def _submit_and_report(
+    args: SubmitArgs[Any], run_dir: Path, kind: str, wandb_resume: str, preempt_at: tuple[int, ...]
+) -> int:
+    submission = submit(run_dir, kind, args.executor, wandb_resume=wandb_resume, preempt_at=preempt_at)
+    job = submission.job
+    print(f"submitted job {job.job_id} ({kind})")
+    print(f"  run dir:  {run_dir}")
+    print(f"  logs:     {job.paths.stdout}")
+    print(f"            {job.paths.stderr}")
+    print(f"  W&B run:  {submission.run_id}")
+    if preempt_at:
+        print(f"  rehearsal: preemption signals after steps {', '.join(map(str, preempt_at))}")
+    if kind == "debug":
+        error = _run_in_process(job)
+        if error is not None:
+            print(f"trm-submit: job failed: {error}", file=sys.stderr)
+    elif not args.wait:
+        return 0
+    else:
+        for line in follow(submission):
+            print(line, flush=True)
+    data = RunManifest(run_dir).read()
+    print(f"run {data.status} at step {data.step}/{data.total_steps}")
+    return 0 if data.status == "completed" else 1
+
+
+def _run_in_process(job: Any) -> BaseException | None:
+    """Run a debug-executor job now, in this process; return its error instead of opening pdb."""
+    import os
+
+    os.environ["SUBMITIT_DEBUG_JOB_ID"] = str(job.job_id)
+    try:
+        return job.exception()  # type: ignore[no-any-return]
+    finally:
+        os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
