@@ -107,7 +107,7 @@ def run_segment(
         segment = _open_segment(manifest, context)
         store = CheckpointStore(manifest, keep_last=run_cfg.keep_checkpoints)
         store.remove_orphans()
-        trainer, step = _build_and_restore(data, run_cfg, store, run_dir, context)
+        trainer, step, journal = _build_and_restore(data, run_cfg, store, run_dir, context)
         _say(
             quiet, f"[trm_cluster] segment {segment.index}: step {step}/{data.total_steps} on {context.host}"
         )
@@ -120,7 +120,9 @@ def run_segment(
     injector = _PreemptionInjector(preempt_at, start_step=step)
     try:
         if data.wandb.mode != "disabled" and context.is_rank_zero:
-            tracker = WandbTracker.start(data, run_dir, resume=wandb_resume, quiet=quiet)
+            tracker = WandbTracker.start(
+                data, run_dir, resume=wandb_resume, quiet=quiet, journal=journal, resume_step=step
+            )
             _record_wandb_started(manifest, segment.index, tracker)
         injector.start()
         total = data.total_steps
@@ -135,7 +137,7 @@ def run_segment(
             if run_cfg.eval_every and step % run_cfg.eval_every == 0 and step < total:
                 tracker.log(step, _evaluate(trainer, step))
             if run_cfg.checkpoint_every and step % run_cfg.checkpoint_every == 0:
-                _save(store, trainer, step, data)
+                _save(store, trainer, step, data, tracker)
                 saved_step = step
         injector.stop()
 
@@ -145,7 +147,7 @@ def run_segment(
                 tracker.log(step, final_eval)
                 _say(quiet, "[trm_cluster] eval: " + _format(final_eval))
         if saved_step != step:
-            _save(store, trainer, step, data)
+            _save(store, trainer, step, data, tracker)
         request = signals.request  # read once: a signal during the final save still means "stop"
         reason = "completed" if step >= total else _stop_reason(context, request, data)
         tracker.finish(preempting=reason != "completed")
@@ -215,7 +217,8 @@ def _refuse_if_alive(segment: Segment, context: JobContext) -> None:
 
 def _build_and_restore(
     data: ManifestData, run_cfg: RunConfig, store: CheckpointStore, run_dir: Path, context: JobContext
-) -> tuple[Trainer, int]:
+) -> tuple[Trainer, int, list[dict[str, Any]]]:
+    """Build the trainer and load the newest valid checkpoint; also return its W&B row journal."""
     workload = load_workload(data.workload)
     job_cfg = workload.config_from_dict(data.config["job"])
     seed_everything(run_cfg.seed)
@@ -231,14 +234,14 @@ def _build_and_restore(
     )
     loaded = store.load_latest(data.run_uid)
     if loaded is None:
-        return trainer, 0
+        return trainer, 0, []
     payload = loaded.payload
     trainer.load_state_dict({**payload["trainer"], "model": payload["model"]})
     restore_rng(payload["rng"])  # last: building and loading must not consume the restored streams
-    return trainer, int(payload["meta"]["step"])
+    return trainer, int(payload["meta"]["step"]), list(payload.get("tracking", {}).get("journal", []))
 
 
-def _save(store: CheckpointStore, trainer: Trainer, step: int, data: ManifestData) -> None:
+def _save(store: CheckpointStore, trainer: Trainer, step: int, data: ManifestData, tracker: Tracker) -> None:
     state = capture(trainer.state_dict())
     if "model" not in state:
         raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
@@ -247,6 +250,7 @@ def _save(store: CheckpointStore, trainer: Trainer, step: int, data: ManifestDat
         "model": model,
         "trainer": state,
         "rng": capture(capture_rng()),
+        "tracking": {"journal": tracker.journal()},
         "meta": {
             "format": 1,
             "step": step,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,10 +77,18 @@ def change_annotations(data: ManifestData) -> dict[str, Any]:
     return notes
 
 
+JOURNAL_ROWS = 1000
+"""Rows kept for replay. W&B writes its .wandb file only every ~15 s, so a SIGKILLed process loses
+the rows logged since its last flush, though its checkpoint may be newer. Each checkpoint therefore
+carries the last rows logged; the next process re-logs those above what reached the disk."""
+
+
 class Tracker(Protocol):
     last_step: int
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def journal(self) -> list[dict[str, Any]]: ...
 
     def finish(self, preempting: bool, failed: bool = False) -> None: ...
 
@@ -96,6 +104,9 @@ class NullTracker:
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.last_step = max(self.last_step, step)
+
+    def journal(self) -> list[dict[str, Any]]:
+        return []
 
     def finish(self, preempting: bool, failed: bool = False) -> None:
         pass
@@ -113,11 +124,19 @@ class WandbTracker:
         self.watermark = watermark
         self.last_step = watermark
         self._run_dir = run_dir
+        self._journal: dict[int, dict[str, float]] = {}
         self.skipped = 0
+        self.replayed = 0
 
     @classmethod
     def start(
-        cls, data: ManifestData, run_dir: Path, resume: str = "allow", quiet: bool = False
+        cls,
+        data: ManifestData,
+        run_dir: Path,
+        resume: str = "allow",
+        quiet: bool = False,
+        journal: Sequence[Mapping[str, Any]] = (),
+        resume_step: int = 0,
     ) -> WandbTracker:
         import wandb
 
@@ -140,7 +159,21 @@ class WandbTracker:
         notes = change_annotations(data)
         if notes:
             run.config.update(notes, allow_val_change=True)
-        return cls(run, watermark, run_dir)
+        tracker = cls(run, watermark, run_dir)
+        tracker._replay(journal, resume_step)
+        return tracker
+
+    def _replay(self, journal: Sequence[Mapping[str, Any]], resume_step: int) -> None:
+        """Re-log the checkpoint's rows that an earlier process logged but never got onto disk."""
+        rows = sorted((int(r["step"]), r["metrics"]) for r in journal if int(r["step"]) <= resume_step)
+        missing = [(step, metrics) for step, metrics in rows if step > self.watermark]
+        if missing and rows[0][0] > self.watermark + 1 and self.watermark >= 0:
+            log.warning(
+                "W&B steps %d..%d are lost (older than the journal)", self.watermark + 1, rows[0][0] - 1
+            )
+        for step, metrics in missing:
+            self.log(step, metrics)
+        self.replayed = len(missing)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if step <= self.watermark:
@@ -148,6 +181,12 @@ class WandbTracker:
             return
         self._run.log(dict(metrics), step=step)
         self.last_step = max(self.last_step, step)
+        self._journal.setdefault(step, {}).update(metrics)
+        while len(self._journal) > JOURNAL_ROWS:
+            del self._journal[next(iter(self._journal))]
+
+    def journal(self) -> list[dict[str, Any]]:
+        return [{"step": step, "metrics": dict(metrics)} for step, metrics in self._journal.items()]
 
     def finish(self, preempting: bool, failed: bool = False) -> None:
         """Flush and close; a preempted segment is marked so W&B shows it as preempted, not crashed."""

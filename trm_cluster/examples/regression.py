@@ -85,6 +85,9 @@ class RegressionTrainer:
                     sampler=self.sampler,
                     num_workers=self.config.num_workers,
                     worker_init_fn=ignore_stop_signals,
+                    # Without its own generator, every new iterator draws a seed from the GLOBAL torch
+                    # RNG, so a resume (one extra iterator) would shift all later random numbers.
+                    generator=torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch),
                 )
                 self._batches = iter(loader)
             batch = next(self._batches, None)
@@ -110,7 +113,11 @@ class RegressionTrainer:
         self.ema.update_parameters(self.model)
         if self.config.step_delay_s:
             time.sleep(self.config.step_delay_s)
-        return {"loss": float(loss.detach()), "lr": float(self.schedule.get_last_lr()[0]), "noise": self.noise(step)}
+        return {
+            "loss": float(loss.detach()),
+            "lr": float(self.schedule.get_last_lr()[0]),
+            "noise": self.noise(step),
+        }
 
     def evaluate(self, step: int) -> Mapping[str, float]:
         inputs, targets = self.dataset.tensors

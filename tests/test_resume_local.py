@@ -1,0 +1,141 @@
+"""End to end through the real CLI and submitit's local executor, with real signals.
+
+The regression example workload (milliseconds per step) keeps these fast; the TRM workload has its
+own exact-resume test in tests/trm/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+
+COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
+
+
+def expected_steps(total: int = 200, every: int = 5) -> list[int]:
+    return list(range(every, total + 1, every))
+
+
+def test_preempted_three_times_ends_bit_identical_to_uninterrupted(workdir: Path) -> None:
+    straight = workdir / "straight"
+    interrupted = workdir / "interrupted"
+    first = cli("submit", *COMMON, "--run-dir", str(straight), cwd=workdir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = cli("submit", *COMMON, "--run-dir", str(interrupted), "--preemptions", "3", cwd=workdir)
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    data = manifest(interrupted)
+    reasons = [s["end_reason"] for s in data["segments"]]
+    assert reasons == ["preempted", "preempted", "preempted", "completed"]
+    assert all(s["signal"] == "SIGUSR2" for s in data["segments"][:3])
+    # each segment starts where the previous one stopped: no step lost, none trained twice
+    for before, after in zip(data["segments"], data["segments"][1:], strict=False):
+        assert after["start_step"] == before["end_step"]
+    assert data["status"] == "completed" and data["requeues"] == {"timeout": 0, "preempted": 3}
+    assert len({s["job_id"] for s in data["segments"]}) == 1  # requeued, not resubmitted
+
+    a, b = status_json(straight, workdir), status_json(interrupted, workdir)
+    assert a["step"] == b["step"] == 200
+    assert a["weights_sha256"] == b["weights_sha256"]
+    assert "Resuming W&B run: " + data["wandb"]["run_id"] in second.stdout
+    assert second.stdout.count("Starting new W&B run") == 1
+
+    segments = assert_one_continuous_wandb_run(interrupted, expected_steps())
+    assert len(segments) == 4
+    assert [s.preempting for s in segments] == [True, True, True, False]
+    assert [s.exit_code for s in segments] == [1, 1, 1, 0]
+    # the same metrics as the uninterrupted run, step for step
+    rows_a = {
+        r["_step"]: r["train/loss"]
+        for s in assert_one_continuous_wandb_run(straight, expected_steps())
+        for r in s.history
+    }
+    rows_b = {r["_step"]: r["train/loss"] for s in segments for r in s.history}
+    assert rows_a == rows_b
+
+
+def test_sigterm_saves_at_the_next_step_and_requeues(workdir: Path) -> None:
+    run_dir = workdir / "run"
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02")
+    pid = _wait_for_segment(run_dir, min_step=0)
+    _wait_for_checkpoint(run_dir, 50)
+    os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    first = manifest(run_dir)["segments"][0]
+    assert first["end_reason"] == "preempted" and first["signal"] == "SIGTERM"
+    assert manifest(run_dir)["status"] == "completed"
+
+
+def test_sigkill_then_resume_closes_segment_as_killed_and_never_logs_a_step_twice(workdir: Path) -> None:
+    run_dir = workdir / "run"
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
+    pid = _wait_for_segment(run_dir, min_step=0)
+    _wait_for_checkpoint(run_dir, 100)
+    time.sleep(0.5)  # log a few steps past the checkpoint before dying
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err  # the job died: --wait reports failure
+    assert manifest(run_dir)["segments"][0]["end_reason"] is None
+
+    resumed = cli("submit", "--resume", str(run_dir), "--executor", "local", "--wait", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
+    assert data["segments"][1]["start_step"] == data["segments"][0]["end_step"] >= 100
+    assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))
+
+
+def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(workdir: Path) -> None:
+    run_dir = workdir / "run"
+    result = cli(
+        "submit", *COMMON, "--run-dir", str(run_dir),
+        "--time-min", "1", "--signal-delay-s", "50", "--max-requeues", "1",
+        "--steps", "100000", "--step-delay-s", "0.002",
+        cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["timeout", "timeout"]
+    assert data["requeues"]["timeout"] == 2 and data["status"] == "failed"
+    assert "budget" in data["segments"][-1]["message"]
+    first, second = data["segments"]
+    assert second["start_step"] == first["end_step"]
+    assert data["checkpoints"][-1]["step"] == second["end_step"] >= first["end_step"]
+
+
+def _start(workdir: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", *COMMON, "--run-dir", str(run_dir), *extra],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_segment(run_dir: Path, min_step: int, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "manifest.json").exists():
+            segments = manifest(run_dir)["segments"]
+            if segments and segments[-1]["end_reason"] is None and segments[-1]["start_step"] >= min_step:
+                return int(segments[-1]["pid"])
+        time.sleep(0.1)
+    raise TimeoutError("no running segment")
+
+
+def _wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(c["step"] >= step for c in manifest(run_dir)["checkpoints"]):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no checkpoint at step {step}")
