@@ -103,22 +103,24 @@ def run_segment(
     manifest = RunManifest(run_dir)
     try:
         data = manifest.read()
-        run_cfg = RunConfig(**data.config["run"])
         segment = _open_segment(manifest, context)
+    except BaseException:
+        signals.restore()
+        raise
+
+    tracker: Tracker = NullTracker(data.wandb.last_step)
+    injector = _PreemptionInjector(preempt_at, start_step=data.step)
+    step = data.step
+    try:
+        run_cfg = RunConfig(**data.config["run"])
         store = CheckpointStore(manifest, keep_last=run_cfg.keep_checkpoints)
         store.remove_orphans()
         trainer, step, journal = _build_and_restore(data, run_cfg, store, run_dir, context)
         _say(
             quiet, f"[trm_cluster] segment {segment.index}: step {step}/{data.total_steps} on {context.host}"
         )
-    except BaseException:
-        signals.restore()
-        raise
-
-    tracker: Tracker = NullTracker(data.wandb.last_step)
-    saved_step = step if step > 0 else -1
-    injector = _PreemptionInjector(preempt_at, start_step=step)
-    try:
+        saved_step = step if step > 0 else -1
+        injector = _PreemptionInjector(preempt_at, start_step=step)
         if data.wandb.mode != "disabled" and context.is_rank_zero:
             tracker = WandbTracker.start(
                 data, run_dir, resume=wandb_resume, quiet=quiet, journal=journal, resume_step=step

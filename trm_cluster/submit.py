@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import tyro
 
@@ -41,9 +41,9 @@ DEFAULT_PRESET = "tiny"
 class SubmitArgs(Generic[JobT]):
     """Submit a training run through submitit (Slurm, local processes, or in-process debug)."""
 
-    job: JobT
-    run: RunConfig
-    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
+    job: Annotated[JobT, tyro.conf.arg(name="")]
+    run: Annotated[RunConfig, tyro.conf.arg(name="")]
+    executor: Annotated[ExecutorOptions, tyro.conf.arg(name="")] = field(default_factory=ExecutorOptions)
     preset: str = DEFAULT_PRESET
     """A preset name from jobs/ or a path to a preset .toml file."""
     resume: Path | None = None
@@ -54,10 +54,10 @@ class SubmitArgs(Generic[JobT]):
     """Run name (default: <preset>-<date>-<time>)."""
     wandb_project: str = "peptide-trm"
     wandb_entity: str | None = None
-    wandb_mode: str = "auto"
-    """auto (online when an API key is configured, else offline), online, offline."""
-    no_wandb: bool = False
-    """Disable W&B entirely."""
+    wandb_mode: Literal["auto", "online", "offline"] = "auto"
+    """auto: online when an API key is configured, else offline."""
+    wandb: bool = True
+    """Log to W&B; --no-wandb disables it entirely."""
     wandb_must_resume: bool = False
     """With --resume: fail unless the W&B run exists (W&B's resume="must")."""
     preemptions: int = 0
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=None)
     early.add_argument("--resume", type=Path, default=None)
     known, _ = early.parse_known_args(argv)
@@ -89,9 +89,8 @@ def _main(argv: list[str]) -> int:
         default=SubmitArgs(
             job=defaults, run=run_config, preset=known.preset or DEFAULT_PRESET, resume=known.resume
         ),
-        args=argv,
+        args=expand_name_shorthands(argv, workload.config_type),
         prog="python -m trm_cluster.submit",
-        config=(tyro.conf.OmitArgPrefixes,),
     )
     args.run.validate()
     args.executor.validate()
@@ -105,6 +104,17 @@ def _main(argv: list[str]) -> int:
     if args.resume is not None:
         return _resume(args, config, kind, launch)
     return _new(args, workload, config, kind, launch)
+
+
+def expand_name_shorthands(argv: list[str], config_type: type[Any]) -> list[str]:
+    """``--curriculum delayed-spectrum`` for ``--curriculum.name delayed-spectrum``: any nested config
+    dataclass with a ``name`` field can be picked by name with its own flag."""
+    named = {
+        f"--{f.name.replace('_', '-')}"
+        for f in dataclasses.fields(config_type)
+        if dataclasses.is_dataclass(f.type) and any(g.name == "name" for g in dataclasses.fields(f.type))
+    }
+    return [f"{arg}.name" if arg in named else arg for arg in argv]
 
 
 def _defaults(preset_name: str | None, resume: Path | None) -> tuple[Workload[Any], Any, RunConfig]:
@@ -146,7 +156,7 @@ def _new(
     wandb = WandbOptions(
         project=args.wandb_project,
         entity=args.wandb_entity,
-        mode="disabled" if args.no_wandb else args.wandb_mode,
+        mode=args.wandb_mode if args.wandb else "disabled",
     )
     data = create_run(run_dir, name, preset.workload, config, wandb, args.executor.max_requeues, launch)
     preempt_at = preemption_steps(args.preemptions, data.total_steps, data.run_uid)

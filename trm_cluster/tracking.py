@@ -147,7 +147,7 @@ class WandbTracker:
         print(f"{word} W&B run: {info.run_id}", flush=True)
         run = wandb.init(
             id=info.run_id,
-            resume=resume,
+            resume=resume,  # type: ignore[arg-type]
             project=info.project,
             entity=info.entity,
             name=data.name,
