@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -64,7 +65,11 @@ class JobContext:
         )
 
     def classify(self, request: StopRequest, signal_delay_s: float) -> str:
-        """'timeout' or 'preempted' for a stop request, from what the scheduler says."""
+        """'timeout', 'preempted' or 'cancelled' for a stop request, from what the scheduler says.
+
+        'cancelled' (a SIGTERM that is neither the time-limit kill nor a preemption, i.e. ``scancel``)
+        must not be requeued: ``scontrol requeue`` would succeed and turn the user's cancel into a restart.
+        """
         if self.executor == "slurm":
             return _classify_slurm(self.job_id, request, signal_delay_s)
         if self.executor == "local":
@@ -86,12 +91,17 @@ def _executor_kind() -> str:
 
 
 def _classify_slurm(job_id: str, request: StopRequest, delay_s: float) -> str:
+    """Measured on Slurm 22.05 (docs/slurm.md): a preemption sets PreemptTime and moves EndTime to the
+    end of the grace time; the time-limit warning leaves EndTime about ``delay_s`` (+ up to 30 s) ahead;
+    at the time-limit kill Reason is TimeLimit; ``scancel`` moves EndTime to now with Reason None."""
     fields = slurm_job_fields(job_id)
     if fields is None:
         log.warning("scontrol gave no answer for job %s; calling the stop a preemption", job_id)
         return "preempted"
     if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
         return "preempted"
+    if request.signum == signal.SIGTERM:
+        return "timeout" if fields.get("Reason") == "TimeLimit" else "cancelled"
     end = _parse_slurm_time(fields.get("EndTime", ""))
     if end is None:
         return "preempted"

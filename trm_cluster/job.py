@@ -46,10 +46,14 @@ class RequeueRefused(RuntimeError):
     """The run stopped at a time limit with its timeout requeue budget spent."""
 
 
+class JobCancelled(RuntimeError):
+    """The scheduler cancelled the job (scancel): saved, not requeued."""
+
+
 @dataclass(frozen=True)
 class SegmentOutcome:
     reason: str
-    """completed, timeout or preempted."""
+    """completed, timeout, preempted or cancelled."""
     step: int
     requeue: bool
     signum: int | None = None
@@ -74,6 +78,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
             outcome = run_segment(self.run_dir, context, self.wandb_resume, self.preempt_at, self.quiet)
             if outcome.reason == "completed":
                 return outcome.summary
+            if outcome.reason == "cancelled":
+                raise JobCancelled(
+                    f"cancelled at step {outcome.step}; the state is saved, resume with --resume"
+                )
             if not outcome.requeue:
                 raise RequeueRefused(
                     f"stopped at step {outcome.step} ({outcome.reason}); the timeout requeue budget is spent. "
@@ -152,7 +160,7 @@ def run_segment(
             _save(store, trainer, step, data, tracker)
         request = signals.request  # read once: a signal during the final save still means "stop"
         reason = "completed" if step >= total else _stop_reason(context, request, data)
-        tracker.finish(preempting=reason != "completed")
+        tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
         requeue = _close_segment(manifest, segment.index, step, reason, request, tracker)
         summary = _summary(manifest, store) if reason == "completed" else {}
         _say(quiet, f"[trm_cluster] segment {segment.index} ended at step {step}: {reason}")
@@ -289,6 +297,13 @@ def _close_segment(
         data.wandb.last_step = max(data.wandb.last_step, tracker.last_step)
         if reason == "completed":
             data.status = "completed"
+            return False
+        if reason == "cancelled":
+            segment.end_reason = "killed"
+            segment.message = (
+                "cancelled (SIGTERM that was neither a time limit nor a preemption); not requeued"
+            )
+            data.status = "failed"
             return False
         data.requeues[reason] = data.requeues.get(reason, 0) + 1
         allowed = reason == "preempted" or data.requeues["timeout"] <= data.max_requeues

@@ -1,0 +1,164 @@
+"""Requeue against a real Slurm (scripts/slurm-local.sh): time limit, preemption, on demand, exactness.
+
+Every job goes through the real CLI (``python -m trm_cluster.submit --executor slurm --partition gpu``)
+and each test asserts the manifest, the checkpoints and the W&B offline files. The node has two CPUs:
+the time-limit job (long, mostly waiting for Slurm's 30 s limit checks) is submitted first and runs
+beside the on-demand test; the preemption test runs last and alone, because its preemptor takes the
+whole node and would preempt any job beside it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+
+pytestmark = pytest.mark.slurm
+
+STEPS = 400
+RUN = ("--preset", "regression", "--wandb-mode", "offline", "--steps", str(STEPS), "--checkpoint-every", "50")
+SLURM = ("--executor", "slurm", "--partition", "gpu", "--cpus-per-task", "1")
+EXPECTED_STEPS = list(range(5, STEPS + 1, 5))
+
+
+def submit(workdir: Path, run_dir: Path, *extra: str, wait: bool = False) -> subprocess.CompletedProcess[str]:
+    args = [*RUN, *SLURM, "--run-dir", str(run_dir), *extra] + (["--wait"] if wait else [])
+    result = cli("submit", *args, cwd=workdir, timeout=900)
+    assert result.returncode == 0 or wait, result.stdout + result.stderr
+    return result
+
+
+def job_id(run_dir: Path) -> str:
+    return str(manifest(run_dir)["launch"]["job_id"])
+
+
+def wait_for(predicate, what: str, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+
+
+def training(run_dir: Path, segment: int, past_step: int = 0) -> bool:
+    """Segment ``segment`` is open and has published a checkpoint past ``past_step``."""
+    data = manifest(run_dir)
+    return (
+        len(data["segments"]) == segment + 1
+        and data["segments"][segment]["end_reason"] is None
+        and data["segments"][segment]["wandb_dir"] is not None
+        and any(c["step"] > past_step for c in data["checkpoints"])
+    )
+
+
+def wait_for_end(run_dir: Path, timeout: float = 600) -> dict:  # type: ignore[type-arg]
+    wait_for(lambda: manifest(run_dir)["status"] in ("completed", "failed"), "the run to end", timeout)
+    jid = job_id(run_dir)
+    wait_for(lambda: not _squeue(jid), f"job {jid} to leave the queue", 60)
+    return manifest(run_dir)
+
+
+def _squeue(jid: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-j", jid], capture_output=True, text=True, env=clean_env()
+    ).stdout.strip()
+
+
+def assert_resumed_exactly(run_dir: Path, reference_sha: str, workdir: Path) -> None:
+    data = manifest(run_dir)
+    assert data["status"] == "completed", data
+    for before, after in zip(data["segments"], data["segments"][1:], strict=False):
+        assert after["start_step"] == before["end_step"]
+        assert after["job_id"] == before["job_id"]  # requeued, same job id
+        assert after["restart_count"] == before["restart_count"] + 1  # SLURM_RESTART_COUNT grows
+    assert data["checkpoints"][-1]["step"] == STEPS
+    assert status_json(run_dir, workdir)["weights_sha256"] == reference_sha
+    assert_one_continuous_wandb_run(run_dir, EXPECTED_STEPS)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("slurm")
+
+
+@pytest.fixture(scope="module")
+def reference_sha(workdir: Path) -> str:
+    """The weights of the same run, uninterrupted (in-process; the executor does not change the math)."""
+    run_dir = workdir / "reference"
+    result = cli("submit", *RUN, "--executor", "debug", "--run-dir", str(run_dir), cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [s["end_reason"] for s in manifest(run_dir)["segments"]] == ["completed"]
+    return str(status_json(run_dir, workdir)["weights_sha256"])
+
+
+@pytest.fixture(scope="module")
+def time_limited_run(workdir: Path) -> Iterator[Path]:
+    """Started first, checked later: a 2-minute limit, warned 60 s before (Slurm: 60-90 s before)."""
+    run_dir = workdir / "time-limit"
+    submit(workdir, run_dir, "--time-min", "2", "--signal-delay-s", "60", "--step-delay-s", "0.15",
+           "--gpus-per-node", "1")  # fmt: skip
+    yield run_dir
+    subprocess.run(["scancel", job_id(run_dir)], env=clean_env(), check=False)
+
+
+def test_on_demand_scancel_and_preempt_command(
+    workdir: Path, time_limited_run: Path, reference_sha: str
+) -> None:
+    run_dir = workdir / "on-demand"
+    submit(workdir, run_dir, "--step-delay-s", "0.05")
+    jid = job_id(run_dir)
+    wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
+    subprocess.run(["scancel", "--signal=USR2", jid], env=clean_env(), check=True)
+    wait_for(
+        lambda: training(run_dir, 1, past_step=manifest(run_dir)["segments"][0]["end_step"] or 0), "segment 1"
+    )
+    preempted = cli("preempt", str(run_dir), cwd=workdir)
+    assert preempted.returncode == 0 and f"Slurm job {jid}" in preempted.stdout, preempted.stderr
+    data = wait_for_end(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "preempted", "completed"]
+    assert [s["signal"] for s in data["segments"]] == ["SIGUSR2", "SIGUSR2", None]
+    assert data["requeues"] == {"timeout": 0, "preempted": 2}
+    assert_resumed_exactly(run_dir, reference_sha, workdir)
+
+
+def test_time_limit_requeues_with_the_same_job_id(
+    workdir: Path, time_limited_run: Path, reference_sha: str
+) -> None:
+    data = wait_for_end(time_limited_run, timeout=900)
+    reasons = [s["end_reason"] for s in data["segments"]]
+    assert reasons[-1] == "completed" and "timeout" in reasons, reasons
+    assert set(reasons[:-1]) == {"timeout"}, reasons  # submitit guesses "timeout" for any job under 10 min
+    assert data["requeues"]["timeout"] == len(reasons) - 1
+    assert_resumed_exactly(time_limited_run, reference_sha, workdir)
+    out = (time_limited_run / "logs" / f"{job_id(time_limited_run)}_0_log.out").read_text()
+    assert "Starting new W&B run" in out and out.count("Resuming W&B run") == len(reasons) - 1
+
+
+def test_preemption_by_a_higher_priority_job(
+    workdir: Path, time_limited_run: Path, reference_sha: str
+) -> None:
+    wait_for_end(time_limited_run, timeout=900)  # the preemptor takes the whole node: run alone
+    run_dir = workdir / "preempted"
+    submit(workdir, run_dir, "--step-delay-s", "0.05", "--time-min", "30")
+    wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
+    urgent = subprocess.run(
+        ["sbatch", "--parsable", "-p", "urgent", "--exclusive", "-o", str(workdir / "urgent.out"), "--wrap", "sleep 3"],
+        capture_output=True, text=True, env=clean_env(), check=True,
+    )  # fmt: skip
+    data = wait_for_end(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
+    assert data["segments"][0]["signal"] == "SIGUSR2"
+    assert data["requeues"] == {"timeout": 0, "preempted": 1}
+    sacct = subprocess.run(
+        ["sacct", "-n", "-X", "-j", urgent.stdout.strip(), "-o", "State"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
+    assert "COMPLETED" in sacct.stdout
+    assert_resumed_exactly(run_dir, reference_sha, workdir)
