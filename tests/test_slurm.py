@@ -126,6 +126,19 @@ def test_on_demand_scancel_and_preempt_command(
     assert_resumed_exactly(run_dir, reference_sha, workdir)
 
 
+def test_scancel_saves_and_is_not_requeued(workdir: Path, time_limited_run: Path) -> None:
+    run_dir = workdir / "cancelled"
+    submit(workdir, run_dir, "--step-delay-s", "0.05")
+    wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
+    subprocess.run(["scancel", job_id(run_dir)], env=clean_env(), check=True)
+    data = wait_for_end(run_dir)  # also: the job left the queue instead of waiting there to restart
+    (segment,) = data["segments"]
+    assert segment["end_reason"] == "killed" and segment["signal"] == "SIGTERM"
+    assert "cancelled" in segment["message"]
+    assert data["status"] == "failed" and data["requeues"] == {"timeout": 0, "preempted": 0}
+    assert data["checkpoints"][-1]["step"] == segment["end_step"] > 0  # the work up to the cancel is saved
+
+
 def test_time_limit_requeues_with_the_same_job_id(
     workdir: Path, time_limited_run: Path, reference_sha: str
 ) -> None:
