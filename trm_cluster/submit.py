@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -109,10 +110,11 @@ def _main(argv: list[str]) -> int:
 def expand_name_shorthands(argv: list[str], config_type: type[Any]) -> list[str]:
     """``--curriculum delayed-spectrum`` for ``--curriculum.name delayed-spectrum``: any nested config
     dataclass with a ``name`` field can be picked by name with its own flag."""
+    hints = typing.get_type_hints(config_type)
     named = {
-        f"--{f.name.replace('_', '-')}"
-        for f in dataclasses.fields(config_type)
-        if dataclasses.is_dataclass(f.type) and any(g.name == "name" for g in dataclasses.fields(f.type))
+        f"--{name.replace('_', '-')}"
+        for name, hint in hints.items()
+        if dataclasses.is_dataclass(hint) and any(g.name == "name" for g in dataclasses.fields(hint))
     }
     return [f"{arg}.name" if arg in named else arg for arg in argv]
 
