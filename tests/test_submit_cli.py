@@ -113,6 +113,9 @@ def _one_line_error(result, fragment: str) -> None:  # type: ignore[no-untyped-d
         (("--preset", "./missing.toml"), "does not exist"),
         (["--time-min", "0"], "--time-min must be positive"),
         (["--steps", "0"], "steps must be positive"),
+        (["--signal-delay-s", "3600", "--time-min", "60"], "--signal-delay-s must be in [0, time limit"),
+        (["--nodes", "2"], "multi-process training (DDP) is not supported yet"),
+        (["--preemptions", "500", "--steps", "100"], "--preemptions 500 needs a run longer"),
         (["--resume", "no/such/dir"], "holds no run"),
     ],
 )

@@ -53,8 +53,12 @@ class ExecutorOptions:
             raise ValueError(
                 f"--signal-delay-s must be in [0, time limit = {self.time_min * 60} s), got {self.signal_delay_s}"
             )
-        if self.nodes < 1 or self.tasks_per_node < 1 or self.gpus_per_node < 0:
-            raise ValueError("--nodes and --tasks-per-node must be >= 1 and --gpus-per-node >= 0")
+        if self.nodes != 1 or self.tasks_per_node != 1:
+            raise ValueError(
+                "--nodes and --tasks-per-node must be 1: multi-process training (DDP) is not supported yet"
+            )
+        if self.gpus_per_node < 0:
+            raise ValueError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
         if self.max_requeues < 0:
             raise ValueError(f"--max-requeues must be >= 0, got {self.max_requeues}")
         for item in self.sbatch:

@@ -91,6 +91,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 # No scheduler to requeue us: rehearse the requeue in-process, from disk, as a new segment.
                 context = JobContext.detect()
                 continue
+            _say(
+                self.quiet,
+                "[trm_cluster] state saved; handing over to submitit's requeue "
+                "(its own 'timed-out'/'preempted' log line is a wall-time guess, the manifest has the reason)",
+            )
             _hand_over_to_submitit(outcome.signum or preempt_signal())
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -160,8 +160,9 @@ def _new(
         entity=args.wandb_entity,
         mode=args.wandb_mode if args.wandb else "disabled",
     )
-    data = create_run(run_dir, name, preset.workload, config, wandb, args.executor.max_requeues, launch)
-    preempt_at = preemption_steps(args.preemptions, data.total_steps, data.run_uid)
+    preempt_at = preemption_steps(args.preemptions, args.run.steps, name)
+    launch = {**launch, "preempt_at": list(preempt_at)}
+    create_run(run_dir, name, preset.workload, config, wandb, args.executor.max_requeues, launch)
     return _submit_and_report(args, run_dir, kind, "allow", preempt_at)
 
 
@@ -170,13 +171,13 @@ def _resume(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: di
     run_dir = args.resume.resolve()
     if args.dry_run:
         return _dry_run(args, config, run_dir)
-    data = resume_run(run_dir, config, launch)
+    current = RunManifest(run_dir).read().step
+    remaining = int(config["run"]["steps"]) - current
+    preempt_at = tuple(current + s for s in preemption_steps(args.preemptions, remaining, str(run_dir)))
+    data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)})
     if data.config_changes and data.config_changes[-1].at_step == data.step:
         for key, (old, new) in data.config_changes[-1].changes.items():
             print(f"config change at step {data.step}: {key}: {old!r} -> {new!r}")
-    preempt_at = tuple(
-        s + data.step for s in preemption_steps(args.preemptions, data.total_steps - data.step, data.run_uid)
-    )
     return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
 
 
