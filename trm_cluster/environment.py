@@ -16,6 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from .signals import StopRequest
 
@@ -61,7 +62,7 @@ class JobContext:
             pid=os.getpid(),
             global_rank=rank,
             world_size=world,
-            started_at=time.time(),
+            started_at=_process_started_at(),
         )
 
     def classify(self, request: StopRequest, signal_delay_s: float) -> str:
@@ -76,8 +77,19 @@ class JobContext:
             timeout_s = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "inf"))
             delay_s = float(os.environ.get("SUBMITIT_LOCAL_SIGNAL_DELAY_S", "0"))
             elapsed = request.received_at - self.started_at
-            return "timeout" if elapsed >= timeout_s - delay_s - 5 else "preempted"
+            return "timeout" if elapsed >= timeout_s - delay_s - 2 else "preempted"
         return "preempted"
+
+
+def _process_started_at() -> float:
+    """When this process started (the local executor times its signal from the task's start, and
+    imports can take seconds); falls back to now where /proc is missing."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
 
 def _executor_kind() -> str:
