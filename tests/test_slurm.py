@@ -157,7 +157,8 @@ def test_preemption_by_a_higher_priority_job(
 ) -> None:
     wait_for_end(time_limited_run, timeout=900)  # the preemptor takes the whole node: run alone
     run_dir = workdir / "preempted"
-    submit(workdir, run_dir, "--step-delay-s", "0.05", "--time-min", "30")
+    # a 5-minute limit: submitit's own wall-time guess calls any signal to it a timeout
+    submit(workdir, run_dir, "--step-delay-s", "0.05", "--time-min", "5", "--signal-delay-s", "60")
     wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
     urgent = subprocess.run(
         ["sbatch", "--parsable", "-p", "urgent", "--exclusive", "-o", str(workdir / "urgent.out"), "--wrap", "sleep 3"],
@@ -167,6 +168,8 @@ def test_preemption_by_a_higher_priority_job(
     assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
     assert data["segments"][0]["signal"] == "SIGUSR2"
     assert data["requeues"] == {"timeout": 0, "preempted": 1}
+    log = (run_dir / "logs" / f"{job_id(run_dir)}_0_log.out").read_text()
+    assert "this job is timed-out" in log  # submitit's guess, overruled by what Slurm says
     sacct = subprocess.run(
         ["sacct", "-n", "-X", "-j", urgent.stdout.strip(), "-o", "State"],
         capture_output=True,
