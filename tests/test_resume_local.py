@@ -139,3 +139,40 @@ def _wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 120) -> None
             return
         time.sleep(0.05)
     raise TimeoutError(f"no checkpoint at step {step}")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_dataloader_workers_survive_and_ignore_a_signal_sent_to_every_process(workdir: Path) -> None:
+    """Slurm signals every process of the step, DataLoader workers included: they must neither die of
+    USR2 nor act on it (a forked worker with the job's handler would otherwise save and requeue)."""
+    reference = workdir / "reference"
+    big = ("--dataset-size", "8192")  # one epoch outlasts the run: the workers stay the same processes
+    done = cli("submit", *COMMON, *big, "--run-dir", str(reference), cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    run_dir = workdir / "workers"
+    proc = _start(workdir, run_dir, *big, "--num-workers", "2", "--step-delay-s", "0.02")
+    pid = _wait_for_segment(run_dir, min_step=0)
+    _wait_for_checkpoint(run_dir, 50)
+    workers = _children(pid)
+    assert len([w for w in workers if "python" in Path(f"/proc/{w}/cmdline").read_text()]) >= 2
+    for target in [pid, *workers]:
+        os.kill(target, signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
+    assert (
+        status_json(run_dir, workdir)["weights_sha256"] == status_json(reference, workdir)["weights_sha256"]
+    )
