@@ -2,8 +2,8 @@
 
 A checkpoint is a plain dict loaded with ``torch.load(weights_only=True)`` (nothing in it can execute
 code): ``{"model": weights, "trainer": the rest of the trainer state, "rng": ..., "meta": ...}``.
-Capturing the state (:func:`capture`, a detached CPU copy) is separate from writing it, so a writer
-can later run in the background while training goes on.
+Capturing the state (:func:`capture`) is separate from writing it, so a writer can later run in the
+background while training goes on.
 """
 
 from __future__ import annotations
@@ -35,16 +35,21 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:09d}.pt"
 
 
-def capture(state: Any) -> Any:
-    """A detached CPU copy of every tensor in a nested state, so training may go on mutating its own."""
+def capture(state: Any, copy: bool = False) -> Any:
+    """Every tensor of a nested state detached and on the CPU.
+
+    The job writes synchronously, before the next step can change anything, so CPU tensors are not
+    copied (``copy=False``: saving costs no extra memory); an asynchronous writer must pass
+    ``copy=True`` so training can go on mutating its own tensors while the file is written.
+    """
     if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
+        return state.detach().to("cpu", copy=copy)
     if isinstance(state, Mapping):
-        return {key: capture(value) for key, value in state.items()}
+        return {key: capture(value, copy) for key, value in state.items()}
     if isinstance(state, list):
-        return [capture(value) for value in state]
+        return [capture(value, copy) for value in state]
     if isinstance(state, tuple):
-        return tuple(capture(value) for value in state)
+        return tuple(capture(value, copy) for value in state)
     return state
 
 
