@@ -109,6 +109,14 @@ def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(wo
     assert second["start_step"] == first["end_step"]
     assert data["checkpoints"][-1]["step"] == second["end_step"] >= first["end_step"]
 
+    # a manual resume gets a fresh budget (here: one more requeue), not the spent one
+    resumed = cli("submit", "--resume", str(run_dir), "--executor", "local", "--wait", "--time-min", "1",
+                  "--signal-delay-s", "50", "--max-requeues", "1", cwd=workdir)  # fmt: skip
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["timeout"] * 4
+    assert data["requeues"]["timeout"] == 4 and data["timeouts_at_submit"] == 2 and data["status"] == "failed"
+
 
 def _start(workdir: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(

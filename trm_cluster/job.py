@@ -311,10 +311,13 @@ def _close_segment(
             data.status = "failed"
             return False
         data.requeues[reason] = data.requeues.get(reason, 0) + 1
-        allowed = reason == "preempted" or data.requeues["timeout"] <= data.max_requeues
+        timeouts = data.requeues["timeout"] - data.timeouts_at_submit
+        allowed = reason == "preempted" or timeouts <= data.max_requeues
         data.status = "requeued" if allowed else "failed"
         if not allowed:
-            segment.message = f"timeout requeue budget spent ({data.max_requeues} requeues)"
+            segment.message = (
+                f"timeout requeue budget spent ({data.max_requeues} requeues since the last submit)"
+            )
         return allowed
 
 

@@ -114,6 +114,8 @@ def resume_run(run_dir: Path, config: dict[str, Any], launch: Mapping[str, Any])
         data.total_steps = new_steps
         data.status = "requeued"
         data.launch = dict(launch)
+        data.max_requeues = int(launch.get("max_requeues", data.max_requeues))
+        data.timeouts_at_submit = data.requeues.get("timeout", 0)  # a fresh budget per submission
     return data
 
 

@@ -105,6 +105,9 @@ class ManifestData:
     total_steps: int
     wandb: WandbInfo
     max_requeues: int
+    """Timeout requeues allowed per submission (preemptions are never counted)."""
+    timeouts_at_submit: int = 0
+    """``requeues["timeout"]`` when the latest submission was made: the budget counts from there."""
     launch: dict[str, Any] = field(default_factory=dict)
     """The executor options of the latest submission (informational)."""
     schema_version: int = SCHEMA_VERSION
