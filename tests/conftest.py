@@ -70,7 +70,8 @@ def assert_one_continuous_wandb_run(
     segments = wandb_history(run_dir)
     run_id = manifest(run_dir)["wandb"]["run_id"]
     assert segments, "no .wandb files were written"
-    assert {s.run_id for s in segments} == {run_id}
+    # a file whose wandb-core died before its first flush holds only the header: no id, no rows
+    assert {s.run_id for s in segments if s.run_id is not None or s.steps} == {run_id}
     steps = [step for s in segments for step in s.steps]
     assert len(steps) == len(set(steps)), f"duplicated W&B steps: {sorted(steps)}"
     assert sorted(steps) == expected_steps

@@ -184,3 +184,27 @@ def test_dataloader_workers_survive_and_ignore_a_signal_sent_to_every_process(wo
     assert (
         status_json(run_dir, workdir)["weights_sha256"] == status_json(reference, workdir)["weights_sha256"]
     )
+
+
+def test_wandb_core_killed_by_sigterm_does_not_stop_training_or_lose_rows(workdir: Path) -> None:
+    """Slurm's SIGTERM reaches every process of the job, wandb-core included, which exits at once without
+    flushing. Training must go on, save at the boundary, and the next process must fill the W&B gap."""
+    run_dir = workdir / "run"
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
+    pid = _wait_for_segment(run_dir, min_step=0)
+    _wait_for_checkpoint(run_dir, 50)
+    cores = [c for c in _children(pid) if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert cores, "no wandb-core child found"
+    for core in cores:
+        os.kill(core, signal.SIGTERM)
+    time.sleep(0.5)  # the job logs a few rows into the void
+    os.kill(pid, signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
+    assert (
+        "W&B stopped accepting rows"
+        in (run_dir / "logs" / f"{data['launch']['job_id']}_0_log.err").read_text()
+    )
+    assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))

@@ -56,7 +56,6 @@ class SegmentOutcome:
     """completed, timeout, preempted or cancelled."""
     step: int
     requeue: bool
-    signum: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,7 +95,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 "[trm_cluster] state saved; handing over to submitit's requeue "
                 "(its own 'timed-out'/'preempted' log line is a wall-time guess, the manifest has the reason)",
             )
-            _hand_over_to_submitit(outcome.signum or preempt_signal())
+            _hand_over_to_submitit()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Cheap by design: the state is already on disk when submitit calls this."""
@@ -169,7 +168,7 @@ def run_segment(
         requeue = _close_segment(manifest, segment.index, step, reason, request, tracker)
         summary = _summary(manifest, store) if reason == "completed" else {}
         _say(quiet, f"[trm_cluster] segment {segment.index} ended at step {step}: {reason}")
-        return SegmentOutcome(reason, step, requeue, request.signum if request else None, summary)
+        return SegmentOutcome(reason, step, requeue, summary)
     except BaseException as error:
         injector.stop()
         tracker.finish(preempting=False, failed=True)
@@ -180,7 +179,7 @@ def run_segment(
         signals.restore()
 
 
-def _hand_over_to_submitit(signum: int) -> None:
+def _hand_over_to_submitit() -> None:
     """Call submitit's own handler now that the state is durable: it calls our cheap ``checkpoint()``,
     dumps the pickle, runs ``scontrol requeue`` (local: exit code 144) and exits."""
     handler = signal.getsignal(preempt_signal())
@@ -299,7 +298,7 @@ def _close_segment(
         segment = data.segments[index]
         segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
         segment.signal = request.name if request else None
-        data.wandb.last_step = max(data.wandb.last_step, tracker.last_step)
+        data.wandb.last_step = max(data.wandb.last_step, tracker.durable_step)
         if reason == "completed":
             data.status = "completed"
             return False

@@ -84,7 +84,8 @@ carries the last rows logged; the next process re-logs those above what reached 
 
 
 class Tracker(Protocol):
-    last_step: int
+    durable_step: int
+    """Highest W&B step known to be on disk once finish() returned (the manifest's watermark)."""
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
@@ -99,11 +100,11 @@ class Tracker(Protocol):
 class NullTracker:
     """W&B disabled (or a rank other than 0): keeps the interface, logs nothing."""
 
-    def __init__(self, last_step: int = -1) -> None:
-        self.last_step = last_step
+    def __init__(self, durable_step: int = -1) -> None:
+        self.durable_step = durable_step
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.last_step = max(self.last_step, step)
+        pass
 
     def journal(self) -> list[dict[str, Any]]:
         return []
@@ -122,7 +123,9 @@ class WandbTracker:
     def __init__(self, run: Any, watermark: int, run_dir: Path) -> None:
         self._run = run
         self.watermark = watermark
-        self.last_step = watermark
+        self.durable_step = watermark
+        self._last_logged = watermark
+        self._broken = False
         self._run_dir = run_dir
         self._journal: dict[int, dict[str, float]] = {}
         self.skipped = 0
@@ -176,14 +179,23 @@ class WandbTracker:
         self.replayed = len(missing)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log one row; a W&B failure never stops training (the row stays in the journal for replay)."""
         if step <= self.watermark:
             self.skipped += 1  # an earlier process already put this step on disk
             return
-        self._run.log(dict(metrics), step=step)
-        self.last_step = max(self.last_step, step)
         self._journal.setdefault(step, {}).update(metrics)
         while len(self._journal) > JOURNAL_ROWS:
             del self._journal[next(iter(self._journal))]
+        if self._broken or self._run is None:
+            return
+        try:
+            self._run.log(dict(metrics), step=step)
+        except Exception as error:  # Slurm's SIGTERM reaches wandb-core too, which then exits at once
+            self._broken = True
+            log.warning("W&B stopped accepting rows at step %d (%s); training goes on, the rows are "
+                        "kept in the checkpoint's journal for the next process", step, error)  # fmt: skip
+            return
+        self._last_logged = max(self._last_logged, step)
 
     def journal(self) -> list[dict[str, Any]]:
         return [{"step": step, "metrics": dict(metrics)} for step, metrics in self._journal.items()]
@@ -197,8 +209,11 @@ class WandbTracker:
             if preempting:
                 run.mark_preempting()
             run.finish(exit_code=1 if preempting or failed else 0)
-        except Exception as error:  # wandb-core may already be gone (SIGTERM); the data is on disk or lost
+        except Exception as error:  # wandb-core already gone (SIGTERM): only the .wandb file knows
             log.warning("W&B finish failed: %s", error)
+            return
+        if not self._broken:
+            self.durable_step = self._last_logged
 
     @property
     def segment_dir(self) -> str | None:
