@@ -26,7 +26,7 @@ from trm_cluster.checkpoint import CheckpointStore
 from trm_cluster.config import RunConfig
 from trm_cluster.environment import JobContext
 from trm_cluster.examples.regression import REGRESSION, RegressionConfig
-from trm_cluster.job import run_segment
+from trm_cluster.job import _build_and_restore, run_segment
 from trm_cluster.launch import WandbOptions, create_run, resolved_config
 from trm_cluster.manifest import RunManifest
 from trm_cluster.state import seed_everything
@@ -97,14 +97,14 @@ def stop_latency(root: Path) -> float:
 
 
 def resume_latency(root: Path) -> float:
+    """The job's own resume path: build the trainer, verify and load the newest checkpoint, restore RNG."""
     run_dir = root / "stop"
     data = RunManifest(run_dir).read()
+    run_cfg = RunConfig(**data.config["run"])
+    store = CheckpointStore(RunManifest(run_dir), keep_last=run_cfg.keep_checkpoints)
     start = time.perf_counter()
-    seed_everything(0)
-    trainer = REGRESSION.build(RegressionConfig(hidden=256), TrainContext(0, data.total_steps, run_dir))
-    loaded = CheckpointStore(RunManifest(run_dir), keep_last=2).load_latest(data.run_uid)
-    assert loaded is not None
-    trainer.load_state_dict({**loaded.payload["trainer"], "model": loaded.payload["model"]})
+    _, step, _ = _build_and_restore(data, run_cfg, store, run_dir, JobContext.detect())
+    assert step > 0
     return time.perf_counter() - start
 
 
