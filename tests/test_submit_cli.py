@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import assert_one_continuous_wandb_run, cli, manifest, status_json, tree_digest, wandb_history
+
+from trm_cluster.launch import preemption_steps
 
 FAST = ("--preset", "regression", "--wandb-mode", "offline")
 
@@ -51,6 +54,25 @@ def test_debug_executor_rehearses_preemptions_in_process_bit_exactly(workdir: Pa
         == status_json(workdir / "b", workdir)["weights_sha256"]
     )
     assert_one_continuous_wandb_run(workdir / "b", list(range(5, 201, 5)))
+
+
+def test_rehearsal_delivers_every_preemption_even_when_packed_tight(workdir: Path) -> None:
+    """4 preemptions in 9 steps: each signal may land a step late, yet every one must still happen."""
+    run_debug(workdir, workdir / "a", "--steps", "9", "--preemptions", "4", "--log-every", "1")
+    data = manifest(workdir / "a")
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted"] * 4 + ["completed"]
+    assert data["requeues"]["preempted"] == 4 and data["segments"][-1]["end_step"] == 9
+    assert_one_continuous_wandb_run(workdir / "a", list(range(1, 10)))
+
+
+def test_preemption_steps_leave_room_for_a_late_signal() -> None:
+    for total in range(3, 40):
+        for count in range(1, (total - 1) // 2 + 1):
+            steps = preemption_steps(count, total, seed=f"{total}-{count}")
+            assert len(steps) == count and steps[0] >= 1 and steps[-1] <= total - 2
+            assert all(b - a >= 2 for a, b in itertools.pairwise(steps))
+    with pytest.raises(ValueError, match="at least 7 steps"):
+        preemption_steps(3, 6, seed="x")
 
 
 def test_status_json_has_the_promised_keys(workdir: Path) -> None:
@@ -115,7 +137,7 @@ def _one_line_error(result, fragment: str) -> None:  # type: ignore[no-untyped-d
         (["--steps", "0"], "steps must be positive"),
         (["--signal-delay-s", "3600", "--time-min", "60"], "--signal-delay-s must be in [0, time limit"),
         (["--nodes", "2"], "multi-process training (DDP) is not supported yet"),
-        (["--preemptions", "500", "--steps", "100"], "--preemptions 500 needs a run longer"),
+        (["--preemptions", "500", "--steps", "100"], "--preemptions 500 needs a run of at least 1001 steps"),
         (["--resume", "no/such/dir"], "holds no run"),
     ],
 )

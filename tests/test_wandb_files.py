@@ -22,6 +22,7 @@ from trm_cluster.wandb_files import (
     iter_records,
     max_logged_step,
     read_segment,
+    wait_for_writers,
 )
 
 RUN_ID = "trmseg01"
@@ -192,10 +193,17 @@ def test_sigkilled_segment_reads_a_prefix(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.stdout.readline().strip() not in ("logged", ""):
             pass
+        assert wait_for_writers([proc.pid], timeout_s=0), "the live process's wandb-core is not found"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    # wandb-core outlives its killed parent for a moment and flushes on the way out: wait it out, as a
+    # resuming process does, and the file no longer changes
+    assert wait_for_writers([proc.pid]) == []
     (seg_file,) = find_segments(tmp_path / "job")
+    size = seg_file.stat().st_size
+    time.sleep(1.0)
+    assert seg_file.stat().st_size == size
     seg: WandbSegment = read_segment(seg_file)
     assert seg.run_id == RUN_ID and seg.exit_code is None and not seg.preempting
     assert 0 < len(seg.steps) < 60 and seg.steps == list(range(len(seg.steps)))

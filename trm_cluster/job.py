@@ -57,6 +57,8 @@ class SegmentOutcome:
     step: int
     requeue: bool
     summary: dict[str, Any] = field(default_factory=dict)
+    rehearsed: bool = False
+    """The stop came from the preemption rehearsal's own signal."""
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -75,6 +77,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         context = JobContext.detect()
         while True:
             outcome = run_segment(self.run_dir, context, self.wandb_resume, self.preempt_at, self.quiet)
+            if outcome.rehearsed:  # the requeued process (this object, pickled again) rehearses the rest
+                self.preempt_at = self.preempt_at[1:]
             if outcome.reason == "completed":
                 return outcome.summary
             if outcome.reason == "cancelled":
@@ -168,7 +172,7 @@ def run_segment(
         requeue = _close_segment(manifest, segment.index, step, reason, request, tracker)
         summary = _summary(manifest, store) if reason == "completed" else {}
         _say(quiet, f"[trm_cluster] segment {segment.index} ended at step {step}: {reason}")
-        return SegmentOutcome(reason, step, requeue, summary)
+        return SegmentOutcome(reason, step, requeue, summary, rehearsed=injector.fired)
     except BaseException as error:
         injector.stop()
         tracker.finish(preempting=False, failed=True)
@@ -394,26 +398,35 @@ def _configure_logging() -> None:
 
 
 class _PreemptionInjector:
-    """Preemption rehearsal: send ourselves the real preemption signal once the run passes given steps.
+    """Preemption rehearsal: send ourselves the real preemption signal once the run passes a given step.
 
-    A thread sends it, so it lands asynchronously, mid-step, as a scheduler's signal would.
+    A thread sends it, so it lands asynchronously, mid-step, as a scheduler's signal would. One per
+    process: it fires at the first rehearsal step, or right after the resume step if an earlier signal
+    overshot it, and the training loop never gets more than one step past that step without it.
     """
 
     def __init__(self, steps: Sequence[int], start_step: int) -> None:
-        # One per process (it then stops); a process resumed at step s has already been stopped by s.
-        self._pending = sorted(s for s in steps if s > start_step)[:1]
+        self._target = max(steps[0], start_step + 1) if steps else None
         self._reached = threading.Event()
         self._done = threading.Event()
+        self._sent = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def fired(self) -> bool:
+        return self._sent.is_set()
+
     def start(self) -> None:
-        if self._pending:
+        if self._target is not None:
             self._thread = threading.Thread(target=self._run, name="preemption-injector", daemon=True)
             self._thread.start()
 
     def reached(self, step: int) -> None:
-        if self._pending and step >= self._pending[0]:
-            self._reached.set()
+        if self._target is None or step < self._target:
+            return
+        self._reached.set()
+        if step > self._target:
+            self._sent.wait(timeout=10)  # bound the overshoot to one step, however busy the machine
 
     def stop(self) -> None:
         self._done.set()
@@ -423,7 +436,8 @@ class _PreemptionInjector:
 
     def _run(self) -> None:
         self._reached.wait()
-        if self._done.is_set():
+        if self._done.is_set() or self._target is None:
             return
-        time.sleep(random.Random(self._pending[0]).uniform(0.0, 0.005))
+        time.sleep(random.Random(self._target).uniform(0.0, 0.005))
         os.kill(os.getpid(), preempt_signal())
+        self._sent.set()

@@ -151,12 +151,17 @@ def _job_alive(job_id: str, executor: str, host: str | None) -> bool:
 
 
 def preemption_steps(count: int, total_steps: int, seed: str) -> tuple[int, ...]:
-    """``count`` distinct random steps strictly inside the run, for a preemption rehearsal."""
+    """``count`` random steps for a preemption rehearsal, two apart and at least two before the end.
+
+    Why the spacing: a rehearsal signal lands up to one step late, and the next process must still find
+    its own step ahead of it (and the last one a step left before the end), so all ``count`` happen.
+    """
     if count <= 0:
         return ()
-    if count >= total_steps:
-        raise ValueError(f"--preemptions {count} needs a run longer than {count} steps")
-    return tuple(sorted(random.Random(seed).sample(range(1, total_steps), count)))
+    if total_steps < 2 * count + 1:
+        raise ValueError(f"--preemptions {count} needs a run of at least {2 * count + 1} steps")
+    base = sorted(random.Random(seed).sample(range(1, total_steps - count), count))
+    return tuple(b + i for i, b in enumerate(base))
 
 
 def submit(

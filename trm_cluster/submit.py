@@ -62,7 +62,8 @@ class SubmitArgs(Generic[JobT]):
     wandb_must_resume: bool = False
     """With --resume: fail unless the W&B run exists (W&B's resume="must")."""
     preemptions: int = 0
-    """Rehearsal: send the job N real preemption signals at random steps."""
+    """Rehearsal: the job sends itself N real preemption signals at random steps, one per process,
+    so it is preempted and requeued exactly N times."""
     dry_run: bool = False
     """Print the resolved config and the sbatch script, then exit without writing anything."""
     wait: bool = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,6 +118,16 @@ class NullTracker:
         return None
 
 
+def _wait_for_killed_writer(data: ManifestData) -> None:
+    """A killed previous process (segment never closed) may have left its wandb-core flushing here."""
+    previous = data.open_segment
+    if previous is None or previous.host != socket.gethostname() or previous.pid == os.getpid():
+        return
+    stragglers = wandb_files.wait_for_writers([previous.pid])
+    if stragglers:
+        log.warning("wandb-core %s of killed pid %d still writes; steps may repeat", stragglers, previous.pid)
+
+
 class WandbTracker:
     """The W&B run of one process, bound to the manifest's run id and watermark."""
 
@@ -145,6 +156,7 @@ class WandbTracker:
 
         drop_empty_wandb_env()
         info: WandbInfo = data.wandb
+        _wait_for_killed_writer(data)
         watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
         word = "Resuming" if info.started else "Starting new"
         print(f"{word} W&B run: {info.run_id}", flush=True)

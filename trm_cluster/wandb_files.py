@@ -15,9 +15,12 @@ padding. Each whole record is a ``wandb.proto.wandb_internal_pb2.Record``.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ __all__ = [
     "iter_records",
     "max_logged_step",
     "read_segment",
+    "wait_for_writers",
 ]
 
 _HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
@@ -275,3 +279,38 @@ def max_logged_step(paths: Iterable[str | Path]) -> int | None:
                 )
                 best = int(step) if best is None else max(best, int(step))
     return best
+
+
+def _writers_of(pids: set[int]) -> list[int]:
+    """Live ``wandb-core`` processes started for one of ``pids`` (wandb passes ``--pid <parent>``)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if not argv or not os.path.basename(argv[0]).startswith(b"wandb-core"):
+            continue
+        for flag, value in itertools.pairwise(argv):
+            if flag == b"--pid" and value.isdigit() and int(value) in pids:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for_writers(pids: Iterable[int], timeout_s: float = 30.0) -> list[int]:
+    """Wait until no ``wandb-core`` of these (dead) processes is left on this host; return any that stay.
+
+    Why: wandb-core runs in its own session, outlives a SIGKILLed parent for a moment and flushes its
+    buffer on the way out, so a ``.wandb`` file still grows after its process died. Reading the watermark
+    before that ends would let the next process log those steps a second time.
+    """
+    wanted = set(pids)
+    if not wanted or not os.path.isdir("/proc"):
+        return []
+    deadline = time.monotonic() + timeout_s
+    while (left := _writers_of(wanted)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
