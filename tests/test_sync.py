@@ -35,9 +35,6 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--run-dir", "RUN", "--name", "sync", "--preemptions", "2", "--steps", "60", cwd=work,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    # The rehearsal's steps are seeded by the name: "sync" gives 16 and 26, far enough apart that the
-    # second signal is never swallowed by the first stop (a timestamped name sometimes gave 2 segments).
-    assert "preemption signals after steps 16, 26" in result.stdout, result.stdout
     assert len(manifest(work / "RUN")["segments"]) == 3, result.stdout
     return work / "RUN"
 
