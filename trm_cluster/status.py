@@ -12,15 +12,17 @@ from typing import Any
 import torch
 import tyro
 
+from . import overview
 from .digest import weights_sha256
-from .manifest import ManifestData, ManifestError, RunManifest
+from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
 
 
 @dataclass
 class StatusArgs:
-    """Show a run's progress, segments and checkpoints."""
+    """Show a run's progress, segments and checkpoints; given a folder of runs, one line per run."""
 
     run_dir: tyro.conf.Positional[Path]
+    """A run directory, or a folder whose subdirectories are runs (e.g. runs/)."""
     json: bool = False
     """Print machine-readable JSON instead of the summary."""
 
@@ -90,12 +92,24 @@ def _duration(segment: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(StatusArgs, args=argv, prog="python -m trm_cluster.status")
+    if not (args.run_dir / MANIFEST_NAME).exists() and overview.find_runs(args.run_dir):
+        return _folder_status(args.run_dir, as_json=args.json)
     try:
         status = run_status(args.run_dir)
     except ManifestError as error:
         print(f"trm-status: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0
+
+
+def _folder_status(folder: Path, as_json: bool) -> int:
+    summaries = overview.overview(folder)
+    print(json.dumps(overview.as_json(summaries), indent=2) if as_json else overview.render(summaries))
+    broken = [s for s in summaries if s.error]
+    if broken:
+        print(f"trm-status: error: {len(broken)} of {len(summaries)} runs unreadable", file=sys.stderr)
+        return 1
     return 0
 
 

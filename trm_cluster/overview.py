@@ -1,0 +1,130 @@
+"""A folder of runs at a glance: progress, training speed, time left, and how often each was interrupted.
+
+Why: a researcher with a dozen preemptible runs wants one table, not a dozen ``status`` calls. Read-only
+(manifests are replaced atomically, so no lock is taken) and a broken run never hides the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run's line in the overview; ``error`` is set (and the rest empty) when it cannot be read."""
+
+    run_dir: str
+    name: str = ""
+    status: str = ""
+    step: int = 0
+    total_steps: int = 0
+    segments: int = 0
+    timeouts: int = 0
+    preemptions: int = 0
+    killed: int = 0
+    """Segments that ended without closing (SIGKILL, OOM, node failure) or failed."""
+    steps_per_s: float | None = None
+    """Training speed over the segments (queue time excluded)."""
+    eta_s: float | None = None
+    """Training time left at that speed (queue waits come on top)."""
+    error: str | None = None
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """Run directories directly under ``folder`` (those holding a manifest), by name."""
+    return sorted(p.parent for p in folder.glob(f"*/{MANIFEST_NAME}"))
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    try:
+        data = RunManifest(run_dir).read()
+    except ManifestError as error:
+        return RunSummary(run_dir=str(run_dir), error=str(error))
+    speed = _training_speed(data)
+    remaining = data.total_steps - data.step
+    return RunSummary(
+        run_dir=str(run_dir),
+        name=data.name,
+        status=data.status,
+        step=data.step,
+        total_steps=data.total_steps,
+        segments=len(data.segments),
+        timeouts=data.requeues.get("timeout", 0),
+        preemptions=data.requeues.get("preempted", 0),
+        killed=sum(s.end_reason in ("killed", "failed") for s in data.segments),
+        steps_per_s=speed,
+        eta_s=remaining / speed if speed and data.status != "completed" else None,
+    )
+
+
+def _training_speed(data: ManifestData) -> float | None:
+    """Steps per second of training, summed over segments; an open one counts up to its newest checkpoint
+    (its process may be dead, so "now" would understate the speed)."""
+    steps, seconds = 0, 0.0
+    for s in data.segments:
+        end_step, end_time = s.end_step, s.end_time
+        if end_time is None:
+            if not data.checkpoints or data.checkpoints[-1].step <= s.start_step:
+                continue
+            end_step, end_time = data.checkpoints[-1].step, data.checkpoints[-1].created_at
+        if end_step is None:
+            continue
+        steps += end_step - s.start_step
+        seconds += (datetime.fromisoformat(end_time) - datetime.fromisoformat(s.start_time)).total_seconds()
+    return steps / seconds if steps > 0 and seconds > 0 else None
+
+
+def overview(folder: Path) -> list[RunSummary]:
+    return [summarize(run_dir) for run_dir in find_runs(folder)]
+
+
+def as_json(summaries: list[RunSummary]) -> list[dict[str, object]]:
+    return [
+        {"run_dir": s.run_dir, "error": s.error}
+        if s.error
+        else {**asdict(s), "progress": round(s.progress, 4)}
+        for s in summaries
+    ]
+
+
+def render(summaries: list[RunSummary]) -> str:
+    header = ("RUN", "STATUS", "STEP", "DONE", "SEGS", "TIMEOUT", "PREEMPT", "KILLED", "STEPS/S", "ETA")
+    rows = [header]
+    for s in summaries:
+        name = Path(s.run_dir).name
+        if s.error:
+            rows.append((name, "unreadable", "", "", "", "", "", "", "", ""))
+            continue
+        rows.append(
+            (
+                name,
+                s.status,
+                f"{s.step}/{s.total_steps}",
+                f"{100 * s.progress:.0f}%",
+                str(s.segments),
+                str(s.timeouts),
+                str(s.preemptions),
+                str(s.killed),
+                f"{s.steps_per_s:.2f}" if s.steps_per_s else "-",
+                _clock(s.eta_s) if s.eta_s is not None else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [f"{Path(s.run_dir).name}: {s.error}" for s in summaries if s.error]
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
