@@ -47,6 +47,14 @@ def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
     fsync_directory(target.parent)
 
 
+def stale_temp_files(target: Path) -> list[Path]:
+    """Temp files of ``target`` that an ``atomic_writer`` left behind when its process was killed.
+
+    Only stale when no writer of ``target`` can be running (the caller holds the target's lock).
+    """
+    return sorted(target.parent.glob(f".{target.name}.*.tmp"))
+
+
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     with atomic_writer(target) as handle:
         handle.write(data)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import filelock
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, stale_temp_files
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -211,6 +211,8 @@ class RunManifest:
             ) from None
 
     def _write(self, data: ManifestData) -> None:
+        for stale in stale_temp_files(self.path):  # we hold the lock: their writer was killed mid-write
+            stale.unlink(missing_ok=True)
         data.config_hash = config_hash(data.config)
         payload = json.dumps(data.to_dict(), indent=2, sort_keys=False) + "\n"
         atomic_write_bytes(self.path, payload.encode())

@@ -1,0 +1,90 @@
+"""SIGKILL inside a durable write (the atomic-write test seam holds the temp file open), then resume.
+
+Whatever is half-written must never be trusted or left to pile up: the manifest keeps its previous
+version, an unpublished checkpoint is deleted, and the resumed run ends bit-identical to one never killed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+
+from trm_cluster.atomic import PAUSE_ENV
+from trm_cluster.wandb_files import wait_for_writers
+
+FAST = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "debug")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
+    work = tmp_path_factory.mktemp("reference")
+    result = cli("submit", *FAST, "--run-dir", str(work / "run"), cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return str(status_json(work / "run", work)["weights_sha256"])
+
+
+def _temps(directory: Path, name: str) -> list[Path]:
+    return list(directory.glob(f".{name}.*.tmp"))
+
+
+def _kill_when(run_dir: Path, pause: str, ready: Callable[[], bool], cwd: Path) -> None:
+    """Train with ``pause`` in force and SIGKILL the process (debug executor: the trainer) once ready()."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", *FAST, "--run-dir", str(run_dir)],
+        cwd=cwd, env=clean_env(**{PAUSE_ENV: pause}), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr and proc.stderr.read()}"
+            assert time.monotonic() < deadline, "the write to kill never started"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert wait_for_writers([proc.pid]) == []
+
+
+def _resume_and_check(run_dir: Path, cwd: Path, reference: str) -> None:
+    resumed = cli("submit", "--resume", str(run_dir), "--executor", "debug", cwd=cwd)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
+    assert data["segments"][1]["start_step"] == 100
+    assert status_json(run_dir, cwd)["weights_sha256"] == reference
+    assert not _temps(run_dir, "manifest.json") and not list((run_dir / "checkpoints").glob(".*.tmp"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "step_000000100.pt", "step_000000150.pt", "step_000000200.pt",
+    ]  # fmt: skip
+    assert_one_continuous_wandb_run(run_dir, list(range(5, 201, 5)))
+
+
+def test_killed_while_writing_a_checkpoint(workdir: Path, reference: str) -> None:
+    run_dir = workdir / "run"
+    checkpoints = run_dir / "checkpoints"
+    _kill_when(run_dir, "step_000000150:60", lambda: bool(_temps(checkpoints, "step_000000150.pt")), workdir)
+    assert [c["step"] for c in manifest(run_dir)["checkpoints"]] == [50, 100]  # 150 never published
+    assert not (checkpoints / "step_000000150.pt").exists()
+    _resume_and_check(run_dir, workdir, reference)
+
+
+def test_killed_while_writing_the_manifest(workdir: Path, reference: str) -> None:
+    """Killed while publishing checkpoint 150: the file is whole on disk, but the manifest never named it."""
+    run_dir = workdir / "run"
+    written = run_dir / "checkpoints" / "step_000000150.pt"
+    _kill_when(
+        run_dir,
+        "manifest.json:0.5",
+        lambda: written.exists() and bool(_temps(run_dir, "manifest.json")),
+        workdir,
+    )
+    assert [c["step"] for c in manifest(run_dir)["checkpoints"]] == [50, 100]  # the old manifest, intact
+    assert written.exists() and _temps(run_dir, "manifest.json")
+    _resume_and_check(run_dir, workdir, reference)
