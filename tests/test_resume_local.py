@@ -15,6 +15,9 @@ from pathlib import Path
 
 from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
 
+from trm_cluster.tracking import FINISH_TIMEOUT_ENV
+from trm_cluster.wandb_files import wait_for_writers
+
 COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
 
 
@@ -118,11 +121,11 @@ def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(wo
     assert data["requeues"]["timeout"] == 4 and data["timeouts_at_submit"] == 2 and data["status"] == "failed"
 
 
-def _start(workdir: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+def _start(workdir: Path, run_dir: Path, *extra: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "trm_cluster.submit", *COMMON, "--run-dir", str(run_dir), *extra],
         cwd=workdir,
-        env=clean_env(),
+        env=clean_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -207,4 +210,25 @@ def test_wandb_core_killed_by_sigterm_does_not_stop_training_or_lose_rows(workdi
         "W&B stopped accepting rows"
         in (run_dir / "logs" / f"{data['launch']['job_id']}_0_log.err").read_text()
     )
+    assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))
+
+
+def test_a_hung_wandb_core_does_not_hold_up_the_requeue(workdir: Path) -> None:
+    """A wandb-core that stops answering (SIGSTOP; a stalled upload looks the same from here) would block
+    ``finish`` until the scheduler kills the job, unrequeued. The finish is bounded: the job kills its
+    wandb-core, requeues, and the next process re-logs the rows that never reached the disk."""
+    run_dir = workdir / "run"
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", **{FINISH_TIMEOUT_ENV: "3"})
+    pid = _wait_for_segment(run_dir, min_step=0)
+    _wait_for_checkpoint(run_dir, 50)
+    (core,) = [c for c in _children(pid) if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    os.kill(core, signal.SIGSTOP)
+    os.kill(pid, signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
+    log_err = (run_dir / "logs" / f"{data['launch']['job_id']}_0_log.err").read_text()
+    assert f"W&B finish did not return within 3 s; killed wandb-core [{core}]" in log_err
+    assert wait_for_writers([pid], timeout_s=0) == []  # the stopped one is gone, not left behind
     assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +119,24 @@ class NullTracker:
         return None
 
 
+FINISH_TIMEOUT_ENV = "TRM_CLUSTER_WANDB_FINISH_TIMEOUT_S"
+
+
+def finish_timeout_s() -> float:
+    return float(os.environ.get(FINISH_TIMEOUT_ENV) or 60.0)
+
+
+def _forget_wandb_service() -> None:
+    """After killing our wandb-core, drop wandb's handle on it so exit (or a next in-process run) cannot
+    wait on a dead service."""
+    import wandb
+
+    try:
+        wandb.teardown()
+    except Exception as error:  # expected: the service it says goodbye to is gone
+        log.debug("W&B teardown after a killed wandb-core: %s", error)
+
+
 def _wait_for_killed_writer(data: ManifestData) -> None:
     """A killed previous process (segment never closed) may have left its wandb-core flushing here."""
     previous = data.open_segment
@@ -213,16 +232,37 @@ class WandbTracker:
         return [{"step": step, "metrics": dict(metrics)} for step, metrics in self._journal.items()]
 
     def finish(self, preempting: bool, failed: bool = False) -> None:
-        """Flush and close; a preempted segment is marked so W&B shows it as preempted, not crashed."""
+        """Flush and close; a preempted segment is marked so W&B shows it as preempted, not crashed.
+
+        Bounded (``TRM_CLUSTER_WANDB_FINISH_TIMEOUT_S``, default 60 s): a wandb-core that hangs (a stalled
+        upload, a stopped process) must not hold up the requeue until the scheduler kills the job. It is
+        then killed; its rows are in the checkpoint's journal and the next process re-logs them.
+        """
         if self._run is None:
             return
         run, self._run = self._run, None
-        try:
-            if preempting:
-                run.mark_preempting()
-            run.finish(exit_code=1 if preempting or failed else 0)
-        except Exception as error:  # wandb-core already gone (SIGTERM): only the .wandb file knows
-            log.warning("W&B finish failed: %s", error)
+        errors: list[Exception] = []
+
+        def close() -> None:
+            try:
+                if preempting:
+                    run.mark_preempting()
+                run.finish(exit_code=1 if preempting or failed else 0)
+            except Exception as error:  # wandb-core already gone (SIGTERM): only the .wandb file knows
+                errors.append(error)
+
+        closer = threading.Thread(target=close, name="wandb-finish", daemon=True)
+        closer.start()
+        closer.join(finish_timeout_s())
+        if closer.is_alive():
+            killed = wandb_files.kill_writers([os.getpid()])
+            log.warning("W&B finish did not return within %.0f s; killed wandb-core %s and going on (the "
+                        "rows are in the checkpoint journal)", finish_timeout_s(), killed)  # fmt: skip
+            closer.join(10)
+            _forget_wandb_service()
+            return
+        if errors:
+            log.warning("W&B finish failed: %s", errors[0])
             return
         if not self._broken:
             self.durable_step = self._last_logged

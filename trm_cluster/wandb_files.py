@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import struct
 import time
 import zlib
@@ -41,6 +42,7 @@ __all__ = [
     "WandbSegment",
     "find_segments",
     "iter_records",
+    "kill_writers",
     "max_logged_step",
     "read_segment",
     "wait_for_writers",
@@ -314,3 +316,15 @@ def wait_for_writers(pids: Iterable[int], timeout_s: float = 30.0) -> list[int]:
     while (left := _writers_of(wanted)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def kill_writers(pids: Iterable[int]) -> list[int]:
+    """SIGKILL the ``wandb-core`` of these processes (a hung one would hold up exit and requeue)."""
+    killed = []
+    for core in _writers_of(set(pids)):
+        try:
+            os.kill(core, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(core)
+    return killed
