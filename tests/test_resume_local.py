@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
 
-from trm_cluster.tracking import FINISH_TIMEOUT_ENV
+from trm_cluster.tracking import FINISH_TIMEOUT_ENV, finish_timeout_s
 from trm_cluster.wandb_files import wait_for_writers
 
 COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
@@ -232,3 +233,23 @@ def test_a_hung_wandb_core_does_not_hold_up_the_requeue(workdir: Path) -> None:
     assert f"W&B finish did not return within 3 s; killed wandb-core [{core}]" in log_err
     assert wait_for_writers([pid], timeout_s=0) == []  # the stopped one is gone, not left behind
     assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "bound"),
+    [
+        ("", 60.0),
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("abc", 60.0),
+        ("0", 60.0),
+        ("-1", 60.0),
+        ("nan", 60.0),
+        ("inf", 60.0),
+    ],
+)
+def test_the_finish_bound_reads_the_environment_and_ignores_nonsense(
+    monkeypatch: pytest.MonkeyPatch, raw: str, bound: float
+) -> None:
+    monkeypatch.setenv(FINISH_TIMEOUT_ENV, raw)
+    assert finish_timeout_s() == bound

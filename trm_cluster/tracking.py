@@ -10,6 +10,7 @@ duplicated or shifted points.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -122,8 +123,17 @@ class NullTracker:
 FINISH_TIMEOUT_ENV = "TRM_CLUSTER_WANDB_FINISH_TIMEOUT_S"
 
 
-def finish_timeout_s() -> float:
-    return float(os.environ.get(FINISH_TIMEOUT_ENV) or 60.0)
+def finish_timeout_s(default: float = 60.0) -> float:
+    """The bound on ``run.finish()``; a value that is not a positive number falls back to the default."""
+    raw = os.environ.get(FINISH_TIMEOUT_ENV) or ""
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        log.warning("%s=%r is not a positive number of seconds; using %.0f", FINISH_TIMEOUT_ENV, raw, default)
+        return default
+    return value
 
 
 def _forget_wandb_service() -> None:
@@ -253,11 +263,12 @@ class WandbTracker:
 
         closer = threading.Thread(target=close, name="wandb-finish", daemon=True)
         closer.start()
-        closer.join(finish_timeout_s())
+        bound = finish_timeout_s()
+        closer.join(bound)
         if closer.is_alive():
             killed = wandb_files.kill_writers([os.getpid()])
             log.warning("W&B finish did not return within %.0f s; killed wandb-core %s and going on (the "
-                        "rows are in the checkpoint journal)", finish_timeout_s(), killed)  # fmt: skip
+                        "rows are in the checkpoint journal)", bound, killed)  # fmt: skip
             closer.join(10)
             _forget_wandb_service()
             return
