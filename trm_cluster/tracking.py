@@ -267,7 +267,7 @@ class WandbTracker:
         closer.join(bound)
         if closer.is_alive():
             killed = wandb_files.kill_writers([os.getpid()])
-            log.warning("W&B finish did not return within %.0f s; killed wandb-core %s and going on (the "
+            log.warning("W&B finish did not return within %g s; killed wandb-core %s and going on (the "
                         "rows are in the checkpoint journal)", bound, killed)  # fmt: skip
             closer.join(10)
             _forget_wandb_service()
