@@ -81,7 +81,7 @@ def test_killed_while_writing_the_manifest(workdir: Path, reference: str) -> Non
     written = run_dir / "checkpoints" / "step_000000150.pt"
     _kill_when(
         run_dir,
-        "manifest.json:0.5",
+        "manifest.json:1.5",
         lambda: written.exists() and bool(_temps(run_dir, "manifest.json")),
         workdir,
     )
