@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
 
 from trm_cluster.tracking import FINISH_TIMEOUT_ENV, finish_timeout_s
-from trm_cluster.wandb_files import wait_for_writers
+from trm_cluster.wandb_files import live_writers
 
 COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
 
@@ -197,7 +197,7 @@ def test_wandb_core_killed_by_sigterm_does_not_stop_training_or_lose_rows(workdi
     proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
     pid = _wait_for_segment(run_dir, min_step=0)
     _wait_for_checkpoint(run_dir, 50)
-    cores = [c for c in _children(pid) if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    cores = live_writers([pid])
     assert cores, "no wandb-core child found"
     for core in cores:
         os.kill(core, signal.SIGTERM)
@@ -222,7 +222,7 @@ def test_a_hung_wandb_core_does_not_hold_up_the_requeue(workdir: Path) -> None:
     proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", **{FINISH_TIMEOUT_ENV: "3"})
     pid = _wait_for_segment(run_dir, min_step=0)
     _wait_for_checkpoint(run_dir, 50)
-    (core,) = [c for c in _children(pid) if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    (core,) = live_writers([pid])
     os.kill(core, signal.SIGSTOP)
     os.kill(pid, signal.SIGUSR2)
     out, err = proc.communicate(timeout=300)
@@ -231,7 +231,7 @@ def test_a_hung_wandb_core_does_not_hold_up_the_requeue(workdir: Path) -> None:
     assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
     log_err = (run_dir / "logs" / f"{data['launch']['job_id']}_0_log.err").read_text()
     assert f"W&B finish did not return within 3 s; killed wandb-core [{core}]" in log_err
-    assert wait_for_writers([pid], timeout_s=0) == []  # the stopped one is gone, not left behind
+    assert live_writers([pid]) == []  # the stopped one is gone, not left behind
     assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))
 
 

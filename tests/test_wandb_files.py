@@ -20,6 +20,7 @@ from trm_cluster.wandb_files import (
     WandbSegment,
     find_segments,
     iter_records,
+    live_writers,
     max_logged_step,
     read_segment,
     wait_for_writers,
@@ -195,7 +196,7 @@ def test_sigkilled_segment_reads_a_prefix(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.stdout.readline().strip() not in ("logged", ""):
             pass
-        assert wait_for_writers([proc.pid], timeout_s=0), "the live process's wandb-core is not found"
+        assert live_writers([proc.pid]), "the live process's wandb-core is not found"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

@@ -43,6 +43,7 @@ __all__ = [
     "find_segments",
     "iter_records",
     "kill_writers",
+    "live_writers",
     "max_logged_step",
     "read_segment",
     "wait_for_writers",
@@ -283,9 +284,9 @@ def max_logged_step(paths: Iterable[str | Path]) -> int | None:
     return best
 
 
-def _writers_of(pids: set[int]) -> list[int]:
+def live_writers(pids: Iterable[int]) -> list[int]:
     """Live ``wandb-core`` processes started for one of ``pids`` (wandb passes ``--pid <parent>``)."""
-    found = []
+    wanted, found = set(pids), []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -297,7 +298,7 @@ def _writers_of(pids: set[int]) -> list[int]:
         if not argv or not os.path.basename(argv[0]).startswith(b"wandb-core"):
             continue
         for flag, value in itertools.pairwise(argv):
-            if flag == b"--pid" and value.isdigit() and int(value) in pids:
+            if flag == b"--pid" and value.isdigit() and int(value) in wanted:
                 found.append(int(entry.name))
     return found
 
@@ -313,7 +314,7 @@ def wait_for_writers(pids: Iterable[int], timeout_s: float = 30.0) -> list[int]:
     if not wanted or not os.path.isdir("/proc"):
         return []
     deadline = time.monotonic() + timeout_s
-    while (left := _writers_of(wanted)) and time.monotonic() < deadline:
+    while (left := live_writers(wanted)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -321,7 +322,7 @@ def wait_for_writers(pids: Iterable[int], timeout_s: float = 30.0) -> list[int]:
 def kill_writers(pids: Iterable[int]) -> list[int]:
     """SIGKILL the ``wandb-core`` of these processes (a hung one would hold up exit and requeue)."""
     killed = []
-    for core in _writers_of(set(pids)):
+    for core in live_writers(set(pids)):
         try:
             os.kill(core, signal.SIGKILL)
         except ProcessLookupError:
