@@ -14,6 +14,8 @@ import pytest
 
 from trm_cluster import wandb_files
 
+pytest_plugins = ["pytester", "ci_guard"]  # ci_guard: Slurm tests and data files skip, or fail under CI=true
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -84,30 +86,3 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
-
-
-def slurm_works() -> bool:
-    from trm_cluster.executors import slurm_available
-
-    return slurm_available()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slurm tests run when a controller answers; in CI a Slurm test that would skip fails instead."""
-    slurm_items = [item for item in items if item.get_closest_marker("slurm")]
-    if not slurm_items or slurm_works():
-        return
-    if os.environ.get("CI") == "true":
-        for item in slurm_items:
-            item.add_marker(pytest.mark.usefixtures("_fail_without_slurm"))
-        return
-    skip = pytest.mark.skip(reason="no working Slurm (start one with scripts/slurm-local.sh start)")
-    for item in slurm_items:
-        item.add_marker(skip)
-
-
-@pytest.fixture
-def _fail_without_slurm() -> None:
-    pytest.fail(
-        "CI=true but sbatch/sinfo do not work: scripts/slurm-local.sh start must succeed before the tests"
-    )
