@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+from support import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
 
 from trm_cluster.atomic import PAUSE_ENV
 from trm_cluster.wandb_files import wait_for_writers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import cli, manifest
+from support import cli, manifest
 
 KEY = "trmleak" + "0123456789abcdef" * 2 + "zz"  # 41 characters, like a real key, and greppable
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, cli, manifest, tree_digest
+from support import clean_env, cli, manifest, tree_digest
 
 from trm_cluster.launch import preemption_steps
 from trm_cluster.wandb_files import wait_for_writers

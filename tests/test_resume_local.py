@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+from support import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
 
 from trm_cluster.tracking import FINISH_TIMEOUT_ENV, finish_timeout_s
 from trm_cluster.wandb_files import live_writers

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+from support import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
 
 pytestmark = pytest.mark.slurm
 

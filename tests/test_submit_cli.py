@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_continuous_wandb_run, cli, manifest, status_json, tree_digest, wandb_history
+from support import assert_one_continuous_wandb_run, cli, manifest, status_json, tree_digest, wandb_history
 
 from trm_cluster.launch import preemption_steps
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import filelock
 import pytest
-from conftest import clean_env, cli, manifest, tree_digest
+from support import clean_env, cli, manifest, tree_digest
 
 from trm_cluster.manifest import RunManifest
 from trm_cluster.wandb_files import find_segments

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import assert_one_continuous_wandb_run, cli, manifest, wandb_history
+from support import assert_one_continuous_wandb_run, cli, manifest, wandb_history
 
 SHORT_TINY = (
     "--preset", "tiny", "--wandb-mode", "offline", "--steps", "120", "--checkpoint-every", "40",

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import torch
-from conftest import REPO
+from support import REPO
 
 from trm_cluster.examples.regression import REGRESSION, RegressionConfig
 from trm_cluster.state import capture_rng, restore_rng, seed_everything
