@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import submitit
+from submitit.local.local import LocalJob
 
 ExecutorKind = Literal["auto", "slurm", "local", "debug"]
 
@@ -114,7 +117,7 @@ def make_executor(kind: str, options: ExecutorOptions, folder: Path) -> submitit
     if kind == "local":
         if options.nodes != 1:
             raise ValueError("the local executor runs on one node; use --nodes 1")
-        local = submitit.LocalExecutor(folder=folder, max_num_timeout=UNLIMITED_SUBMITIT_TIMEOUTS)
+        local = LocalExecutor(folder=folder, max_num_timeout=UNLIMITED_SUBMITIT_TIMEOUTS)
         local.update_parameters(
             timeout_min=options.time_min,
             tasks_per_node=options.tasks_per_node,
@@ -125,6 +128,64 @@ def make_executor(kind: str, options: ExecutorOptions, folder: Path) -> submitit
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
     raise ValueError(f"unknown executor {kind!r} (auto, slurm, local, debug)")
+
+
+class LocalExecutor(submitit.LocalExecutor):
+    """submitit's LocalExecutor whose controller reruns a requeued task as often as Slurm would requeue it.
+
+    submitit's controller stops after 6 runs (see :mod:`trm_cluster.local_controller`); the only change
+    here is the module the controller process runs. ``_submit_command`` is submitit 1.5's own, calling
+    :func:`start_controller` below instead of submitit's.
+    """
+
+    def _submit_command(self, command: str) -> LocalJob[Any]:
+        ntasks = self.parameters.get("tasks_per_node", 1)
+        n_gpus = self.parameters.get("gpus_per_node", 0)
+        visible_gpus = self.parameters.get("visible_gpus", ())
+        gpus = range(n_gpus) if visible_gpus == () else visible_gpus[:n_gpus]
+        process = start_controller(
+            folder=self.folder,
+            command=command,
+            tasks_per_node=ntasks,
+            cuda_devices=",".join(str(k) for k in gpus),
+            timeout_min=self.parameters.get("timeout_min", 2.0),
+            signal_delay_s=self.parameters.get("signal_delay_s", 30),
+            stderr_to_stdout=self.parameters.get("stderr_to_stdout", False),
+            setup=self.parameters.get("setup", ()),
+        )
+        return LocalJob(
+            folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks))
+        )
+
+
+def start_controller(
+    folder: Path,
+    command: str,
+    tasks_per_node: int,
+    cuda_devices: str,
+    timeout_min: float,
+    signal_delay_s: int,
+    stderr_to_stdout: bool,
+    setup: Sequence[str],
+) -> subprocess.Popen[bytes]:
+    """``submitit.local.local.start_controller`` (submitit 1.5), starting ``trm_cluster.local_controller``."""
+    env = dict(os.environ)
+    env.update(
+        SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
+        SUBMITIT_LOCAL_COMMAND=command,
+        SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * timeout_min)),
+        SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(signal_delay_s)),
+        SUBMITIT_LOCAL_NODEID="0",
+        SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+        SUBMITIT_STDERR_TO_STDOUT="1" if stderr_to_stdout else "",
+        SUBMITIT_EXECUTOR="local",
+        CUDA_VISIBLE_DEVICES=cuda_devices,
+        SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
+    )
+    controller = [sys.executable, "-m", "trm_cluster.local_controller", str(folder)]
+    if setup:  # the controller then takes the shell's pid as the job id, as submitit's does
+        return subprocess.Popen(" && ".join([*setup, shlex.join(controller)]), shell=True, env=env)
+    return subprocess.Popen(controller, env=env)
 
 
 def sbatch_script(options: ExecutorOptions, folder: Path) -> str:
