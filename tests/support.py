@@ -6,13 +6,18 @@ conftest.py was imported last (tests/ or tests/trm/), so a subset of the test fi
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from trm_cluster import wandb_files
 
@@ -78,3 +83,102 @@ def assert_one_continuous_wandb_run(
     assert len(steps) == len(set(steps)), f"duplicated W&B steps: {sorted(steps)}"
     assert sorted(steps) == expected_steps
     return segments
+
+
+def final_checkpoint_payload(run_dir: Path) -> dict[str, Any]:
+    """The newest checkpoint the manifest publishes, loaded as the job loads it (``weights_only``).
+
+    Fails when there is none, when its file is missing, or when its bytes are not the recorded ones.
+    """
+    records = manifest(run_dir)["checkpoints"]
+    assert records, f"{run_dir} publishes no checkpoint"
+    path = run_dir / records[-1]["file"]
+    assert path.is_file(), f"{path}, the newest checkpoint in the manifest, is missing"
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == records[-1]["sha256"], f"{path} does not match its record"
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    assert isinstance(payload, dict) and payload, f"{path} holds {type(payload).__name__}, not a payload"
+    return payload
+
+
+def assert_same_state(expected: Any, actual: Any, ignore: Iterable[str] = ("meta.saved_at",)) -> None:
+    """Two (nested) states are the same, bit for bit, except at the ``ignore`` paths (see
+    :func:`state_differences`); the error lists every difference with its path."""
+    problems = state_differences(expected, actual, ignore)
+    assert not problems, f"{len(problems)} difference(s), expected vs actual:\n  " + "\n  ".join(problems)
+
+
+def state_differences(expected: Any, actual: Any, ignore: Iterable[str] = ("meta.saved_at",)) -> list[str]:
+    """Every difference between two (nested) states, as ``path: what differs``.
+
+    Tensors: same dtype, shape and bytes; floats: same bits (``float.hex``); other values: same type
+    and ``==``; dicts: the same keys; lists and tuples: same type and length. A path is dotted
+    (``trainer.optimizer.state.0.exp_avg``); an ``ignore`` pattern (fnmatch, ``*`` for any part) skips
+    that path and everything under it.
+    """
+    problems: list[str] = []
+    _compare(expected, actual, "", tuple(ignore), problems)
+    return problems
+
+
+def _compare(a: Any, b: Any, path: str, ignore: tuple[str, ...], problems: list[str]) -> None:
+    where = path or "<root>"
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.dtype != b.dtype or a.shape != b.shape:
+            problems.append(f"{where}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
+        elif not torch.equal(_bytes(a), _bytes(b)):
+            problems.append(f"{where}: {int((_bytes(a) != _bytes(b)).sum())} byte(s) differ")
+    elif isinstance(a, Mapping) and isinstance(b, Mapping):
+        keys = {key: f"{path}.{key}" if path else str(key) for key in [*a, *b]}
+        for key, sub in keys.items():
+            if any(fnmatch.fnmatchcase(sub, pattern) for pattern in ignore):
+                continue
+            if key not in b:
+                problems.append(f"{sub}: missing")
+            elif key not in a:
+                problems.append(f"{sub}: extra")
+            else:
+                _compare(a[key], b[key], sub, ignore, problems)
+    elif isinstance(a, list | tuple) and type(a) is type(b):
+        if len(a) != len(b):
+            problems.append(f"{where}: {len(a)} vs {len(b)} items")
+        for index, (x, y) in enumerate(zip(a, b, strict=False)):
+            sub = f"{path}.{index}" if path else str(index)
+            if not any(fnmatch.fnmatchcase(sub, pattern) for pattern in ignore):
+                _compare(x, y, sub, ignore, problems)
+    elif type(a) is not type(b):
+        problems.append(f"{where}: {type(a).__name__} {a!r:.60} vs {type(b).__name__} {b!r:.60}")
+    elif not _same_value(a, b):
+        problems.append(f"{where}: {a!r:.60} vs {b!r:.60}")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Floats by their bits (a NaN equals itself, -0.0 is not 0.0); anything else by ``==``."""
+    return a.hex() == b.hex() if isinstance(a, float) else bool(a == b)
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+RUN_IDENTITY = ("meta.saved_at", "meta.run_uid", "meta.run_name")
+"""What two runs of the same training never share: when the checkpoint was saved, and which run it is."""
+
+TIMINGS = ("trainer/steps_per_s",)
+"""Logged metrics that measure the machine, not the training."""
+
+
+def assert_same_training_state(reference: Path, run_dir: Path, ignore: Iterable[str] = ()) -> None:
+    """The final checkpoints of two runs are the same but for who and when (and ``ignore``, e.g. a
+    config field the runs set apart on purpose): model, optimizer, EMA, schedule, data position, RNG,
+    step, config, and the W&B row journal.
+
+    A process journals only the rows it logs itself, so a resumed run's journal is the tail of an
+    unbroken run's: the same rows, step for step, on every metric but the timings.
+    """
+    expected, actual = final_checkpoint_payload(reference), final_checkpoint_payload(run_dir)
+    assert_same_state(expected, actual, ignore=(*RUN_IDENTITY, "tracking.journal", *ignore))
+    rows, tail = expected["tracking"]["journal"], actual["tracking"]["journal"]
+    assert tail, f"the final checkpoint of {run_dir} journals no W&B row"
+    timings = tuple(f"journal_tail.*.metrics.{name}" for name in TIMINGS)
+    assert_same_state({"journal_tail": rows[-len(tail) :]}, {"journal_tail": tail}, ignore=timings)
