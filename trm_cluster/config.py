@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
 class RunConfig:
-    """How the job drives a trainer. Part of the resolved config stored in the manifest."""
+    """How a run's loop is driven. Part of the resolved config stored in the manifest."""
 
     steps: int = 1000
     """Total optimizer steps of the run."""
     seed: int = 0
-    """Seeds python, numpy and torch before the trainer is built."""
+    """Seeds python, numpy and torch before the trainer is built (Trainer protocol only: your own
+    loop seeds itself)."""
     checkpoint_every: int = 200
     """Save every N steps (0: only when stopping and at the end)."""
     keep_checkpoints: int = 3
     """Keep the newest K checkpoint files; older ones are deleted once a newer one is durable."""
     log_every: int = 10
-    """Log training metrics to W&B every N steps."""
+    """Write one W&B row every N steps (and at the last step); the values logged in between are
+    reduced by ``log_reduce``."""
+    log_reduce: Literal["last", "mean"] = "last"
+    """How a log_every window becomes one row, per key: its last value, or the mean of its values."""
+    wandb_step: Literal["done", "index"] = "done"
+    """The W&B step of a row: the number of steps done (1 after the first step), or the 0-based index
+    of the step that logged it (for charts continued from loops that logged that way)."""
     eval_every: int = 0
-    """Run the trainer's evaluate() every N steps (0: only at the end)."""
+    """Run the trainer's evaluate() every N steps (0: only at the end). Trainer protocol only."""
 
     def validate(self) -> None:
         if self.steps <= 0:
@@ -32,3 +40,11 @@ class RunConfig:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.log_every == 0:
             raise ValueError("log_every must be >= 1")
+        if self.log_reduce not in ("last", "mean"):
+            raise ValueError(f"log_reduce must be 'last' or 'mean', got {self.log_reduce!r}")
+        if self.wandb_step not in ("done", "index"):
+            raise ValueError(f"wandb_step must be 'done' or 'index', got {self.wandb_step!r}")
+
+    def logs_after(self, steps_done: int) -> bool:
+        """Whether the step that brings the run to ``steps_done`` ends a log window (writes a row)."""
+        return steps_done % self.log_every == 0 or steps_done == self.steps

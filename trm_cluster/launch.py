@@ -68,7 +68,7 @@ def create_run(
         workload=workload,
         config=config,
         config_hash=config_hash(config),
-        total_steps=int(config["run"]["steps"]),
+        total_steps=int(config["run"].get("steps", 0)),
         wandb=WandbInfo(
             project=wandb.project, entity=wandb.entity, run_id=new_run_id(), mode=resolve_mode(wandb.mode)
         ),
@@ -77,6 +77,53 @@ def create_run(
     )
     RunManifest(run_dir).create(data)
     return data
+
+
+def create_script_run(
+    run_dir: Path,
+    script: Path | None,
+    script_args: list[str],
+    run_flags: Mapping[str, Any],
+    entry: str | None = None,
+    name: str | None = None,
+    wandb: WandbOptions | None = None,
+    max_requeues: int = 20,
+    launch: Mapping[str, Any] | None = None,
+) -> ManifestData:
+    """A run of a user's own script: ``config["run"]`` holds only the flags given explicitly (they win
+    over what the script passes to ``session()``), ``config["script"]`` what to run and its arguments."""
+    from .script_job import SCRIPT_WORKLOAD, script_config
+
+    record = script_config(script, entry, script_args)
+    stem = Path(record["path"]).stem if record["path"] else str(entry).partition(":")[0].rsplit(".", 1)[-1]
+    wandb = wandb or WandbOptions(project=os.environ.get("WANDB_PROJECT") or stem)
+    config = {"run": dict(run_flags), "job": {}, "script": record}
+    return create_run(
+        run_dir,
+        name or run_dir.name,
+        SCRIPT_WORKLOAD,
+        config,
+        wandb,
+        max_requeues,
+        {"cwd": os.getcwd(), **(launch or {})},
+    )
+
+
+def is_script_run(run_dir: Path) -> bool:
+    from .script_job import SCRIPT_WORKLOAD
+
+    return RunManifest(run_dir).read().workload == SCRIPT_WORKLOAD
+
+
+def resumed_script_config(
+    current: Mapping[str, Any], run_flags: Mapping[str, Any], script_args: list[str] | None
+) -> dict[str, Any]:
+    """A script run's config on ``--resume``: new explicit flags over the old ones; new script args
+    (``--script-args ...``, even none) replace the old ones, else they are kept."""
+    script = dict(current["script"])
+    if script_args is not None:
+        script["args"] = list(script_args)
+    return {**current, "run": {**current["run"], **run_flags}, "script": script}
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -100,11 +147,12 @@ def resume_run(run_dir: Path, config: dict[str, Any], launch: Mapping[str, Any])
     manifest = RunManifest(run_dir)
     current = manifest.read()
     _refuse_if_active(current)
-    new_steps = int(config["run"]["steps"])
-    if current.step >= new_steps:
+    new_steps = int(config["run"].get("steps", current.total_steps))
+    unchanged = not config_differences(current.config, config)
+    if current.status == "completed" and current.step >= new_steps and unchanged:
         raise ManifestError(
-            f"run is already at step {current.step} of {new_steps}; pass --steps N with N > {current.step} "
-            "to train it further"
+            f"run is already completed at step {current.step} of {new_steps}; pass --steps N with "
+            f"N > {current.step} to train it further"
         )
     with manifest.update() as data:
         changes = config_differences(data.config, config)
@@ -112,6 +160,8 @@ def resume_run(run_dir: Path, config: dict[str, Any], launch: Mapping[str, Any])
             data.config_changes.append(ConfigChange(at_step=data.step, time=utc_now(), changes=changes))
             data.config = config
         data.total_steps = new_steps
+        # A run whose last process died after its final checkpoint (status still "running") is
+        # finished by the next one: segment closed, W&B journal replayed, the code after the loop run.
         data.status = "requeued"
         data.launch = dict(launch)
         data.max_requeues = int(launch.get("max_requeues", data.max_requeues))
@@ -171,9 +221,12 @@ def submit(
     wandb_resume: str = "allow",
     preempt_at: tuple[int, ...] = (),
 ) -> Submission:
+    from .script_job import SCRIPT_WORKLOAD, ScriptJob
+
     run_dir = run_dir.resolve()
     executor = make_executor(kind, options, run_dir / LOG_DIR)
-    job = executor.submit(TrainingJob(run_dir, wandb_resume=wandb_resume, preempt_at=preempt_at))
+    job_type = ScriptJob if RunManifest(run_dir).read().workload == SCRIPT_WORKLOAD else TrainingJob
+    job = executor.submit(job_type(run_dir, wandb_resume=wandb_resume, preempt_at=preempt_at))
     manifest = RunManifest(run_dir)
     with manifest.update() as data:
         data.launch = {**data.launch, "job_id": str(job.job_id), "submitted_at": utc_now()}

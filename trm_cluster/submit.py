@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -24,14 +25,18 @@ from .launch import (
     WandbOptions,
     config_differences,
     create_run,
+    create_script_run,
     follow,
+    is_script_run,
     preemption_steps,
     resolved_config,
     resume_run,
+    resumed_script_config,
     submit,
 )
-from .manifest import ManifestError, RunManifest
+from .manifest import ManifestData, ManifestError, RunManifest
 from .presets import PresetError, load_preset
+from .script_job import NoJobConfig, script_config
 from .workload import Workload, dataclass_from_dict, load_workload
 
 JobT = TypeVar("JobT")
@@ -47,6 +52,12 @@ class SubmitArgs(Generic[JobT]):
     executor: Annotated[ExecutorOptions, tyro.conf.arg(name="")] = field(default_factory=ExecutorOptions)
     preset: str = DEFAULT_PRESET
     """A preset name from jobs/ or a path to a preset .toml file."""
+    script: Path | None = None
+    """Your own training script (it opens ``trm_cluster.session()`` around its loop) instead of a preset."""
+    entry: str | None = None
+    """Or a ``package.module:function`` to call instead of a script."""
+    script_args: tuple[str, ...] = ()
+    """Everything after --script-args (or after a bare --) goes to the script, as its own arguments."""
     resume: Path | None = None
     """Continue the run in this directory (same W&B run); flags given here override its config."""
     run_dir: Path | None = None
@@ -80,10 +91,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    argv, script_args = split_script_args(argv)
     early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=None)
     early.add_argument("--resume", type=Path, default=None)
+    early.add_argument("--script", type=Path, default=None)
+    early.add_argument("--entry", default=None)
     known, _ = early.parse_known_args(argv)
+    if known.script or known.entry or (known.resume and is_script_run(known.resume)):
+        return _script_main(argv, script_args, known)
+    if script_args is not None:
+        raise ValueError("--script-args (or --) passes arguments to a --script or --entry; this run has none")
 
     workload, defaults, run_config = _defaults(known.preset, known.resume)
     args: SubmitArgs[Any] = tyro.cli(
@@ -98,14 +116,89 @@ def _main(argv: list[str]) -> int:
     args.executor.validate()
     config = resolved_config(args.run, args.job)
     kind = resolve_kind(args.executor.executor)
-    launch = {
-        **dataclasses.asdict(args.executor),
-        "executor": kind,
-        "preset": args.preset,
-    }
+    launch = _launch_record(args, kind)
     if args.resume is not None:
         return _resume(args, config, kind, launch)
     return _new(args, workload, config, kind, launch)
+
+
+def _launch_record(args: SubmitArgs[Any], kind: str) -> dict[str, Any]:
+    return {**dataclasses.asdict(args.executor), "executor": kind, "preset": args.preset, "cwd": os.getcwd()}
+
+
+def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Cut ``argv`` at ``--script-args`` (or a bare ``--``): what follows belongs to the script."""
+    for i, arg in enumerate(argv):
+        if arg in ("--script-args", "--"):
+            return argv[:i], argv[i + 1 :]
+    return argv, None
+
+
+def explicit_run_flags(argv: list[str], run: RunConfig) -> dict[str, Any]:
+    """The RunConfig fields given as flags: for a script they override what it passes to session()."""
+    given = {arg.partition("=")[0] for arg in argv if arg.startswith("--")}
+    return {
+        f.name: getattr(run, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if f"--{f.name.replace('_', '-')}" in given
+    }
+
+
+def _script_main(argv: list[str], script_args: list[str] | None, known: argparse.Namespace) -> int:
+    """A run of the user's own script (``--script``/``--entry``), new or resumed."""
+    args: SubmitArgs[Any] = tyro.cli(
+        SubmitArgs[NoJobConfig],
+        default=SubmitArgs(job=NoJobConfig(), run=RunConfig(), preset="", resume=known.resume),
+        args=argv,
+        prog="python -m trm_cluster.submit",
+    )
+    args.executor.validate()
+    run_flags = explicit_run_flags(argv, args.run)
+    dataclass_from_dict(RunConfig, run_flags).validate()
+    kind = resolve_kind(args.executor.executor)
+    launch = _launch_record(args, kind)
+    if args.resume is not None:
+        run_dir = args.resume.resolve()
+        current = RunManifest(run_dir).read()
+        config = resumed_script_config(current.config, run_flags, script_args)
+        if args.dry_run:
+            return _dry_run(args, config, run_dir)
+        total = int(config["run"].get("steps", current.total_steps))
+        preempt_at = tuple(current.step + s for s in _script_preemptions(args, total - current.step, run_dir))
+        data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)})
+        _print_changes(data)
+        return _submit_and_report(
+            args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at
+        )
+    stem = (args.script.stem if args.script else str(args.entry).rpartition(":")[2]) or "script"
+    name = args.name or f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = (args.run_dir or Path("runs") / name).resolve()
+    config = {
+        "run": run_flags,
+        "job": {},
+        "script": script_config(args.script, args.entry, script_args or []),
+    }
+    if args.dry_run:
+        return _dry_run(args, config, run_dir)
+    preempt_at = _script_preemptions(args, int(run_flags.get("steps", 0)), name)
+    wandb = WandbOptions(
+        project=args.wandb_project if "--wandb-project" in argv else os.environ.get("WANDB_PROJECT") or stem,
+        entity=args.wandb_entity,
+        mode=args.wandb_mode if args.wandb else "disabled",
+    )
+    create_script_run(
+        run_dir, args.script, script_args or [], run_flags, entry=args.entry, name=name, wandb=wandb,
+        max_requeues=args.executor.max_requeues, launch={**launch, "preempt_at": list(preempt_at)},
+    )  # fmt: skip
+    return _submit_and_report(args, run_dir, kind, "allow", preempt_at)
+
+
+def _script_preemptions(args: SubmitArgs[Any], steps: int, seed: Path | str) -> tuple[int, ...]:
+    if args.preemptions and steps <= 0:
+        raise ValueError(
+            "--preemptions N with --script needs --steps S: the script's own total is known only once it runs"
+        )
+    return preemption_steps(args.preemptions, steps, str(seed))
 
 
 def expand_name_shorthands(argv: list[str], config_type: type[Any]) -> list[str]:
@@ -176,10 +269,14 @@ def _resume(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: di
     remaining = int(config["run"]["steps"]) - current
     preempt_at = tuple(current + s for s in preemption_steps(args.preemptions, remaining, str(run_dir)))
     data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)})
+    _print_changes(data)
+    return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
+
+
+def _print_changes(data: ManifestData) -> None:
     if data.config_changes and data.config_changes[-1].at_step == data.step:
         for key, (old, new) in data.config_changes[-1].changes.items():
             print(f"config change at step {data.step}: {key}: {old!r} -> {new!r}")
-    return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
 
 
 def _dry_run(args: SubmitArgs[Any], config: dict[str, Any], run_dir: Path) -> int:

@@ -92,9 +92,12 @@ class Tracker(Protocol):
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
-    def journal(self) -> list[dict[str, Any]]: ...
+    def journal(self) -> dict[str, Any]: ...
 
     def finish(self, preempting: bool, failed: bool = False) -> None: ...
+
+    @property
+    def run(self) -> Any: ...
 
     @property
     def segment_dir(self) -> str | None: ...
@@ -109,8 +112,12 @@ class NullTracker:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         pass
 
-    def journal(self) -> list[dict[str, Any]]:
-        return []
+    def journal(self) -> dict[str, Any]:
+        return {"rows": [], "complete_above": self.durable_step}
+
+    @property
+    def run(self) -> Any:
+        return None
 
     def finish(self, preempting: bool, failed: bool = False) -> None:
         pass
@@ -168,6 +175,8 @@ class WandbTracker:
         self._broken = False
         self._run_dir = run_dir
         self._journal: dict[int, dict[str, float]] = {}
+        self.complete_above = watermark
+        """The journal holds every row logged above this step (at or below it: on disk, or lost)."""
         self.skipped = 0
         self.replayed = 0
 
@@ -178,7 +187,7 @@ class WandbTracker:
         run_dir: Path,
         resume: str = "allow",
         quiet: bool = False,
-        journal: Sequence[Mapping[str, Any]] = (),
+        journal: Mapping[str, Any] | Sequence[Mapping[str, Any]] = (),
         resume_step: int = 0,
     ) -> WandbTracker:
         import wandb
@@ -207,14 +216,23 @@ class WandbTracker:
         tracker._replay(journal, resume_step)
         return tracker
 
-    def _replay(self, journal: Sequence[Mapping[str, Any]], resume_step: int) -> None:
-        """Re-log the checkpoint's rows that an earlier process logged but never got onto disk."""
-        rows = sorted((int(r["step"]), r["metrics"]) for r in journal if int(r["step"]) <= resume_step)
+    def _replay(self, journal: Mapping[str, Any] | Sequence[Mapping[str, Any]], resume_step: int) -> None:
+        """Re-log the checkpoint's rows that an earlier process logged but never got onto disk.
+
+        ``journal`` is ``{"rows": [...], "complete_above": N}`` (older checkpoints: the bare row list,
+        whose completeness is unknown). Rows can be lost only when the watermark lies below the step
+        above which the journal is complete; a step that was never logged (``log_every > 1``) is no loss.
+        """
+        if isinstance(journal, Mapping):
+            raw_rows, complete_above = journal.get("rows", []), int(journal.get("complete_above", -1))
+        else:
+            raw_rows, complete_above = journal, -1
+        rows = sorted((int(r["step"]), r["metrics"]) for r in raw_rows if int(r["step"]) <= resume_step)
         missing = [(step, metrics) for step, metrics in rows if step > self.watermark]
-        if missing and rows[0][0] > self.watermark + 1 and self.watermark >= 0:
-            log.warning(
-                "W&B steps %d..%d are lost (older than the journal)", self.watermark + 1, rows[0][0] - 1
-            )
+        if complete_above > self.watermark:
+            log.warning("W&B steps %d..%d may be lost: above what reached the disk, older than the "
+                        "checkpoint's journal", self.watermark + 1, complete_above)  # fmt: skip
+            self.complete_above = complete_above
         for step, metrics in missing:
             self.log(step, metrics)
         self.replayed = len(missing)
@@ -226,7 +244,9 @@ class WandbTracker:
             return
         self._journal.setdefault(step, {}).update(metrics)
         while len(self._journal) > JOURNAL_ROWS:
-            del self._journal[next(iter(self._journal))]
+            dropped = next(iter(self._journal))
+            del self._journal[dropped]
+            self.complete_above = max(self.complete_above, dropped)
         if self._broken or self._run is None:
             return
         try:
@@ -238,8 +258,15 @@ class WandbTracker:
             return
         self._last_logged = max(self._last_logged, step)
 
-    def journal(self) -> list[dict[str, Any]]:
-        return [{"step": step, "metrics": dict(metrics)} for step, metrics in self._journal.items()]
+    def journal(self) -> dict[str, Any]:
+        """What a checkpoint carries for the next process: recent rows, and above which step they are complete."""
+        rows = [{"step": step, "metrics": dict(metrics)} for step, metrics in self._journal.items()]
+        return {"rows": rows, "complete_above": self.complete_above}
+
+    @property
+    def run(self) -> Any:
+        """The wandb Run of this process (None once finished): for media, define_metric, watch."""
+        return self._run
 
     def finish(self, preempting: bool, failed: bool = False) -> None:
         """Flush and close; a preempted segment is marked so W&B shows it as preempted, not crashed.

@@ -48,13 +48,34 @@ class Evaluates(Protocol):
 
 @dataclass(frozen=True)
 class TrainContext:
-    """What a workload may know about the run it trains in."""
+    """What a workload may know about the run it trains in, given to its ``build`` function."""
 
     seed: int
+    """The run's seed; python, numpy and torch are seeded with it just before ``build`` is called."""
     total_steps: int
+    """The run's total steps as of this process: after ``--resume --steps N`` it is the new N (a
+    trainer whose LR schedule depends on it may also implement ``total_steps_changed(old, new)``)."""
     run_dir: Path
+    """The run directory (manifest.json, checkpoints/, logs/, wandb/); write your own files elsewhere."""
     rank: int = 0
+    """This process's global rank (0 on a single process)."""
     world_size: int = 1
+    """How many processes train the run."""
+    log_every: int = 1
+    """One W&B row is written every ``log_every`` steps (and at the last one); see :meth:`will_log`."""
+
+    def will_log(self, step: int) -> bool:
+        """Whether the metrics that ``train_step(step)`` returns reach W&B as their own row (the values
+        of the other steps of a window are reduced into it): compute expensive diagnostics only then."""
+        done = step + 1
+        return done % self.log_every == 0 or done == self.total_steps
+
+
+@runtime_checkable
+class FollowsTotalSteps(Protocol):
+    """Optional: told when a resume changed the run's total steps, after ``load_state_dict``."""
+
+    def total_steps_changed(self, old: int, new: int) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""The state a loop registers with ``run.restore(name=obj, ...)``: what it is, how it is saved, what is refused.
+
+Accepted: anything with ``state_dict()``/``load_state_dict()`` (modules, optimizers, LR schedulers,
+grad scalers, EMA wrappers, torchdata's ``StatefulDataLoader``), a ``torch.Generator``, a dict
+(restored in place) and a tensor (copied into in place). A plain ``DataLoader`` has no state: it is
+accepted with a warning that says why it cannot resume exactly and what to use instead.
+Everything saved must load with ``torch.load(weights_only=True)``; :func:`check_loadable` says where
+it would not, at the save, not at the resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_PLAIN = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device, torch.Size)
+
+
+class StateError(TypeError):
+    """An object that cannot be saved or restored, named with the fix."""
+
+
+def plain_dataloader_warning(name: str, loader: Any) -> str | None:
+    """Why a plain DataLoader cannot resume exactly, or None for a loader with its own state."""
+    if not isinstance(loader, torch.utils.data.DataLoader) or hasattr(loader, "load_state_dict"):
+        return None
+    workers = loader.num_workers
+    why = (
+        f"its {workers} worker processes draw their own seeds and prefetch batches, which no checkpoint sees"
+        if workers > 0
+        else "its position in the epoch is not saved"
+    )
+    return (
+        f"run.restore({name}=...): a plain torch DataLoader cannot resume exactly: {why}. A resumed run "
+        "starts a new pass over the data. Use torchdata.stateful_dataloader.StatefulDataLoader (same "
+        "arguments, saves its position and its workers' RNG), or make each batch a function of the step."
+    )
+
+
+class RegisteredState:
+    """The named objects of one loop, saved and restored as one dict ``{name: state}``."""
+
+    def __init__(self, objects: Mapping[str, Any]) -> None:
+        self.objects = dict(objects)
+        self.unsaved: list[str] = []
+        for name, obj in self.objects.items():
+            warning = plain_dataloader_warning(name, obj)
+            if warning is not None:
+                log.warning("%s", warning)
+                self.unsaved.append(name)
+            elif not _supported(obj):
+                raise StateError(
+                    f"run.restore({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
+                    "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: _state_of(obj) for name, obj in self.objects.items() if name not in self.unsaved}
+        for name, value in state.items():
+            check_loadable(value, name)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = [name for name in self.objects if name not in self.unsaved]
+        missing = [name for name in expected if name not in state]
+        if missing:
+            raise StateError(
+                f"the checkpoint holds no state for {', '.join(missing)} (registered now, not when it was "
+                "saved); register the same objects as the run that saved it"
+            )
+        extra = sorted(set(state) - set(expected))
+        if extra:
+            log.warning("the checkpoint holds state for %s, which this loop does not register; ignored",
+                        ", ".join(extra))  # fmt: skip
+        for name in expected:
+            _load_into(self.objects[name], state[name], name)
+
+
+def _supported(obj: Any) -> bool:
+    has_state = callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+    return has_state or isinstance(obj, torch.Generator | dict | torch.Tensor)
+
+
+def _state_of(obj: Any) -> Any:
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, dict):
+        return dict(obj)
+    return obj.state_dict()
+
+
+def _load_into(obj: Any, state: Any, name: str) -> None:
+    if isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    elif isinstance(obj, torch.Tensor):
+        with torch.no_grad():
+            obj.copy_(state)
+    elif isinstance(obj, dict):
+        obj.clear()
+        obj.update(state)
+    else:
+        obj.load_state_dict(state)
+
+
+def check_loadable(value: Any, path: str) -> None:
+    """Raise if ``value`` holds something a ``weights_only`` load refuses (numpy arrays, objects...)."""
+    if isinstance(value, (torch.Tensor, *_PLAIN)):
+        return
+    if isinstance(value, dict | OrderedDict):
+        for key, item in value.items():
+            if not isinstance(key, _PLAIN):
+                raise StateError(
+                    f"state {path!r} has a key of type {type(key).__name__}; use str or int keys"
+                )
+            check_loadable(item, path + "." + str(key))
+        return
+    if isinstance(value, list | tuple | set):
+        for i, item in enumerate(value):
+            check_loadable(item, f"{path}[{i}]")
+        return
+    raise StateError(
+        f"state {path!r} holds a {type(value).__module__}.{type(value).__name__}, which a checkpoint cannot "
+        "hold (it is loaded with weights_only=True); convert it to a tensor, a number, a string or a list"
+    )

@@ -1,0 +1,131 @@
+"""The manifest's side of one process's life: open its segment, close it with its reason, count requeues.
+
+A segment is opened when a process starts training and closed when it stops. A segment still open
+when the next process starts belonged to a process that died without closing it (SIGKILL, OOM, node
+failure): the next process closes it as ``killed``, at the last moment known to be durable.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import datetime
+
+from .environment import JobContext
+from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
+from .signals import StopRequest
+
+
+def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | None = None) -> Segment:
+    """Close a dangling segment as killed, refuse if its process still runs here, open this one."""
+    with manifest.update() as data:
+        dangling = data.open_segment
+        if dangling is not None:
+            refuse_if_alive(dangling, context)
+            _close_as_killed(dangling, data)
+        if total_steps is not None:
+            data.total_steps = total_steps
+        segment = Segment(
+            index=len(data.segments),
+            job_id=context.job_id,
+            array_index=context.array_index,
+            restart_count=context.restart_count,
+            host=context.host,
+            pid=context.pid,
+            executor=context.executor,
+            start_time=utc_now(),
+            start_step=data.step,
+        )
+        data.segments.append(segment)
+        data.status = "running"
+    return segment
+
+
+def _close_as_killed(dangling: Segment, data: ManifestData) -> None:
+    """A killed segment trained until its last durable checkpoint; what follows is a gap, not training.
+
+    (The next process's start time would count the dead time, hours in a queue on Slurm, as training.)
+    """
+    durable = [
+        c.created_at
+        for c in data.checkpoints
+        if c.step > dangling.start_step and _at_or_after(c.created_at, dangling.start_time)
+    ]
+    dangling.end_time = durable[-1] if durable else dangling.start_time
+    dangling.end_step = data.step
+    dangling.end_reason = "killed"
+    dangling.message = "process ended without closing its segment (SIGKILL, OOM, node failure?)"
+
+
+def _at_or_after(moment: str, start: str) -> bool:
+    try:
+        return datetime.fromisoformat(moment) >= datetime.fromisoformat(start)
+    except ValueError:
+        return False
+
+
+def refuse_if_alive(segment: Segment, context: JobContext) -> None:
+    """Refuse to train a run whose open segment's process still lives on this host."""
+    if segment.host != context.host or segment.pid == context.pid:
+        return
+    try:
+        os.kill(segment.pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise ManifestError(
+        f"run is already being trained by pid {segment.pid} on {segment.host} (segment {segment.index}); "
+        "refusing to train it twice"
+    )
+
+
+def close_segment(
+    manifest: RunManifest, index: int, step: int, reason: str, request: StopRequest | None, durable_step: int
+) -> bool:
+    """Close the segment with its reason; count the requeue; return whether a requeue is allowed.
+
+    Timeouts spend the per-submission budget (``max_requeues``); preemptions never do.
+    """
+    with manifest.update() as data:
+        segment = data.segments[index]
+        segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
+        segment.signal = request.name if request else None
+        data.wandb.last_step = max(data.wandb.last_step, durable_step)
+        if reason == "completed":
+            data.status = "completed"
+            return False
+        if reason == "cancelled":
+            segment.end_reason = "killed"
+            segment.message = (
+                "cancelled (SIGTERM that was neither a time limit nor a preemption); not requeued"
+            )
+            data.status = "failed"
+            return False
+        data.requeues[reason] = data.requeues.get(reason, 0) + 1
+        timeouts = data.requeues["timeout"] - data.timeouts_at_submit
+        allowed = reason == "preempted" or timeouts <= data.max_requeues
+        data.status = "requeued" if allowed else "failed"
+        if not allowed:
+            segment.message = (
+                f"timeout requeue budget spent ({data.max_requeues} requeues since the last submit)"
+            )
+        return allowed
+
+
+def fail_segment(manifest: RunManifest, index: int, reason: str, error: BaseException | str) -> None:
+    """Close the segment as failed (or killed); the manifest must say so even if this process dies."""
+    message = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
+    with manifest.update() as data:
+        segment = data.segments[index]
+        if segment.end_reason is None:
+            segment.end_time, segment.end_step, segment.end_reason = utc_now(), data.step, reason
+            segment.message = message[-2000:]
+        if data.status != "requeued":
+            data.status = "failed"
+
+
+def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:
+    with manifest.update() as data:
+        data.wandb.started = True
+        data.segments[index].wandb_dir = segment_dir

@@ -1,0 +1,496 @@
+"""The loop-side API, and the one path of a requeue that both doorways share.
+
+Your own loop, made preemptible and exactly resumable::
+
+    import trm_cluster
+
+    with trm_cluster.session() as run:
+        step = run.restore(model=model, optimizer=optimizer, scheduler=scheduler, data=loader)
+        for step in run.steps():            # from the resume point; stops only at a step boundary
+            ...                             # your step
+            run.log({"loss": loss.item()})
+        ...                                 # runs once the run is complete, never on a preemption
+
+The Trainer protocol's job (job.py) drives its trainer through this same :class:`Session`. The path,
+top to bottom: stop signals deferred -> manifest read, segment opened -> registered state loaded
+from the newest valid checkpoint, RNG restored -> W&B resumed above the watermark -> steps ->
+[signal recorded] -> step boundary -> full state saved atomically -> W&B finished as preempted ->
+segment closed with its reason -> :class:`SegmentEnded` raised out of the loop to the process owner,
+which hands over to the scheduler's requeue (job.py). The code after the loop never runs on a stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn, Protocol
+
+from .checkpoint import CheckpointStore, capture
+from .config import RunConfig
+from .digest import weights_sha256
+from .environment import JobContext
+from .log_window import LogWindow, as_number
+from .loop_state import RegisteredState
+from .manifest import ManifestData, RunManifest, Segment, utc_now
+from .rehearsal import PreemptionInjector
+from .segments import close_segment, fail_segment, open_segment, record_wandb_started
+from .signals import StopRequest, StopSignals
+from .state import capture_rng, restore_rng
+from .tracking import NullTracker, Tracker, WandbTracker
+from .workload import dataclass_from_dict
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "TRM_CLUSTER_RUN_DIR"
+"""Outside ``submit``: the run directory of ``session()`` (resumed when it holds a run)."""
+STOP_AFTER_ENV = "TRM_CLUSTER_STOP_AFTER"
+"""Outside ``submit``: stop (save, exit) after this many steps, as a preemption would (the doctor)."""
+EXIT_STOPPED = 75
+"""Exit status of a process outside ``submit`` that stopped before the end: run it again to resume."""
+
+
+class UsageError(RuntimeError):
+    """The loop-side API used in a way that cannot work; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    reason: str
+    """completed, timeout, preempted or cancelled."""
+    step: int
+    requeue: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+    rehearsed: bool = False
+    """The stop came from the preemption rehearsal's own signal."""
+
+
+class SegmentEnded(BaseException):
+    """Raised out of ``run.steps()`` once a stopped segment is saved and closed.
+
+    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (job.py)
+    catches it and requeues; the stop signals stay deferred (``signals``) until it has.
+    """
+
+    def __init__(self, outcome: SegmentOutcome, signals: StopSignals) -> None:
+        super().__init__(f"segment stopped at step {outcome.step}: {outcome.reason}")
+        self.outcome = outcome
+        self.signals = signals
+
+
+@dataclass
+class SessionPlan:
+    """What the process owner tells the session: the run, where it runs, and its rehearsal."""
+
+    run_dir: Path
+    context: JobContext
+    wandb_resume: str = "allow"
+    preempt_at: tuple[int, ...] = ()
+    quiet: bool = False
+    standalone: bool = False
+    """No submitit owner (``python train.py``): a stop saves and exits with :data:`EXIT_STOPPED`."""
+    stop_after: int | None = None
+    used: bool = False
+    """Whether a session was opened for this plan (a script that never opens one is an error)."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """The run's summary, once a session completed it."""
+
+
+class StateSource(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+_active_plan: SessionPlan | None = None
+
+
+@contextlib.contextmanager
+def serving(plan: SessionPlan) -> Iterator[SessionPlan]:
+    """Make ``plan`` the one that ``session()`` calls in this process pick up (the script job)."""
+    global _active_plan
+    previous, _active_plan = _active_plan, plan
+    try:
+        yield plan
+    finally:
+        _active_plan = previous
+
+
+def session(**run_defaults: Any) -> Session:
+    """The run of this process: the one ``submit --script`` started, or (plain ``python train.py``)
+    a run of its own in ``$TRM_CLUSTER_RUN_DIR`` or ``runs/<script>-<time>``.
+
+    ``run_defaults`` are RunConfig fields (steps, checkpoint_every, log_every, ...): the script's own
+    defaults, which flags given to ``submit`` override.
+    """
+    plan = _active_plan
+    if plan is None:
+        plan = _standalone_plan()
+    elif plan.used:
+        raise UsageError("trm_cluster.session() was opened twice in one run; open it once around the loop")
+    plan.used = True
+    return Session(plan, run_defaults)
+
+
+def _standalone_plan() -> SessionPlan:
+    from datetime import datetime
+
+    from .launch import create_script_run
+
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("session")
+    run_dir = Path(os.environ.get(RUN_DIR_ENV) or f"runs/{script.stem}-{datetime.now():%Y%m%d-%H%M%S}")
+    if not (run_dir / "manifest.json").exists():
+        create_script_run(run_dir.resolve(), script=script, script_args=sys.argv[1:], run_flags={})
+        print(f"[trm_cluster] new run in {run_dir} (outside submit: rerun with {RUN_DIR_ENV}={run_dir} "
+              "to resume it)", flush=True)  # fmt: skip
+    stop_after = os.environ.get(STOP_AFTER_ENV)
+    return SessionPlan(
+        run_dir=run_dir.resolve(),
+        context=JobContext.detect(),
+        standalone=True,
+        stop_after=int(stop_after) if stop_after else None,
+    )
+
+
+class Session:
+    """One process's segment of a run: open it, restore the state, run the steps, close it."""
+
+    def __init__(self, plan: SessionPlan, run_defaults: Mapping[str, Any] | None = None) -> None:
+        self.plan = plan
+        self.run_dir = plan.run_dir
+        self.manifest = RunManifest(plan.run_dir)
+        self._defaults = dict(run_defaults or {})
+        self._signals = StopSignals()
+        self._tracker: Tracker = NullTracker()
+        self._injector = PreemptionInjector((), start_step=0)
+        self._source: StateSource | None = None
+        self._require_model = False
+        self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
+        self._in_step = False
+        self._saved_step = -1
+        self._final_digest: str | None = None
+        self._clock = (time.time(), 0)
+        self.step = 0
+        """Steps done so far (inside the loop: the 0-based index of the step being run)."""
+        self.total_steps = 0
+        self.total_steps_changed: tuple[int, int] | None = None
+        """(saved total, new total) when this segment's total differs from the checkpoint's
+        (``--resume --steps``): rebuild or stretch a schedule that depends on it."""
+        self.outcome: SegmentOutcome | None = None
+        self.summary: dict[str, Any] = {}
+
+    # -- opening ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        if self._state != "new":
+            raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
+        self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
+        try:
+            self._before = self.manifest.read()  # as the previous process left it
+            self.config = self._resolve_config(self._before)
+            self.segment: Segment = open_segment(self.manifest, self.plan.context, self.config.steps)
+        except BaseException:
+            self._signals.restore()
+            raise
+        try:
+            self.data: ManifestData = self.manifest.read()
+            self.total_steps = self.data.total_steps
+            self.store = CheckpointStore(self.manifest, keep_last=self.config.keep_checkpoints)
+            self.store.remove_orphans()
+            self._window = LogWindow(self.config.log_reduce)
+        except BaseException as error:
+            self._fail(error)
+            self._signals.restore()
+            raise
+        self._state = "entered"
+        return self
+
+    def _resolve_config(self, data: ManifestData) -> RunConfig:
+        """The run's settings: RunConfig defaults < the loop's ``session(...)`` values < submit's flags."""
+        try:
+            config = dataclass_from_dict(RunConfig, {**self._defaults, **data.config.get("run", {})})
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"trm_cluster.session(...): {error}") from None
+        config.validate()
+        return config
+
+    # -- restoring ----------------------------------------------------------------------------------
+
+    def restore(self, **objects: Any) -> int:
+        """Register the loop's state and load it from the newest valid checkpoint; return the step.
+
+        Objects with ``state_dict``/``load_state_dict`` (model, optimizer, scheduler, scaler, EMA,
+        torchdata's StatefulDataLoader), dicts (restored in place), tensors and torch Generators. The
+        RNG streams (python, numpy, torch, CUDA) are restored last: call this after building
+        everything, right before the loop.
+        """
+        return self._restore(RegisteredState(objects), require_model=False)
+
+    def restore_trainer(self, trainer: StateSource) -> int:
+        """The Trainer protocol's doorway: one object whose state holds the weights under "model"."""
+        return self._restore(trainer, require_model=True)
+
+    def _restore(self, source: StateSource, require_model: bool) -> int:
+        self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
+        self._source, self._require_model = source, require_model
+        journal: Any = ()
+        loaded = self.store.load_latest(self.data.run_uid)
+        if loaded is not None:
+            payload = loaded.payload
+            state = dict(payload["trainer"])
+            state.setdefault("model", payload["model"])
+            source.load_state_dict(state)
+            restore_rng(payload["rng"])  # last: building and loading must not consume the restored streams
+            meta, tracking = payload["meta"], payload.get("tracking", {})
+            self.step = self._saved_step = int(meta["step"])
+            journal = tracking.get("journal", ())
+            self._window.load_state_dict(tracking.get("window", {}))
+            saved_total = meta.get("total_steps")
+            if saved_total is not None and int(saved_total) != self.total_steps:
+                self.total_steps_changed = (int(saved_total), self.total_steps)
+        self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
+                  f"on {self.plan.context.host}")  # fmt: skip
+        if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:
+            self._tracker = WandbTracker.start(
+                self._before, self.run_dir, resume=self.plan.wandb_resume, quiet=self.plan.quiet,
+                journal=journal, resume_step=self.step,
+            )  # fmt: skip
+            record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
+        else:
+            self._tracker = NullTracker(self.data.wandb.last_step)
+        self._state = "restored"
+        return self.step
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[int]:
+        """Step indices from the resume point to the end; a stop request ends the loop at a boundary.
+
+        After a stop the state is saved, W&B finished and the segment closed before the loop is left
+        (by :class:`SegmentEnded`), so the code after the loop runs only when the run is complete.
+        """
+        if self._state == "entered":
+            raise self._misuse("call run.restore(model=..., optimizer=..., ...) before run.steps()")
+        self._expect("steps", "restored", "run.steps() is called once per session: one loop")
+        self._state = "looping"
+        return self._loop()
+
+    def _loop(self) -> Iterator[int]:
+        self._injector = PreemptionInjector(self.plan.preempt_at, start_step=self.step)
+        self._injector.start()
+        self._clock = (time.time(), self.step)
+        try:
+            while self.step < self.total_steps and not self._stop_requested():
+                self._in_step = True
+                yield self.step
+                self._in_step = False
+                self.step += 1
+                self._injector.reached(self.step)
+                self._end_of_step()
+        finally:
+            self._injector.stop()
+        if self._signals.request is not None:
+            self._stop()
+        self._save_if_unsaved()  # the final state is durable before the code after the loop runs
+        self._state = "done"
+
+    def _stop_requested(self) -> bool:
+        stop_after = self.plan.stop_after
+        if stop_after is not None and self.step >= stop_after and self._signals.request is None:
+            self._signals.request = StopRequest(int(signal.SIGUSR2), time.time())
+        return self._signals.request is not None
+
+    def _end_of_step(self) -> None:
+        done = self.step
+        if done % self.config.log_every == 0 or done == self.total_steps:
+            row = self._window.flush()
+            if row:
+                self._tracker.log(self._row_step(done), {**row, **self._progress(done)})
+            self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
+        if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
+            self._save()
+
+    # -- logging ------------------------------------------------------------------------------------
+
+    def log(self, metrics: Mapping[str, Any]) -> None:
+        """Log scalars. Inside the loop they join the step's ``log_every`` window (one row per window,
+        reduced by ``log_reduce``); outside it (an eval before or after the loop) a row is written now."""
+        self._expect_restored("log")
+        if self._in_step:
+            self._window.add(metrics)
+        else:
+            self.log_now(metrics)
+
+    def log_now(self, metrics: Mapping[str, Any]) -> None:
+        """Write a row at the current step now, outside the window (e.g. an eval every N steps)."""
+        self._expect_restored("log_now")
+        done = self.step + (1 if self._in_step else 0)
+        row = {key: as_number(key, value) for key, value in metrics.items()}
+        self._tracker.log(max(self._row_step(done), 0), row)
+
+    @property
+    def will_log(self) -> bool:
+        """Whether values logged now reach W&B at this step: compute expensive diagnostics only then."""
+        if not self._in_step:
+            return True
+        done = self.step + 1
+        return done % self.config.log_every == 0 or done == self.total_steps
+
+    @property
+    def wandb(self) -> Any:
+        """This process's wandb Run (None when W&B is disabled), for media, define_metric, watch."""
+        return self._tracker.run
+
+    def _row_step(self, done: int) -> int:
+        return done if self.config.wandb_step == "done" else done - 1
+
+    def _progress(self, done: int) -> dict[str, float]:
+        started, started_step = self._clock
+        elapsed = max(time.time() - started, 1e-9)
+        return {"trainer/step": float(done), "trainer/steps_per_s": (done - started_step) / elapsed}
+
+    # -- saving and stopping: the requeue path --------------------------------------------------------
+
+    def _save(self) -> None:
+        assert self._source is not None
+        state = capture(self._source.state_dict())
+        model = state.pop("model", None)
+        if model is None and self._require_model:
+            raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
+        model = model if model is not None else {}
+        payload = {
+            "model": model,
+            "trainer": state,
+            "rng": capture(capture_rng()),
+            "tracking": {"journal": self._tracker.journal(), "window": self._window.state_dict()},
+            "meta": {
+                "format": 1,
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "run_uid": self.data.run_uid,
+                "run_name": self.data.name,
+                "workload": self.data.workload,
+                "config": self.data.config,
+                "saved_at": utc_now(),
+            },
+        }
+        self.store.save(self.step, payload)
+        self._saved_step = self.step
+        if self.step >= self.total_steps:
+            self._final_digest = weights_sha256(model)
+
+    def _save_if_unsaved(self) -> None:
+        if self._saved_step != self.step:
+            self._save()
+
+    def _stop(self) -> NoReturn:
+        """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
+        self._save_if_unsaved()  # 1. the full state, durable, at this boundary
+        request = self._signals.request  # 2. read once: a signal during the save still means "stop"
+        reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
+        self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
+        requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
+            self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step
+        )
+        self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
+        self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
+        self._state = "stopped"
+        raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
+
+    def _classify(self, request: StopRequest | None) -> str:
+        if request is None:
+            return "preempted"
+        signal_delay_s = float(self.data.launch.get("signal_delay_s", 120))
+        return self.plan.context.classify(request, signal_delay_s)
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._injector.stop()
+        if isinstance(exc, SegmentEnded):
+            if self.plan.standalone:  # no scheduler to requeue us: say how to continue, and exit
+                self._signals.restore()
+                print(f"[trm_cluster] stopped at step {exc.outcome.step} ({exc.outcome.reason}); the state "
+                      f"is saved. Continue with {RUN_DIR_ENV}={self.run_dir} and the same command, or "
+                      f"python -m trm_cluster.submit --resume {self.run_dir}", flush=True)  # fmt: skip
+                raise SystemExit(EXIT_STOPPED) from None
+            return  # the owner requeues; the stop signals stay deferred until it has
+        try:
+            clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._state == "done"
+            if exc is None or clean_exit:
+                self._complete()
+            else:
+                self._fail(exc)
+        finally:
+            self._signals.restore()
+
+    def _complete(self) -> None:
+        if self._state in ("entered", "restored"):
+            raise self._misuse(
+                "the session ended without run.steps(): write the loop as `for step in run.steps():`"
+            )
+        if self._state == "looping":  # the loop was left with `break`: the run ends here
+            self.step += 1 if self._in_step else 0
+            self._in_step = False
+            self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
+            self._save_if_unsaved()
+        self._tracker.finish(preempting=False)
+        close_segment(
+            self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step
+        )
+        self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
+        data = self.manifest.read()
+        latest = data.checkpoints[-1] if data.checkpoints else None
+        self.summary = {
+            "status": data.status,
+            "step": self.step,
+            "run_id": data.wandb.run_id,
+            "checkpoint": latest.file if latest else None,
+            "weights_sha256": self._final_digest,
+        }
+        self.outcome = SegmentOutcome("completed", self.step, False, self.summary)
+        self.plan.summary = self.summary
+
+    def _fail(self, error: BaseException) -> None:
+        self._tracker.finish(preempting=False, failed=True)
+        killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        try:
+            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", error)
+        except Exception as manifest_error:  # the original error matters more
+            log.error("could not record the failure in the manifest: %s", manifest_error)
+
+    # -- misuse ---------------------------------------------------------------------------------------
+
+    def _expect(self, call: str, state: str, rule: str) -> None:
+        if self._state == "new":
+            raise UsageError(f"run.{call}() outside `with trm_cluster.session() as run:`")
+        if self._state != state:
+            raise self._misuse(rule)
+
+    def _expect_restored(self, call: str) -> None:
+        if self._state in ("new", "entered"):
+            raise self._misuse(f"run.{call}() before run.restore(...): register the state first")
+
+    def _misuse(self, rule: str) -> UsageError:
+        error = UsageError(rule)
+        if self._state not in ("new", "stopped"):
+            self._fail(error)
+            self._state = "failed"
+        return error
+
+    def _say(self, line: str) -> None:
+        if not self.plan.quiet:
+            print(line, flush=True)
+
+
+def _format(metrics: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={float(v):.4g}" for k, v in list(metrics.items())[:8])
