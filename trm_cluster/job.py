@@ -24,7 +24,7 @@ import submitit
 
 from .environment import JobContext
 from .manifest import RunManifest
-from .session import SegmentEnded, SegmentOutcome, Session, SessionPlan
+from .session import EXIT_STOPPED, SegmentEnded, SegmentOutcome, Session, SessionPlan, stop_after_from_env
 from .signals import StopSignals, preempt_signal
 from .state import seed_everything
 from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, load_workload
@@ -56,6 +56,8 @@ class SegmentedJob(submitit.helpers.Checkpointable):
         while True:
             context = JobContext.detect()
             plan = SessionPlan(self.run_dir, context, self.wandb_resume, self.preempt_at, self.quiet)
+            if context.executor == "process":  # run directly (the doctor): it may ask for a stop
+                plan.stop_after = stop_after_from_env()
             try:
                 return self.run_segment(plan)
             except SegmentEnded as ended:
@@ -78,6 +80,9 @@ class SegmentedJob(submitit.helpers.Checkpointable):
                 f"stopped at step {outcome.step} ({outcome.reason}); the timeout requeue budget is spent. "
                 f"Continue with: python -m trm_cluster.submit --resume {self.run_dir}"
             )
+        if context.executor == "process" and outcome.step == stop_after_from_env():
+            signals.restore()
+            raise SystemExit(EXIT_STOPPED)  # asked to stop here (the doctor): the next process resumes
         if context.executor in ("debug", "process"):
             signals.restore()  # no scheduler to requeue us: the next segment runs here, from disk
             return

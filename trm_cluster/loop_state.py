@@ -26,6 +26,18 @@ class StateError(TypeError):
     """An object that cannot be saved or restored, named with the fix."""
 
 
+def loader_generator_warning(name: str, loader: Any) -> str | None:
+    """A DataLoader without its own generator draws a seed from the global torch RNG at every new
+    iterator; a resume makes one iterator more than an uninterrupted run, which shifts every later draw."""
+    if not isinstance(loader, torch.utils.data.DataLoader) or loader.generator is not None:
+        return None
+    return (
+        f"run.restore({name}=...): this DataLoader has no generator of its own, so each new iterator draws "
+        "from the global torch RNG and a resume shifts every later random number; pass "
+        "generator=torch.Generator().manual_seed(seed)"
+    )
+
+
 def plain_dataloader_warning(name: str, loader: Any) -> str | None:
     """Why a plain DataLoader cannot resume exactly, or None for a loader with its own state."""
     if not isinstance(loader, torch.utils.data.DataLoader) or hasattr(loader, "load_state_dict"):
@@ -50,6 +62,9 @@ class RegisteredState:
         self.objects = dict(objects)
         self.unsaved: list[str] = []
         for name, obj in self.objects.items():
+            generator_warning = loader_generator_warning(name, obj)
+            if generator_warning is not None:
+                log.warning("%s", generator_warning)
             warning = plain_dataloader_warning(name, obj)
             if warning is not None:
                 log.warning("%s", warning)

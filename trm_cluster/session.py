@@ -43,7 +43,7 @@ from .manifest import ManifestData, RunManifest, Segment, utc_now
 from .rehearsal import PreemptionInjector
 from .segments import close_segment, fail_segment, open_segment, record_wandb_started
 from .signals import StopRequest, StopSignals
-from .state import capture_rng, restore_rng
+from .state import capture_rng, restore_rng, rng_fingerprint
 from .tracking import NullTracker, Tracker, WandbTracker
 from .workload import dataclass_from_dict
 
@@ -150,13 +150,20 @@ def _standalone_plan() -> SessionPlan:
         create_script_run(run_dir.resolve(), script=script, script_args=sys.argv[1:], run_flags={})
         print(f"[trm_cluster] new run in {run_dir} (outside submit: rerun with {RUN_DIR_ENV}={run_dir} "
               "to resume it)", flush=True)  # fmt: skip
-    stop_after = os.environ.get(STOP_AFTER_ENV)
     return SessionPlan(
         run_dir=run_dir.resolve(),
         context=JobContext.detect(),
         standalone=True,
-        stop_after=int(stop_after) if stop_after else None,
+        stop_after=stop_after_from_env(),
     )
+
+
+def stop_after_from_env() -> int | None:
+    raw = os.environ.get(STOP_AFTER_ENV)
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        raise UsageError(f"{STOP_AFTER_ENV}={raw!r} is not a step number") from None
 
 
 class Session:
@@ -176,6 +183,7 @@ class Session:
         self._in_step = False
         self._saved_step = -1
         self._final_digest: str | None = None
+        self._restored_rng: str | None = None
         self._clock = (time.time(), 0)
         self.step = 0
         """Steps done so far (inside the loop: the 0-based index of the step being run)."""
@@ -248,6 +256,7 @@ class Session:
             state.setdefault("model", payload["model"])
             source.load_state_dict(state)
             restore_rng(payload["rng"])  # last: building and loading must not consume the restored streams
+            self._restored_rng = rng_fingerprint()
             meta, tracking = payload["meta"], payload.get("tracking", {})
             self.step = self._saved_step = int(meta["step"])
             journal = tracking.get("journal", ())
@@ -283,6 +292,11 @@ class Session:
         return self._loop()
 
     def _loop(self) -> Iterator[int]:
+        if self._restored_rng is not None and rng_fingerprint() != self._restored_rng:
+            log.warning(
+                "the global RNG was drawn from between run.restore() and the first step, so this resumed "
+                "process draws other numbers than an uninterrupted run; call run.restore() right before the loop"
+            )
         self._injector = PreemptionInjector(self.plan.preempt_at, start_step=self.step)
         self._injector.start()
         self._clock = (time.time(), self.step)

@@ -59,3 +59,15 @@ def restore_rng(state: dict[str, Any]) -> None:
         npy = state["numpy"]
         keys = npy["keys"].numpy().astype(np.uint32)
         np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
+
+
+def rng_fingerprint() -> str:
+    """A digest of the global python, numpy and torch CPU streams: equal iff nothing drew from them."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(random.getstate()).encode())
+    digest.update(torch.get_rng_state().numpy().tobytes())
+    if np is not None:
+        _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        digest.update(np.asarray(keys).tobytes() + repr((pos, has_gauss, cached)).encode())
+    return digest.hexdigest()

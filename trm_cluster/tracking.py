@@ -103,17 +103,39 @@ class Tracker(Protocol):
     def segment_dir(self) -> str | None: ...
 
 
+class RowJournal:
+    """The last :data:`JOURNAL_ROWS` rows logged, and the step above which it holds every one."""
+
+    def __init__(self, complete_above: int) -> None:
+        self.rows: dict[int, dict[str, float]] = {}
+        self.complete_above = complete_above
+
+    def add(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.rows.setdefault(step, {}).update(metrics)
+        while len(self.rows) > JOURNAL_ROWS:
+            dropped = next(iter(self.rows))
+            del self.rows[dropped]
+            self.complete_above = max(self.complete_above, dropped)
+
+    def state(self) -> dict[str, Any]:
+        rows = [{"step": step, "metrics": dict(metrics)} for step, metrics in self.rows.items()]
+        return {"rows": rows, "complete_above": self.complete_above}
+
+
 class NullTracker:
-    """W&B disabled (or a rank other than 0): keeps the interface, logs nothing."""
+    """W&B disabled (or a rank other than 0): logs nothing, but journals the rows, so a checkpoint
+    still carries the run's recent metrics (the resume doctor compares them)."""
 
     def __init__(self, durable_step: int = -1) -> None:
         self.durable_step = durable_step
+        self._journal = RowJournal(durable_step)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        pass
+        if step > self.durable_step:
+            self._journal.add(step, metrics)
 
     def journal(self) -> dict[str, Any]:
-        return {"rows": [], "complete_above": self.durable_step}
+        return self._journal.state()
 
     @property
     def run(self) -> Any:
@@ -174,9 +196,7 @@ class WandbTracker:
         self._last_logged = watermark
         self._broken = False
         self._run_dir = run_dir
-        self._journal: dict[int, dict[str, float]] = {}
-        self.complete_above = watermark
-        """The journal holds every row logged above this step (at or below it: on disk, or lost)."""
+        self._journal = RowJournal(watermark)
         self.skipped = 0
         self.replayed = 0
 
@@ -232,7 +252,7 @@ class WandbTracker:
         if complete_above > self.watermark:
             log.warning("W&B steps %d..%d may be lost: above what reached the disk, older than the "
                         "checkpoint's journal", self.watermark + 1, complete_above)  # fmt: skip
-            self.complete_above = complete_above
+            self._journal.complete_above = complete_above
         for step, metrics in missing:
             self.log(step, metrics)
         self.replayed = len(missing)
@@ -242,11 +262,7 @@ class WandbTracker:
         if step <= self.watermark:
             self.skipped += 1  # an earlier process already put this step on disk
             return
-        self._journal.setdefault(step, {}).update(metrics)
-        while len(self._journal) > JOURNAL_ROWS:
-            dropped = next(iter(self._journal))
-            del self._journal[dropped]
-            self.complete_above = max(self.complete_above, dropped)
+        self._journal.add(step, metrics)
         if self._broken or self._run is None:
             return
         try:
@@ -260,8 +276,7 @@ class WandbTracker:
 
     def journal(self) -> dict[str, Any]:
         """What a checkpoint carries for the next process: recent rows, and above which step they are complete."""
-        rows = [{"step": step, "metrics": dict(metrics)} for step, metrics in self._journal.items()]
-        return {"rows": rows, "complete_above": self.complete_above}
+        return self._journal.state()
 
     @property
     def run(self) -> Any:
