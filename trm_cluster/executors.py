@@ -130,12 +130,26 @@ def make_executor(kind: str, options: ExecutorOptions, folder: Path) -> submitit
     raise ValueError(f"unknown executor {kind!r} (auto, slurm, local, debug)")
 
 
+LOCAL_CONTROLLER = (
+    "import pathlib, sys; from submitit.local.local import Controller; "
+    "Controller(pathlib.Path(sys.argv[1])).run(max_retry=sys.maxsize)"
+)
+"""The local controller process: submitit's ``python -m submitit.local._local FOLDER`` without its cap.
+
+submitit's entry point runs ``Controller.run()`` with its default ``max_retry=6``, so a task that requeues
+(exit code 144) a seventh time is not rerun and the run ends ``requeued`` where Slurm would requeue it
+again. Everything else is submitit's Controller: the tasks, their logs, USR2 before the time limit, SIGINT
+then SIGKILL at it, the job id (this process's pid). A task exiting with any other code is not rerun;
+timeouts are bounded by the manifest's requeue budget, preemptions are not (as on Slurm). Inline code
+rather than a module of ours: ``-m trm_cluster...`` would import the package (torch, wandb) into a process
+that lives as long as the job."""
+
+
 class LocalExecutor(submitit.LocalExecutor):
     """submitit's LocalExecutor whose controller reruns a requeued task as often as Slurm would requeue it.
 
-    submitit's controller stops after 6 runs (see :mod:`trm_cluster.local_controller`); the only change
-    here is the module the controller process runs. ``_submit_command`` is submitit 1.5's own, calling
-    :func:`start_controller` below instead of submitit's.
+    The only change is the controller's command line (:data:`LOCAL_CONTROLLER`): ``_submit_command`` is
+    submitit 1.5's own, calling :func:`start_controller` below instead of submitit's.
     """
 
     def _submit_command(self, command: str) -> LocalJob[Any]:
@@ -168,7 +182,7 @@ def start_controller(
     stderr_to_stdout: bool,
     setup: Sequence[str],
 ) -> subprocess.Popen[bytes]:
-    """``submitit.local.local.start_controller`` (submitit 1.5), starting ``trm_cluster.local_controller``."""
+    """``submitit.local.local.start_controller`` (submitit 1.5), starting :data:`LOCAL_CONTROLLER`."""
     env = dict(os.environ)
     env.update(
         SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
@@ -182,7 +196,7 @@ def start_controller(
         CUDA_VISIBLE_DEVICES=cuda_devices,
         SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
     )
-    controller = [sys.executable, "-m", "trm_cluster.local_controller", str(folder)]
+    controller = [sys.executable, "-c", LOCAL_CONTROLLER, str(folder)]
     if setup:  # the controller then takes the shell's pid as the job id, as submitit's does
         return subprocess.Popen(" && ".join([*setup, shlex.join(controller)]), shell=True, env=env)
     return subprocess.Popen(controller, env=env)
