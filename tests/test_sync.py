@@ -238,3 +238,43 @@ def test_a_second_sync_of_the_same_run_is_refused(run: Path, home: Path) -> None
         before = tree_digest(run)
         assert_refused(*sync(run, home=home, **FAKE_KEY), "another trm-sync holds")
         assert tree_digest(run) == before
+
+
+def keep_only_header(file: Path) -> None:
+    """What a SIGKILL before wandb-core's first flush leaves: the 7-byte ``:W&B`` header of a real file."""
+    file.write_bytes(file.read_bytes()[:7])
+
+
+def test_a_header_only_segment_is_planned_as_skipped(run: Path, home: Path) -> None:
+    keep_only_header(wandb_files(run)[1])
+    before = tree_digest(run)
+    code, out, err = sync(run, "--dry-run", home=home)
+    assert code == 0, err
+    assert [action for _, _, action in plan_rows(out)] == ["sync", "header only, skip", "sync"]
+    assert out.endswith("segment 1: header only, nothing to upload; skipped\nto sync, in this order: 0, 2\n")
+    assert tree_digest(run) == before
+
+
+def test_a_real_sync_passes_over_a_header_only_segment(run: Path, home: Path) -> None:
+    """Segment 0 holds only the header: the real sync goes straight to segment 1 (stopped by Ctrl-C there)."""
+    files = wandb_files(run)
+    keep_only_header(files[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.sync", str(run)],
+        cwd=run.parent,
+        env=clean_env(HOME=str(home), **NO_SERVER, **FAKE_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    started = [f.with_suffix(".wandb.trm-sync-started") for f in files]
+    deadline = time.monotonic() + 30
+    while not started[1].exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert out.startswith("segment 0: header only, nothing to upload; skipped\n"), out + err
+    assert "trm-sync: error: interrupted while syncing segment 1" in err, err
+    assert not started[0].exists() and started[1].exists() and not list(run.rglob("*.synced"))

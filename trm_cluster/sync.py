@@ -4,7 +4,9 @@ Why not ``wandb sync RUN/wandb/offline-run-*``: wandb replays same-id files in s
 node's own clock, and a segment replayed after a later one is shifted to wrong steps on the server, silently;
 replaying a file again (``--include-synced``) appends its rows again. So this runs one ``wandb sync`` per
 segment in the manifest's order, skips files that carry wandb's own ``.wandb.synced`` marker (the manifest
-is never written here), and refuses anything that could upload a partial or out-of-order segment.
+is never written here) and files that hold only wandb's header (a process killed before wandb-core's first
+flush: no run record, nothing to upload), and refuses anything that could upload a partial or out-of-order
+segment.
 """
 
 from __future__ import annotations
@@ -59,10 +61,24 @@ class PlannedSegment:
     end_step: int | None
     end_reason: str | None
     synced: bool
+    header_only: bool = False
+    """The file holds no record (see :func:`holds_no_record`): never uploaded."""
 
     @property
     def pending(self) -> bool:
-        return self.file is not None and not self.synced
+        return self.file is not None and not self.synced and not self.header_only
+
+    @property
+    def action(self) -> str:
+        if self.file is None:
+            return "no W&B files, skip"
+        if self.header_only:
+            return "header only, skip"
+        return "already synced, skip" if self.synced else "sync"
+
+
+def header_only_notice(p: PlannedSegment) -> str:
+    return f"segment {p.index}: header only, nothing to upload; skipped"
 
 
 def synced_marker(wandb_file: Path) -> Path:
@@ -77,6 +93,20 @@ def started_marker(wandb_file: Path) -> Path:
     again would append those rows again; only a person looking at the W&B run can tell.
     """
     return wandb_file.with_suffix(".wandb.trm-sync-started")
+
+
+def holds_no_record(wandb_file: Path) -> bool:
+    """True for a ``.wandb`` file with wandb's header and no whole record (or not even the whole header).
+
+    Why: SIGKILL before wandb-core's first flush leaves such a file; it has no run record, so there is
+    nothing to upload, and ``wandb sync`` cannot attribute it to the run.
+    """
+    from .wandb_files import iter_records  # imports wandb's protobuf modules: only paid with W&B files
+
+    try:
+        return next(iter_records(wandb_file), None) is None
+    except (OSError, ValueError) as error:
+        raise SyncError(f"cannot read W&B file {wandb_file}: {error}") from error
 
 
 def plan_sync(run_dir: Path, data: ManifestData) -> list[PlannedSegment]:
@@ -116,6 +146,7 @@ def plan_sync(run_dir: Path, data: ManifestData) -> list[PlannedSegment]:
                 end_step=seg.end_step,
                 end_reason=seg.end_reason,
                 synced=file is not None and synced_marker(file).exists(),
+                header_only=file is not None and holds_no_record(file),
             )
         )
     pending = [p.index for p in plan if p.pending]
@@ -136,10 +167,10 @@ def render_plan(
     width = max((len(p.wandb_dir or "-") for p in plan), default=1)
     for p in plan:
         steps = f"{p.start_step}->{p.end_step if p.end_step is not None else '?'}"
-        action = "no W&B files, skip" if p.file is None else "already synced, skip" if p.synced else "sync"
         lines.append(
-            f"  #{p.index:<3} {p.wandb_dir or '-':<{width}}  steps {steps:<12} {p.end_reason or 'open':<9}  {action}"
+            f"  #{p.index:<3} {p.wandb_dir or '-':<{width}}  steps {steps:<12} {p.end_reason or 'open':<9}  {p.action}"
         )
+    lines += [header_only_notice(p) for p in plan if p.header_only]
     order = [str(p.index) for p in plan if p.pending]
     lines.append(f"to sync, in this order: {', '.join(order)}" if order else "nothing left to sync")
     return "\n".join(lines)
@@ -199,7 +230,9 @@ def sync_run(run_dir: Path, entity: str | None, project: str | None) -> list[int
             plan = plan_sync(run_dir, RunManifest(run_dir).read())  # again: markers may be new since
             done: list[int] = []
             for p in plan:
-                if p.pending:
+                if p.header_only:
+                    print(header_only_notice(p), flush=True)
+                elif p.pending:
                     try:
                         sync_segment(exe, p, entity, project)
                     except KeyboardInterrupt:
@@ -225,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             print(render_plan(data, plan, args.entity, args.project))
             return 0
         if not any(p.pending for p in plan):
+            for p in plan:
+                if p.header_only:
+                    print(header_only_notice(p))
             print(f"run {data.name}: nothing left to sync")
             return 0
         done = sync_run(args.run_dir, args.entity, args.project)
