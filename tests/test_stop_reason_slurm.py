@@ -1,0 +1,95 @@
+"""Why a Slurm job was asked to stop, decided from what ``scontrol show job -o`` prints (Slurm 22.05, the
+fields measured in docs/slurm.md). A real ``scontrol`` first on PATH prints the captured line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from trm_cluster.environment import JobContext
+from trm_cluster.signals import StopRequest
+
+NOW = 1_780_000_000.0  # the moment the signal arrived; every time in the line is relative to it
+DELAY_S = 60  # --signal-delay-s: USR2@60
+
+
+def slurm_time(offset_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(NOW + offset_s))  # local, no offset: as Slurm
+
+
+def job_line(state: str, reason: str, end_s: float, preempt_s: float | None = None) -> str:
+    """One line as Slurm 22.05 prints it for a submitit job of a 2-minute limit, started 45 s ago."""
+    start, preempt = slurm_time(-45), "None" if preempt_s is None else slurm_time(preempt_s)
+    return (
+        f"JobId=4242 JobName=submitit UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=1 Nice=0 "
+        f"Account=(null) QOS=(null) JobState={state} Reason={reason} Dependency=(null) Requeue=1 Restarts=0 "
+        f"BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:45 TimeLimit=00:02:00 TimeMin=N/A "
+        f"SubmitTime={slurm_time(-46)} EligibleTime={slurm_time(-46)} AccrueTime={slurm_time(-46)} "
+        f"StartTime={start} EndTime={slurm_time(end_s)} Deadline=N/A PreemptEligibleTime={start} "
+        f"PreemptTime={preempt} SuspendTime=None SecsPreSuspend=0 LastSchedEval={start} Scheduler=Main "
+        f"Partition=gpu AllocNode:Sid=node1:5121 ReqNodeList=(null) ExcNodeList=(null) NodeList=node1 "
+        f"BatchHost=node1 NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* "
+        f"TRES=cpu=1,node=1,billing=1 Socks/Node=* NtasksPerN:B:S:C=1:0:*:* CoreSpec=* MinCPUsNode=1 "
+        f"MinMemoryNode=0 MinTmpDiskNode=0 Features=(null) DelayBoot=00:00:00 OverSubscribe=OK Contiguous=0 "
+        f"Licenses=(null) Network=(null) Command=/runs/r/logs/submission_file.sh WorkDir=/runs "
+        f"StdErr=/runs/r/logs/4242_0_log.err StdIn=/dev/null StdOut=/runs/r/logs/4242_0_log.out Power="
+    )
+
+
+def install_scontrol(directory: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    scontrol = directory / "scontrol"
+    scontrol.write_text("#!/bin/sh\n" + script)
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")
+
+
+def classify(signum: int) -> str:
+    context = JobContext(
+        executor="slurm", job_id="4242", array_index=None, restart_count=0, host="node1", pid=1,
+        global_rank=0, world_size=1, started_at=NOW - 45,
+    )  # fmt: skip
+    return context.classify(StopRequest(signum, NOW), DELAY_S)
+
+
+@pytest.mark.parametrize(
+    ("signum", "line", "reason"),
+    [
+        # preemption: PreemptTime set, EndTime moved to the end of GraceTime (30 s), well inside the delay
+        (signal.SIGUSR2, job_line("RUNNING", "None", 30, preempt_s=-0.5), "preempted"),
+        # the time-limit warning: EndTime unchanged, 77.5 s ahead for USR2@60 (measured)
+        (signal.SIGUSR2, job_line("RUNNING", "None", 78), "timeout"),
+        # scancel --signal=USR2 on a 1 h job: nothing changed, the end is far away
+        (signal.SIGUSR2, job_line("RUNNING", "None", 3592), "preempted"),
+        # the time-limit kill (its warning missed): Reason=TimeLimit, EndTime reset to now
+        (signal.SIGTERM, job_line("COMPLETING", "TimeLimit", 0), "timeout"),
+        # plain scancel: EndTime now, Reason None: a cancel, never to be requeued
+        (signal.SIGTERM, job_line("CANCELLED", "None", 0), "cancelled"),
+        # SIGTERM at the end of a preemption's grace time
+        (signal.SIGTERM, job_line("RUNNING", "None", 0, preempt_s=-30), "preempted"),
+    ],
+)
+def test_the_stop_reason_comes_from_what_slurm_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, line: str, reason: str
+) -> None:
+    (tmp_path / "job.txt").write_text(line + "\n")
+    install_scontrol(
+        tmp_path, monkeypatch, f'[ "$*" = "show job -o 4242" ] || exit 2\ncat "{tmp_path}/job.txt"\n'
+    )
+    assert classify(signum) == reason
+
+
+def test_CURRENT_BEHAVIOUR_a_failing_scontrol_calls_every_stop_a_preemption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pins today's behaviour, which the issue questions: with scontrol failing, a time-limit warning is
+    called a preemption, so time limits never spend the --max-requeues budget. Change with the fix."""
+    install_scontrol(tmp_path, monkeypatch, "echo 'slurm_load_jobs error: Unable to contact slurm "
+                     "controller (connect failure)' >&2\nexit 1\n")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="trm_cluster.environment"):
+        assert classify(signal.SIGUSR2) == "preempted"
+    assert "scontrol gave no answer for job 4242; calling the stop a preemption" in caplog.text
