@@ -173,12 +173,28 @@ def assert_same_training_state(reference: Path, run_dir: Path, ignore: Iterable[
     config field the runs set apart on purpose): model, optimizer, EMA, schedule, data position, RNG,
     step, config, and the W&B row journal.
 
-    A process journals only the rows it logs itself, so a resumed run's journal is the tail of an
-    unbroken run's: the same rows, step for step, on every metric but the timings.
+    A process journals only the rows it logs itself, so a resumed run's journal holds the unbroken
+    run's rows from where that process took over (above ``complete_above``; a bare row list, as older
+    checkpoints hold, must be a tail): the same rows, step for step, on every metric but the timings.
     """
     expected, actual = final_checkpoint_payload(reference), final_checkpoint_payload(run_dir)
     assert_same_state(expected, actual, ignore=(*RUN_IDENTITY, "tracking.journal", *ignore))
-    rows, tail = expected["tracking"]["journal"], actual["tracking"]["journal"]
-    assert tail, f"the final checkpoint of {run_dir} journals no W&B row"
-    timings = tuple(f"journal_tail.*.metrics.{name}" for name in TIMINGS)
-    assert_same_state({"journal_tail": rows[-len(tail) :]}, {"journal_tail": tail}, ignore=timings)
+    (reference_rows, _), (rows, complete_above) = _journal(expected), _journal(actual)
+    assert rows, f"the final checkpoint of {run_dir} journals no W&B row"
+    if complete_above is None:
+        wanted = reference_rows[-len(rows) :]
+    else:
+        wanted = [row for row in reference_rows if row["step"] > complete_above]
+        assert_same_state(
+            expected["tracking"]["journal"], actual["tracking"]["journal"], ignore=("rows", "complete_above")
+        )
+    timings = tuple(f"journal_rows.*.metrics.{name}" for name in TIMINGS)
+    assert_same_state({"journal_rows": wanted}, {"journal_rows": rows}, ignore=timings)
+
+
+def _journal(payload: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
+    """A checkpoint's W&B rows, and the step above which they are complete (None: not recorded)."""
+    journal = payload["tracking"]["journal"]
+    if isinstance(journal, Mapping):
+        return list(journal["rows"]), int(journal["complete_above"])
+    return list(journal), None

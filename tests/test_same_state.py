@@ -154,25 +154,28 @@ def journal(*rows: tuple[int, float, float]) -> list[dict[str, Any]]:
     ]
 
 
+ALL_ROWS = journal((5, 0.3, 1.0), (10, 0.2, 2.0), (15, 0.1, 3.0))
+
+
 @pytest.mark.parametrize(
     ("resumed", "error"),
     [
-        (journal((10, 0.2, 7.0), (15, 0.1, 8.0)), None),  # the last process's rows; other timings
-        (
-            journal((10, 0.2, 7.0), (15, 0.2, 8.0)),
-            r"journal_tail\.1\.metrics\.train/loss: 0\.1 vs 0\.2",
-        ),
-        (journal((5, 0.3, 1.0), (10, 0.2, 2.0)), "journal_tail.0.step: 10 vs 5"),  # not the tail
+        # a bare row list (older checkpoints): the tail of the reference's
+        (journal((10, 0.2, 7.0), (15, 0.1, 8.0)), None),  # the last process's rows, other timings
+        (journal((10, 0.2, 7.0), (15, 0.2, 8.0)), r"journal_rows\.1\.metrics\.train/loss: 0\.1 vs 0\.2"),
+        (journal((5, 0.3, 1.0), (10, 0.2, 2.0)), "journal_rows.0.step: 10 vs 5"),  # not the tail
         ([], "journals no W&B row"),
+        # rows complete above a step: every reference row above it
+        ({"rows": journal((10, 0.2, 7.0), (15, 0.1, 8.0)), "complete_above": 5}, None),
+        ({"rows": journal((15, 0.1, 8.0)), "complete_above": 5}, "journal_rows: 2 vs 1 items"),
+        ({"rows": journal((15, 0.1, 8.0)), "complete_above": 10, "x": 1}, "x: extra"),
     ],
 )
 def test_two_runs_compare_on_everything_but_identity_and_timings(
-    tmp_path: Path, payload: dict[str, Any], resumed: list[dict[str, Any]], error: str | None
+    tmp_path: Path, payload: dict[str, Any], resumed: Any, error: str | None
 ) -> None:
-    for name, rows, uid in [
-        ("a", journal((5, 0.3, 1.0), (10, 0.2, 2.0), (15, 0.1, 3.0)), "a1"),
-        ("b", resumed, "b2"),
-    ]:
+    reference = {"rows": ALL_ROWS, "complete_above": -1} if isinstance(resumed, dict) else ALL_ROWS
+    for name, rows, uid in [("a", reference, "a1"), ("b", resumed, "b2")]:
         store = CheckpointStore(make_manifest(tmp_path / name), keep_last=1)
         store.save(5, {**payload, "tracking": {"journal": rows}, "meta": {**payload["meta"], "run_uid": uid}})
     if error is None:

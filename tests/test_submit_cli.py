@@ -8,7 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import assert_one_continuous_wandb_run, cli, manifest, status_json, tree_digest, wandb_history
+from support import (
+    assert_one_continuous_wandb_run,
+    assert_same_training_state,
+    cli,
+    manifest,
+    status_json,
+    tree_digest,
+    wandb_history,
+)
 
 from trm_cluster.launch import preemption_steps
 
@@ -49,10 +57,7 @@ def test_debug_executor_rehearses_preemptions_in_process_bit_exactly(workdir: Pa
         "preempted",
         "completed",
     ]
-    assert (
-        status_json(workdir / "a", workdir)["weights_sha256"]
-        == status_json(workdir / "b", workdir)["weights_sha256"]
-    )
+    assert_same_training_state(workdir / "a", workdir / "b")
     assert_one_continuous_wandb_run(workdir / "b", list(range(5, 201, 5)))
 
 
