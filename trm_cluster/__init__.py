@@ -5,13 +5,35 @@ Two doorways into one requeue path:
 - your own loop: ``with trm_cluster.session() as run:`` around it (docs/your-own-loop.md), run with
   ``python -m trm_cluster.submit --script train.py``;
 - the :class:`Trainer` protocol, described by a :class:`Workload` and named in a preset.
+
+The names below are imported on first use, so a light command (``status``) or a process that only
+imports a submodule does not pay for torch and the rest.
 """
 
-from .config import RunConfig
-from .session import Session, UsageError, session
-from .signals import ignore_stop_signals
-from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, Workload, load_workload
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .loop_session import Session, UsageError, session
+    from .signals import ignore_stop_signals
+    from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, Workload, load_workload
+
+_EXPORTS = {
+    "RunConfig": "config",
+    "Session": "loop_session",
+    "UsageError": "loop_session",
+    "session": "loop_session",
+    "ignore_stop_signals": "signals",
+    "Evaluates": "workload",
+    "FollowsTotalSteps": "workload",
+    "TrainContext": "workload",
+    "Trainer": "workload",
+    "Workload": "workload",
+    "load_workload": "workload",
+}
 __all__ = [
     "Evaluates",
     "FollowsTotalSteps",
@@ -26,3 +48,9 @@ __all__ = [
     "session",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trm_cluster' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

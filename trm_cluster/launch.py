@@ -29,10 +29,42 @@ LOG_DIR = "logs"
 
 @dataclass(frozen=True)
 class WandbOptions:
+    """What ``wandb.init`` gets besides the id; chosen when the run is created, kept for every process."""
+
     project: str = "peptide-trm"
     entity: str | None = None
     mode: str = "auto"
     """auto (online when an API key is configured, else offline), online, offline, disabled."""
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    job_type: str | None = None
+    notes: str | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        default_project: str,
+        mode: str = "auto",
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: tuple[str, ...] | None = None,
+        job_type: str | None = None,
+        notes: str | None = None,
+    ) -> WandbOptions:
+        """Flags first, then the WANDB_* variables W&B itself honours, read here once (a requeued process
+        on a compute node may not see the submitting shell's environment)."""
+        env = os.environ
+        env_tags = tuple(t for t in env.get("WANDB_TAGS", "").split(",") if t.strip())
+        return cls(
+            project=project or env.get("WANDB_PROJECT") or default_project,
+            entity=entity or env.get("WANDB_ENTITY") or None,
+            mode=mode,
+            group=group or env.get("WANDB_RUN_GROUP") or None,
+            tags=tuple(tags) if tags is not None else tuple(t.strip() for t in env_tags),
+            job_type=job_type or env.get("WANDB_JOB_TYPE") or None,
+            notes=notes or env.get("WANDB_NOTES") or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,7 +102,14 @@ def create_run(
         config_hash=config_hash(config),
         total_steps=int(config["run"].get("steps", 0)),
         wandb=WandbInfo(
-            project=wandb.project, entity=wandb.entity, run_id=new_run_id(), mode=resolve_mode(wandb.mode)
+            project=wandb.project,
+            entity=wandb.entity,
+            run_id=new_run_id(),
+            mode=resolve_mode(wandb.mode),
+            group=wandb.group,
+            tags=list(wandb.tags),
+            job_type=wandb.job_type,
+            notes=wandb.notes,
         ),
         max_requeues=max_requeues,
         launch=dict(launch),
@@ -96,7 +135,7 @@ def create_script_run(
 
     record = script_config(script, entry, script_args)
     stem = Path(record["path"]).stem if record["path"] else str(entry).partition(":")[0].rsplit(".", 1)[-1]
-    wandb = wandb or WandbOptions(project=os.environ.get("WANDB_PROJECT") or stem)
+    wandb = wandb or WandbOptions.resolve(default_project=stem)
     config = {"run": dict(run_flags), "job": {}, "script": record}
     return create_run(
         run_dir,
@@ -142,7 +181,12 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def resume_run(run_dir: Path, config: dict[str, Any], launch: Mapping[str, Any]) -> ManifestData:
+def resume_run(
+    run_dir: Path,
+    config: dict[str, Any],
+    launch: Mapping[str, Any],
+    wandb_changes: Mapping[str, Any] | None = None,
+) -> ManifestData:
     """Prepare an existing run for another submission, recording any explicit config change."""
     manifest = RunManifest(run_dir)
     current = manifest.read()
@@ -160,6 +204,8 @@ def resume_run(run_dir: Path, config: dict[str, Any], launch: Mapping[str, Any])
             data.config_changes.append(ConfigChange(at_step=data.step, time=utc_now(), changes=changes))
             data.config = config
         data.total_steps = new_steps
+        for key, value in (wandb_changes or {}).items():  # --wandb-group etc. given again: kept from now on
+            setattr(data.wandb, key, list(value) if key == "tags" else value)
         # A run whose last process died after its final checkpoint (status still "running") is
         # finished by the next one: segment closed, W&B journal replayed, the code after the loop run.
         data.status = "requeued"

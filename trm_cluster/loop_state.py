@@ -74,6 +74,7 @@ class RegisteredState:
                     f"run.restore({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
                     "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
                 )
+        self.state_dict()  # refuse what a checkpoint could not hold now, not at the first save
 
     def state_dict(self) -> dict[str, Any]:
         state = {name: _state_of(obj) for name, obj in self.objects.items() if name not in self.unsaved}

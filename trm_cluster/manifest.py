@@ -54,6 +54,10 @@ class WandbInfo:
     """Highest W&B step known to be on disk; later processes log only steps above it."""
     started: bool = False
     """Whether any process has called wandb.init for this run (new vs resumed)."""
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str | None = None
+    notes: str | None = None
 
 
 @dataclass

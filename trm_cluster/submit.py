@@ -64,8 +64,17 @@ class SubmitArgs(Generic[JobT]):
     """Directory of a new run (default: runs/<name>)."""
     name: str | None = None
     """Run name (default: <preset>-<date>-<time>)."""
-    wandb_project: str = "peptide-trm"
+    wandb_project: str | None = None
+    """W&B project (default: $WANDB_PROJECT, else peptide-trm; for a script, its name)."""
     wandb_entity: str | None = None
+    wandb_group: str | None = None
+    """W&B group (default: $WANDB_RUN_GROUP); kept for every requeued process, changeable on --resume."""
+    wandb_tags: tuple[str, ...] | None = None
+    """W&B tags (default: $WANDB_TAGS, comma-separated)."""
+    wandb_job_type: str | None = None
+    """W&B job type (default: $WANDB_JOB_TYPE)."""
+    wandb_notes: str | None = None
+    """W&B notes (default: $WANDB_NOTES)."""
     wandb_mode: Literal["auto", "online", "offline"] = "auto"
     """auto: online when an API key is configured, else offline."""
     wandb: bool = True
@@ -165,7 +174,7 @@ def _script_main(argv: list[str], script_args: list[str] | None, known: argparse
             return _dry_run(args, config, run_dir)
         total = int(config["run"].get("steps", current.total_steps))
         preempt_at = tuple(current.step + s for s in _script_preemptions(args, total - current.step, run_dir))
-        data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)})
+        data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)}, _wandb_changes(args))
         _print_changes(data)
         return _submit_and_report(
             args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at
@@ -181,16 +190,32 @@ def _script_main(argv: list[str], script_args: list[str] | None, known: argparse
     if args.dry_run:
         return _dry_run(args, config, run_dir)
     preempt_at = _script_preemptions(args, int(run_flags.get("steps", 0)), name)
-    wandb = WandbOptions(
-        project=args.wandb_project if "--wandb-project" in argv else os.environ.get("WANDB_PROJECT") or stem,
-        entity=args.wandb_entity,
-        mode=args.wandb_mode if args.wandb else "disabled",
-    )
+    wandb = _wandb_options(args, default_project=stem)
     create_script_run(
         run_dir, args.script, script_args or [], run_flags, entry=args.entry, name=name, wandb=wandb,
         max_requeues=args.executor.max_requeues, launch={**launch, "preempt_at": list(preempt_at)},
     )  # fmt: skip
     return _submit_and_report(args, run_dir, kind, "allow", preempt_at)
+
+
+def _wandb_options(args: SubmitArgs[Any], default_project: str) -> WandbOptions:
+    return WandbOptions.resolve(
+        default_project,
+        mode=args.wandb_mode if args.wandb else "disabled",
+        project=args.wandb_project,
+        entity=args.wandb_entity,
+        group=args.wandb_group,
+        tags=args.wandb_tags,
+        job_type=args.wandb_job_type,
+        notes=args.wandb_notes,
+    )
+
+
+def _wandb_changes(args: SubmitArgs[Any]) -> dict[str, Any]:
+    """W&B settings given again on --resume (the project, entity and mode stay those of the run)."""
+    given = {"group": args.wandb_group, "tags": args.wandb_tags, "job_type": args.wandb_job_type,
+             "notes": args.wandb_notes}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _script_preemptions(args: SubmitArgs[Any], steps: int, seed: Path | str) -> tuple[int, ...]:
@@ -249,11 +274,7 @@ def _new(
     run_dir = (args.run_dir or Path("runs") / name).resolve()
     if args.dry_run:
         return _dry_run(args, config, run_dir)
-    wandb = WandbOptions(
-        project=args.wandb_project,
-        entity=args.wandb_entity,
-        mode=args.wandb_mode if args.wandb else "disabled",
-    )
+    wandb = _wandb_options(args, default_project="peptide-trm")
     preempt_at = preemption_steps(args.preemptions, args.run.steps, name)
     launch = {**launch, "preempt_at": list(preempt_at)}
     create_run(run_dir, name, preset.workload, config, wandb, args.executor.max_requeues, launch)
@@ -268,7 +289,7 @@ def _resume(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: di
     current = RunManifest(run_dir).read().step
     remaining = int(config["run"]["steps"]) - current
     preempt_at = tuple(current + s for s in preemption_steps(args.preemptions, remaining, str(run_dir)))
-    data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)})
+    data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)}, _wandb_changes(args))
     _print_changes(data)
     return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
 
@@ -312,6 +333,9 @@ def _submit_and_report(
             print(line, flush=True)
     data = RunManifest(run_dir).read()
     print(f"run {data.status} at step {data.step}/{data.total_steps}")
+    last = data.segments[-1] if data.segments else None
+    if data.status == "failed" and last is not None and last.message:
+        print(f"  segment {last.index}: {last.message.splitlines()[-1]}")
     return 0 if data.status == "completed" else 1
 
 

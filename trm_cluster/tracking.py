@@ -186,6 +186,17 @@ def _wait_for_killed_writer(data: ManifestData) -> None:
         log.warning("wandb-core %s of killed pid %d still writes; steps may repeat", stragglers, previous.pid)
 
 
+def _optional_init_arguments(info: WandbInfo) -> dict[str, Any]:
+    """group, tags, job_type, notes: passed only when set, so W&B's own defaults apply otherwise."""
+    values = {
+        "group": info.group,
+        "tags": list(info.tags) or None,
+        "job_type": info.job_type,
+        "notes": info.notes,
+    }
+    return {key: value for key, value in values.items() if value}
+
+
 class WandbTracker:
     """The W&B run of one process, bound to the manifest's run id and watermark."""
 
@@ -228,6 +239,7 @@ class WandbTracker:
             mode=info.mode,  # type: ignore[arg-type]
             config=data.config,
             settings=wandb.Settings(console="off", quiet=quiet),
+            **_optional_init_arguments(info),
         )
         notes = change_annotations(data)
         if notes:

@@ -37,6 +37,8 @@ class RegressionConfig:
     num_workers: int = 0
     step_delay_s: float = 0.0
     """Sleep per step, to make a tiny run last long enough to rehearse signals against."""
+    eval_delay_s: float = 0.0
+    """Sleep per evaluation, to rehearse a kill during a slow final evaluation."""
 
 
 class EpochSampler(Sampler[int]):
@@ -120,6 +122,8 @@ class RegressionTrainer:
         }
 
     def evaluate(self, step: int) -> Mapping[str, float]:
+        if self.config.eval_delay_s:
+            time.sleep(self.config.eval_delay_s)
         inputs, targets = self.dataset.tensors
         with torch.no_grad():
             loss = nn.functional.mse_loss(self.ema(inputs.to(self.device)), targets.to(self.device))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-interval", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("final_model.pt"))
+    parser.add_argument("--sleep-per-step", type=float, default=0.0, help="to rehearse signals against")
     parser.add_argument("--plain-loader", action="store_true", help="planted bug: a plain DataLoader")
     parser.add_argument("--forget-scheduler", action="store_true", help="planted bug: scheduler not saved")
     return parser.parse_args()
@@ -105,6 +107,7 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             ema.update_parameters(model)
+            time.sleep(args.sleep_per_step)
             run.log({"loss": loss.item(), "lr": schedule.get_last_lr()[0]})  # ~ (was: wandb.log)
             if run.will_log:  # a diagnostic worth computing only when it reaches W&B
                 grads = [p.grad for p in model.parameters() if p.grad is not None]

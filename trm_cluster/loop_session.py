@@ -38,7 +38,7 @@ from .config import RunConfig
 from .digest import weights_sha256
 from .environment import JobContext
 from .log_window import LogWindow, as_number
-from .loop_state import RegisteredState
+from .loop_state import RegisteredState, StateError
 from .manifest import ManifestData, RunManifest, Segment, utc_now
 from .rehearsal import PreemptionInjector
 from .segments import close_segment, fail_segment, open_segment, record_wandb_started
@@ -438,14 +438,22 @@ class Session:
                       f"python -m trm_cluster.submit --resume {self.run_dir}", flush=True)  # fmt: skip
                 raise SystemExit(EXIT_STOPPED) from None
             return  # the owner requeues; the stop signals stay deferred until it has
+        misuse = exc if isinstance(exc, UsageError | StateError) else None
+        clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._state == "done"
         try:
-            clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._state == "done"
             if exc is None or clean_exit:
                 self._complete()
             else:
                 self._fail(exc)
+        except (UsageError, StateError) as error:
+            misuse = error
+            if not self.plan.standalone:
+                raise
         finally:
             self._signals.restore()
+        if misuse is not None and self.plan.standalone:  # our own process: one line, no traceback
+            print(f"trm_cluster: error: {misuse}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     def _complete(self) -> None:
         if self._state in ("entered", "restored"):
