@@ -37,7 +37,8 @@ class TRMConfig:
     lr: float = 2e-3
     warmup_steps: int = 20
     decay_steps: int = 0
-    """Cosine decay from ``lr`` to ``lr * min_lr_ratio`` over this many steps after warm-up (0: constant)."""
+    """Cosine decay from ``lr`` to ``lr * min_lr_ratio`` over this many steps after warm-up (0: constant;
+    -1: until the run's last step, so ``--resume --steps 2N`` stretches the decay to the new end)."""
     min_lr_ratio: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -65,5 +66,7 @@ class TRMConfig:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.max_length < 2 or self.max_peaks < 1:
             raise ValueError("max_length must be >= 2 and max_peaks >= 1")
+        if self.decay_steps < -1:
+            raise ValueError(f"decay_steps must be >= -1 (-1: to the run's end), got {self.decay_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")

@@ -139,7 +139,7 @@ class PeptideTRMTrainer:
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
         )
-        self.schedule = LRSchedule(config.lr, config.warmup_steps, config.decay_steps, config.min_lr_ratio)
+        self.schedule = self._schedule(context.total_steps)
         self.autocast = config.bf16 and self.device.type == "cuda"
         self.data_seed = context.seed * 1_000_003 + context.rank
         self.step = 0
@@ -150,6 +150,25 @@ class PeptideTRMTrainer:
         self.parameter_count = count_parameters(self.model)
 
     # -- carry ----------------------------------------------------------------------------------
+
+    def _schedule(self, total_steps: int) -> LRSchedule:
+        """The LR schedule of the config; with ``decay_steps = -1`` it decays until ``total_steps``."""
+        cfg = self.config
+        decay = max(total_steps - cfg.warmup_steps, 1) if cfg.decay_steps == -1 else cfg.decay_steps
+        return LRSchedule(cfg.lr, cfg.warmup_steps, decay, cfg.min_lr_ratio)
+
+    def total_steps_changed(self, old: int, new: int) -> None:
+        """``--resume --steps N``: the schedule is a function of the step and the config, rebuilt with the
+        new total at every start; say what that means for this run's LR from here on."""
+        if self.config.decay_steps == -1:
+            what = f"the cosine decay now ends at step {new} (decay_steps = -1); the LR jumps to the new curve"
+        elif self.config.decay_steps > 0:
+            end = self.config.warmup_steps + self.config.decay_steps
+            what = (f"the cosine decay keeps its horizon (ends at step {end}); pass --decay-steps -1 to "
+                    "stretch it to the run's end")  # fmt: skip
+        else:
+            what = "the LR is constant after warm-up (decay_steps = 0): nothing to stretch"
+        print(f"peptide-trm: total steps {old} -> {new}: {what}", flush=True)
 
     def _empty_carry(self) -> Carry:
         rows, length, peaks = self.config.batch_size, self.config.max_length, self.config.max_peaks
