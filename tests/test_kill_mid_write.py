@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import assert_one_continuous_wandb_run, clean_env, cli, manifest, status_json
+from support import assert_one_continuous_wandb_run, assert_same_training_state, clean_env, cli, manifest
 
 from trm_cluster.atomic import PAUSE_ENV
 from trm_cluster.wandb_files import wait_for_writers
@@ -23,11 +23,12 @@ FAST = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "debu
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run, never killed."""
     work = tmp_path_factory.mktemp("reference")
     result = cli("submit", *FAST, "--run-dir", str(work / "run"), cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
-    return str(status_json(work / "run", work)["weights_sha256"])
+    return work / "run"
 
 
 def _temps(directory: Path, name: str) -> list[Path]:
@@ -52,13 +53,13 @@ def _kill_when(run_dir: Path, pause: str, ready: Callable[[], bool], cwd: Path) 
     assert wait_for_writers([proc.pid]) == []
 
 
-def _resume_and_check(run_dir: Path, cwd: Path, reference: str) -> None:
+def _resume_and_check(run_dir: Path, cwd: Path, reference: Path) -> None:
     resumed = cli("submit", "--resume", str(run_dir), "--executor", "debug", cwd=cwd)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
     assert data["segments"][1]["start_step"] == 100
-    assert status_json(run_dir, cwd)["weights_sha256"] == reference
+    assert_same_training_state(reference, run_dir)
     assert not _temps(run_dir, "manifest.json") and not list((run_dir / "checkpoints").glob(".*.tmp"))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "step_000000100.pt", "step_000000150.pt", "step_000000200.pt",
@@ -66,7 +67,7 @@ def _resume_and_check(run_dir: Path, cwd: Path, reference: str) -> None:
     assert_one_continuous_wandb_run(run_dir, list(range(5, 201, 5)))
 
 
-def test_killed_while_writing_a_checkpoint(workdir: Path, reference: str) -> None:
+def test_killed_while_writing_a_checkpoint(workdir: Path, reference: Path) -> None:
     run_dir = workdir / "run"
     checkpoints = run_dir / "checkpoints"
     _kill_when(run_dir, "step_000000150:60", lambda: bool(_temps(checkpoints, "step_000000150.pt")), workdir)
@@ -75,7 +76,7 @@ def test_killed_while_writing_a_checkpoint(workdir: Path, reference: str) -> Non
     _resume_and_check(run_dir, workdir, reference)
 
 
-def test_killed_while_writing_the_manifest(workdir: Path, reference: str) -> None:
+def test_killed_while_writing_the_manifest(workdir: Path, reference: Path) -> None:
     """Killed while publishing checkpoint 150: the file is whole on disk, but the manifest never named it."""
     run_dir = workdir / "run"
     written = run_dir / "checkpoints" / "step_000000150.pt"
