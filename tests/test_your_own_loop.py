@@ -13,10 +13,10 @@ from trm_cluster.state import capture_rng, restore_rng, seed_everything
 from trm_cluster.workload import TrainContext, Trainer
 
 
-def test_the_doc_shows_the_example_file_verbatim() -> None:
+def test_the_doc_shows_the_example_script_verbatim() -> None:
     doc = (REPO / "docs" / "your-own-loop.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-    assert (REPO / "trm_cluster" / "examples" / "regression.py").read_text() in blocks
+    assert (REPO / "trm_cluster" / "examples" / "train_script.py").read_text() in blocks
 
 
 def _build(tmp_path: Path) -> Trainer:

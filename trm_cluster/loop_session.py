@@ -272,8 +272,10 @@ class Session:
                 journal=journal, resume_step=self.step,
             )  # fmt: skip
             record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
-        else:
-            self._tracker = NullTracker(self.data.wandb.last_step)
+        else:  # no W&B: the journal still carries every row on, for the doctor and for status
+            self._tracker = NullTracker(
+                self.data.wandb.last_step, journal if isinstance(journal, Mapping) else None
+            )
         self._state = "restored"
         return self.step
 

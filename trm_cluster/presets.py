@@ -31,13 +31,13 @@ reads a string), and a key without a value or a key that is not a string is refu
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 
 YAML_SUFFIXES = (".yaml", ".yml")

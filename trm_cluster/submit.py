@@ -51,7 +51,7 @@ class SubmitArgs(Generic[JobT]):
     run: Annotated[RunConfig, tyro.conf.arg(name="")]
     executor: Annotated[ExecutorOptions, tyro.conf.arg(name="")] = field(default_factory=ExecutorOptions)
     preset: str = DEFAULT_PRESET
-    """A preset name from jobs/ or a path to a preset .toml file."""
+    """A preset name from jobs/ or a path to a preset file (.toml, .yaml or .yml)."""
     script: Path | None = None
     """Your own training script (it opens ``trm_cluster.session()`` around its loop) instead of a preset."""
     entry: str | None = None

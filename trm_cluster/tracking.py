@@ -121,14 +121,21 @@ class RowJournal:
         rows = [{"step": step, "metrics": dict(metrics)} for step, metrics in self.rows.items()]
         return {"rows": rows, "complete_above": self.complete_above}
 
+    @classmethod
+    def restored(cls, state: Mapping[str, Any]) -> RowJournal:
+        journal = cls(int(state.get("complete_above", -1)))
+        for row in state.get("rows", []):
+            journal.add(int(row["step"]), row["metrics"])
+        return journal
+
 
 class NullTracker:
     """W&B disabled (or a rank other than 0): logs nothing, but journals the rows, so a checkpoint
     still carries the run's recent metrics (the resume doctor compares them)."""
 
-    def __init__(self, durable_step: int = -1) -> None:
+    def __init__(self, durable_step: int = -1, journal: Mapping[str, Any] | None = None) -> None:
         self.durable_step = durable_step
-        self._journal = RowJournal(durable_step)
+        self._journal = RowJournal.restored(journal) if journal else RowJournal(durable_step)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if step > self.durable_step:

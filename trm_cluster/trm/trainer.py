@@ -161,7 +161,9 @@ class PeptideTRMTrainer:
         """``--resume --steps N``: the schedule is a function of the step and the config, rebuilt with the
         new total at every start; say what that means for this run's LR from here on."""
         if self.config.decay_steps == -1:
-            what = f"the cosine decay now ends at step {new} (decay_steps = -1); the LR jumps to the new curve"
+            what = (
+                f"the cosine decay now ends at step {new} (decay_steps = -1); the LR jumps to the new curve"
+            )
         elif self.config.decay_steps > 0:
             end = self.config.warmup_steps + self.config.decay_steps
             what = (f"the cosine decay keeps its horizon (ends at step {end}); pass --decay-steps -1 to "

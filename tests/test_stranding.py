@@ -1,0 +1,108 @@
+"""Interruptions that used to strand a run (requeued or running forever, with no process left):
+hit from the outside, as a user or a scheduler would, through the real CLI and the local executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import assert_one_continuous_wandb_run, clean_env, cli, manifest, wandb_history
+
+COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
+
+
+def _start(workdir: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", *COMMON, "--run-dir", str(run_dir), *extra],
+        cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _open_segment_pid(run_dir: Path, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            segments = manifest(run_dir)["segments"]
+        except (FileNotFoundError, ValueError):
+            segments = []
+        if segments and segments[-1]["end_reason"] is None:
+            return int(segments[-1]["pid"])
+        time.sleep(0.02)
+    raise TimeoutError("no running segment")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
+@pytest.mark.slow
+def test_usr2_again_and_again_during_the_hand_over_still_requeues(workdir: Path) -> None:
+    """A second USR2 after the segment closed (during submitit's requeue and the interpreter's exit,
+    which resets Python handlers to "terminate") killed the exiting task: the controller never restarted
+    it and the run stayed "requeued" with no process. Here USR2 keeps coming every 10 ms until the
+    process is gone, so every moment of that window is hit."""
+    run_dir = workdir / "run"
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02")
+    pid = _open_segment_pid(run_dir)
+    while not manifest(run_dir)["checkpoints"]:
+        time.sleep(0.05)
+    sent = 0
+    while _alive(pid):
+        try:
+            os.kill(pid, signal.SIGUSR2)
+            sent += 1
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    data = manifest(run_dir)
+    assert sent > 10, sent  # the signals kept coming while the segment closed and the process exited
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"]
+    assert data["status"] == "completed" and data["requeues"]["preempted"] == 1
+
+
+@pytest.mark.slow
+def test_a_kill_after_the_final_checkpoint_is_finished_by_the_resume(workdir: Path) -> None:
+    """SIGKILL while the final evaluation runs (after the final checkpoint, before the segment closed)
+    left status "running 200/200" and a resume that refused; W&B lacked the last rows and the eval."""
+    run_dir = workdir / "run"
+    proc = _start(workdir, run_dir, "--eval-every", "0", "--eval-delay-s", "600")
+    pid = _open_segment_pid(run_dir)
+    while not any(c["step"] == 200 for c in manifest(run_dir)["checkpoints"]):
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    killed = manifest(run_dir)
+    assert killed["status"] == "running" and killed["segments"][-1]["end_reason"] is None
+
+    resumed = cli("submit", "--resume", str(run_dir), "--executor", "local", "--wait", "--eval-delay-s", "0",
+                  cwd=workdir)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    data = manifest(run_dir)
+    assert data["status"] == "completed"
+    assert [(s["start_step"], s["end_step"], s["end_reason"]) for s in data["segments"]] == [
+        (0, 200, "killed"),
+        (200, 200, "completed"),
+    ]
+    segments = assert_one_continuous_wandb_run(run_dir, list(range(5, 201, 5)))
+    evals = [r["_step"] for s in segments for r in s.history if "eval/ema_mse" in r]
+    assert evals == [200]
+    assert len(wandb_history(run_dir)) == 2
