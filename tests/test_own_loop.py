@@ -106,10 +106,17 @@ def test_script_sigkilled_then_resumed_ends_bit_identical(workdir: Path) -> None
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
-    assert data["segments"][1]["start_step"] == data["segments"][0]["end_step"] >= 100
+    killed, resumed_segment = data["segments"]
+    assert resumed_segment["start_step"] == killed["end_step"] >= 100
+    # the killed segment trained until its last durable checkpoint; the time after it is a gap, not training
+    last_durable = next(c for c in data["checkpoints"] if c["step"] == killed["end_step"])
+    assert killed["end_time"] == last_durable["created_at"] < resumed_segment["start_time"]
     assert_same_training_state(reference, run_dir, ignore=NOT_TRAINING_STATE)
     assert_one_continuous_wandb_run(run_dir, list(range(10, 201, 10)))
     assert _job_output(run_dir).count("final evaluation:") == 1
+    # log_every 10: the steps between two rows were never logged, so nothing is reported lost
+    errors = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.err"))
+    assert "lost" not in errors, errors
 
 
 BAD_SCRIPTS = {
