@@ -164,21 +164,23 @@ def _bytes(tensor: torch.Tensor) -> torch.Tensor:
 RUN_IDENTITY = ("meta.saved_at", "meta.run_uid", "meta.run_name")
 """What two runs of the same training never share: when the checkpoint was saved, and which run it is."""
 
-TIMINGS = ("trainer/steps_per_s",)
-"""Logged metrics that measure the machine, not the training."""
+TIMINGS = ("trainer/steps_per_s", "train/spectra_per_s", "train/step_time_s")
+"""Logged metrics that measure the machine, not the training: the core's speed, and the TRM trainer's."""
 
 
 def assert_same_training_state(reference: Path, run_dir: Path, ignore: Iterable[str] = ()) -> None:
     """The final checkpoints of two runs are the same but for who and when (and ``ignore``, e.g. a
     config field the runs set apart on purpose): model, optimizer, EMA, schedule, data position, RNG,
-    step, config, and the W&B row journal.
+    step, config, the W&B row journal and log window.
 
     A process journals only the rows it logs itself, so a resumed run's journal holds the unbroken
     run's rows from where that process took over (above ``complete_above``; a bare row list, as older
     checkpoints hold, must be a tail): the same rows, step for step, on every metric but the timings.
     """
     expected, actual = final_checkpoint_payload(reference), final_checkpoint_payload(run_dir)
-    assert_same_state(expected, actual, ignore=(*RUN_IDENTITY, "tracking.journal", *ignore))
+    # a log window cut by the checkpoint holds the timings' sums and last values (their counts must match)
+    window = tuple(f"tracking.window.{part}.{name}" for part in ("sum", "last") for name in TIMINGS)
+    assert_same_state(expected, actual, ignore=(*RUN_IDENTITY, *window, "tracking.journal", *ignore))
     (reference_rows, _), (rows, complete_above) = _journal(expected), _journal(actual)
     assert rows, f"the final checkpoint of {run_dir} journals no W&B row"
     if complete_above is None:
