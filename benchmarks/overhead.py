@@ -26,8 +26,9 @@ from trm_cluster.checkpoint import CheckpointStore
 from trm_cluster.config import RunConfig
 from trm_cluster.environment import JobContext
 from trm_cluster.examples.regression import REGRESSION, RegressionConfig
-from trm_cluster.job import _build_and_restore, run_segment
+from trm_cluster.job import TrainingJob, build_trainer
 from trm_cluster.launch import WandbOptions, create_run, resolved_config
+from trm_cluster.loop_session import SegmentEnded, Session, SessionPlan
 from trm_cluster.manifest import RunManifest
 from trm_cluster.state import seed_everything
 from trm_cluster.workload import TrainContext
@@ -52,10 +53,15 @@ def bare_loop(steps: int) -> float:
     return time.perf_counter() - start
 
 
+def run_segment(run_dir: Path) -> None:
+    """One segment of the job's own path (TrainingJob through the session), in this process."""
+    TrainingJob(run_dir, quiet=True).run_segment(SessionPlan(run_dir, JobContext.detect(), quiet=True))
+
+
 def through_job(root: Path, name: str, steps: int, mode: str) -> float:
     run_dir = new_run(root, name, steps, mode)
     start = time.perf_counter()
-    run_segment(run_dir, JobContext.detect(), quiet=True)
+    run_segment(run_dir)
     return time.perf_counter() - start
 
 
@@ -92,20 +98,26 @@ def stop_latency(root: Path) -> float:
         os.kill(os.getpid(), signal.SIGUSR2)
 
     threading.Thread(target=preempt_once_training, daemon=True).start()
-    run_segment(run_dir, JobContext.detect(), quiet=True)
+    try:
+        run_segment(run_dir)
+    except SegmentEnded as ended:
+        ended.signals.restore()
     return time.perf_counter() - sent[0]
 
 
 def resume_latency(root: Path) -> float:
-    """The job's own resume path: build the trainer, verify and load the newest checkpoint, restore RNG."""
+    """The job's own resume path: open the segment, build the trainer, verify and load the newest
+    checkpoint, restore RNG (W&B is resumed too: the run is offline)."""
     run_dir = root / "stop"
     data = RunManifest(run_dir).read()
-    run_cfg = RunConfig(**data.config["run"])
-    store = CheckpointStore(RunManifest(run_dir), keep_last=run_cfg.keep_checkpoints)
     start = time.perf_counter()
-    _, step, _ = _build_and_restore(data, run_cfg, store, run_dir, JobContext.detect())
+    with Session(SessionPlan(run_dir, JobContext.detect(), quiet=True)) as run:
+        step = run.restore_trainer(build_trainer(data.workload, data.config["job"], run))
+        elapsed = time.perf_counter() - start
+        for _ in run.steps():
+            break  # ends this benchmark's run here
     assert step > 0
-    return time.perf_counter() - start
+    return elapsed
 
 
 def main() -> None:
@@ -131,7 +143,8 @@ def main() -> None:
             print(f"  {megabytes:>4} MB   {ours * 1e3:8.1f} ms | {plain * 1e3:8.1f} ms | {raw * 1e3:8.1f} ms"
                   f"   ours / torch.save = {ours / plain:.2f}x")  # fmt: skip
         print(f"USR2 -> segment closed (saved, W&B finished): {stop_latency(root) * 1e3:.0f} ms")
-        print(f"resume: build + verify + load newest checkpoint: {resume_latency(root) * 1e3:.0f} ms")
+        print(f"resume: segment opened, trainer built, newest checkpoint verified and loaded, W&B resumed: "
+              f"{resume_latency(root) * 1e3:.0f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

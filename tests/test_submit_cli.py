@@ -141,7 +141,9 @@ def _one_line_error(result, fragment: str) -> None:  # type: ignore[no-untyped-d
         (["--time-min", "0"], "--time-min must be positive"),
         (["--steps", "0"], "steps must be positive"),
         (["--signal-delay-s", "3600", "--time-min", "60"], "--signal-delay-s must be in [0, time limit"),
-        (["--nodes", "2"], "multi-process training (DDP) is not supported yet"),
+        (["--nodes", "2", "--executor", "local"], "--nodes must be 1 with the local executor"),
+        (["--tasks-per-node", "2", "--executor", "debug"], "the debug executor runs one process"),
+        (["--tasks-per-node", "3", "--gpus-per-node", "2"], "one task per GPU"),
         (["--preemptions", "500", "--steps", "100"], "--preemptions 500 needs a run of at least 1001 steps"),
         (["--resume", "no/such/dir"], "holds no run"),
     ],
@@ -176,7 +178,7 @@ def test_new_run_in_an_occupied_directory_is_refused(workdir: Path, finished_run
 
 
 def test_resume_refusals_leave_the_run_untouched(workdir: Path, finished_run: Path) -> None:
-    _refused_resume(workdir, finished_run, "already at step 20 of 20", "--steps", "20")
+    _refused_resume(workdir, finished_run, "already completed at step 20 of 20", "--steps", "20")
     _refused_resume(
         workdir,
         finished_run,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import RunConfig
     from .loop_session import Session, UsageError, session
+    from .loop_state import per_rank
     from .signals import ignore_stop_signals
     from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, Workload, load_workload
 
@@ -27,6 +28,7 @@ _EXPORTS = {
     "UsageError": "loop_session",
     "session": "loop_session",
     "ignore_stop_signals": "signals",
+    "per_rank": "loop_state",
     "Evaluates": "workload",
     "FollowsTotalSteps": "workload",
     "TrainContext": "workload",
@@ -45,6 +47,7 @@ __all__ = [
     "Workload",
     "ignore_stop_signals",
     "load_workload",
+    "per_rank",
     "session",
 ]
 __version__ = "0.1.0"

@@ -31,8 +31,9 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that belongs to another run."""
 
 
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:09d}.pt"
+def checkpoint_name(step: int, rank: int = 0) -> str:
+    """``step_000000200.pt``; another rank's own part of the same checkpoint: ``step_000000200.rank1.pt``."""
+    return f"step_{step:09d}.pt" if rank == 0 else f"step_{step:09d}.rank{rank}.pt"
 
 
 def capture(state: Any, copy: bool = False) -> Any:
@@ -94,24 +95,30 @@ class CheckpointStore:
         self.directory = self.run_dir / CHECKPOINT_DIR
         self.keep_last = keep_last
 
-    def save(self, step: int, payload: Mapping[str, Any]) -> CheckpointRecord:
-        """Write atomically, then publish in the manifest, then prune files beyond ``keep_last``."""
+    def save(
+        self, step: int, payload: Mapping[str, Any], parts: list[dict[str, Any]] | None = None
+    ) -> CheckpointRecord:
+        """Write atomically, then publish in the manifest (with the other ranks' durable parts), then
+        prune files beyond ``keep_last``."""
         record = self.write(step, payload)
+        record.parts = list(parts or [])
         self.publish(record)
         return record
 
     def write(self, step: int, payload: Mapping[str, Any]) -> CheckpointRecord:
-        target = self.directory / checkpoint_name(step)
+        part = self.write_part(step, 0, payload)
+        return CheckpointRecord(
+            step=step, file=part["file"], bytes=part["bytes"], sha256=part["sha256"], created_at=utc_now()
+        )
+
+    def write_part(self, step: int, rank: int, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one rank's file of a checkpoint atomically; its record for the manifest."""
+        target = self.directory / checkpoint_name(step, rank)
         with atomic_writer(target) as handle:
             hashing = _HashingWriter(handle)
             torch.save(dict(payload), hashing)  # type: ignore[arg-type]
-        return CheckpointRecord(
-            step=step,
-            file=str(target.relative_to(self.run_dir)),
-            bytes=hashing.size,
-            sha256=hashing.digest.hexdigest(),
-            created_at=utc_now(),
-        )
+        file = str(target.relative_to(self.run_dir))
+        return {"rank": rank, "file": file, "bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
 
     def publish(self, record: CheckpointRecord) -> None:
         with self.manifest.update() as data:
@@ -122,7 +129,8 @@ class CheckpointStore:
                 data.checkpoints[-self.keep_last :],
             )
         for old in dropped:
-            (self.run_dir / old.file).unlink(missing_ok=True)
+            for file in (old.file, *(part["file"] for part in old.parts)):
+                (self.run_dir / file).unlink(missing_ok=True)
 
     def load_latest(self, run_uid: str) -> LoadedCheckpoint | None:
         """The newest checkpoint that exists, matches its digest and loads; None when there is none.
@@ -148,22 +156,55 @@ class CheckpointStore:
             )
         return None
 
+    def load_step(self, step: int, rank: int, run_uid: str) -> LoadedCheckpoint:
+        """The checkpoint at ``step`` that rank 0 chose, with this rank's own part merged in as
+        ``payload["rank_part"]`` (ranks other than 0). No fallback here: every rank loads the same step."""
+        record = next((c for c in self.manifest.read().checkpoints if c.step == step), None)
+        payload = self._verified_payload(record) if record is not None else None
+        if record is None or payload is None or payload.get("meta", {}).get("run_uid") != run_uid:
+            raise CheckpointError(f"checkpoint of step {step} is not usable on rank {rank}")
+        if rank:
+            part = next((p for p in record.parts if p["rank"] == rank), None)
+            if part is None:
+                raise CheckpointError(f"checkpoint of step {step} holds no part for rank {rank}")
+            loaded = self._verified_file(part["file"], part["bytes"], part["sha256"], step)
+            if loaded is None:
+                raise CheckpointError(
+                    f"rank {rank}'s part of checkpoint {step} ({part['file']}) is not usable"
+                )
+            payload["rank_part"] = loaded
+        return LoadedCheckpoint(record, payload)
+
     def _verified_payload(self, record: CheckpointRecord) -> dict[str, Any] | None:
-        path = self.run_dir / record.file
-        if not path.is_file():
-            log.warning("checkpoint %s (step %d) is missing; falling back", record.file, record.step)
+        payload = self._verified_file(record.file, record.bytes, record.sha256, record.step)
+        if payload is None:
             return None
-        size = os.path.getsize(path)
-        if size != record.bytes or sha256_of(path) != record.sha256:
-            log.warning("checkpoint %s (step %d) fails its digest; falling back", record.file, record.step)
+        if "model" not in payload:
+            log.warning("checkpoint %s has no 'model' entry; falling back", record.file)
+            return None
+        missing = [p["file"] for p in record.parts if not (self.run_dir / p["file"]).is_file()]
+        if missing:
+            log.warning(
+                "checkpoint %s lacks the rank file(s) %s; falling back", record.file, ", ".join(missing)
+            )
+            return None
+        return payload
+
+    def _verified_file(self, file: str, size: int, sha256: str, step: int) -> dict[str, Any] | None:
+        path = self.run_dir / file
+        if not path.is_file():
+            log.warning("checkpoint %s (step %d) is missing; falling back", file, step)
+            return None
+        if os.path.getsize(path) != size or sha256_of(path) != sha256:
+            log.warning("checkpoint %s (step %d) fails its digest; falling back", file, step)
             return None
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            log.warning("checkpoint %s does not load (%s); falling back", record.file, error)
+            log.warning("checkpoint %s does not load (%s); falling back", file, error)
             return None
-        if not isinstance(payload, dict) or "model" not in payload:
-            log.warning("checkpoint %s has no 'model' entry; falling back", record.file)
+        if not isinstance(payload, dict):
+            log.warning("checkpoint %s is not a dict; falling back", file)
             return None
         return payload
 
@@ -171,7 +212,11 @@ class CheckpointStore:
         """Delete files a killed process left behind: temp files and unpublished checkpoints."""
         if not self.directory.is_dir():
             return []
-        published = {Path(c.file).name for c in self.manifest.read().checkpoints}
+        published = {
+            Path(file).name
+            for c in self.manifest.read().checkpoints
+            for file in (c.file, *(part["file"] for part in c.parts))
+        }
         removed = []
         for path in self.directory.iterdir():
             is_temp = path.name.startswith(".") and path.name.endswith(".tmp")

@@ -38,6 +38,7 @@ class JobContext:
     global_rank: int
     world_size: int
     started_at: float
+    local_rank: int = 0
 
     @property
     def is_rank_zero(self) -> bool:
@@ -46,12 +47,12 @@ class JobContext:
     @classmethod
     def detect(cls) -> JobContext:
         executor = _executor_kind()
-        job_id, rank, world = str(os.getpid()), 0, 1
+        job_id, rank, world, local = str(os.getpid()), 0, 1, 0
         if executor != "process":
             import submitit
 
             env = submitit.JobEnvironment()
-            job_id, rank, world = str(env.job_id), env.global_rank, env.num_tasks
+            job_id, rank, world, local = str(env.job_id), env.global_rank, env.num_tasks, env.local_rank
         array = os.environ.get("SLURM_ARRAY_TASK_ID")
         return cls(
             executor=executor,
@@ -63,6 +64,7 @@ class JobContext:
             global_rank=rank,
             world_size=world,
             started_at=_process_started_at(),
+            local_rank=local,
         )
 
     def classify(self, request: StopRequest, signal_delay_s: float) -> str:

@@ -33,7 +33,9 @@ class ExecutorOptions:
     partition: str | None = None
     nodes: int = 1
     gpus_per_node: int = 0
-    tasks_per_node: int = 1
+    tasks_per_node: int = 0
+    """Processes (ranks) per node: 0 means one per GPU with --gpus-per-node, else 1. Several CPU ranks
+    (gloo) rehearse multi-GPU training here: --tasks-per-node 2."""
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     time_min: int = 60
@@ -45,28 +47,48 @@ class ExecutorOptions:
     """Seconds before the time limit at which the job is warned (USR2): longer than a save takes."""
     max_requeues: int = 20
     """Requeues after a time limit before the run gives up; preemptions are not counted."""
+    allow_world_size_change: bool = False
+    """Resume with another number of ranks than the checkpoint's: model and optimizer are restored, the
+    per-rank RNG streams re-derived (recorded as a config change; no longer an exact continuation)."""
     sbatch: tuple[str, ...] = field(default_factory=tuple)
     """Extra sbatch options as KEY=VALUE (e.g. --sbatch exclusive=1 mail_type=END)."""
     job_name: str = "trm"
 
-    def validate(self) -> None:
+    def validate(self, kind: str | None = None) -> None:
+        """Refuse what cannot run, before anything is written; ``kind``: the resolved executor."""
         if self.time_min <= 0:
             raise ValueError(f"--time-min must be positive, got {self.time_min}")
         if self.signal_delay_s < 0 or self.signal_delay_s >= self.time_min * 60:
             raise ValueError(
                 f"--signal-delay-s must be in [0, time limit = {self.time_min * 60} s), got {self.signal_delay_s}"
             )
-        if self.nodes != 1 or self.tasks_per_node != 1:
+        if self.nodes < 1 or self.tasks_per_node < 0:
             raise ValueError(
-                "--nodes and --tasks-per-node must be 1: multi-process training (DDP) is not supported yet"
+                f"--nodes must be >= 1 and --tasks-per-node >= 0, got {self.nodes} and {self.tasks_per_node}"
+            )
+        if self.gpus_per_node and self.tasks_per_node not in (0, self.gpus_per_node):
+            raise ValueError(
+                f"--tasks-per-node {self.tasks_per_node} with --gpus-per-node {self.gpus_per_node}: "
+                "one task per GPU (leave --tasks-per-node out)"
             )
         if self.gpus_per_node < 0:
             raise ValueError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
+        if kind == "local" and self.nodes != 1:
+            raise ValueError("--nodes must be 1 with the local executor (it runs on this machine)")
+        if kind == "debug" and (self.nodes != 1 or self.tasks != 1):
+            raise ValueError(
+                "the debug executor runs one process (in this one); use --executor local for ranks"
+            )
         if self.max_requeues < 0:
             raise ValueError(f"--max-requeues must be >= 0, got {self.max_requeues}")
         for item in self.sbatch:
             if "=" not in item:
                 raise ValueError(f"--sbatch takes KEY=VALUE items, got {item!r}")
+
+    @property
+    def tasks(self) -> int:
+        """Tasks per node: one per GPU, or --tasks-per-node, or 1."""
+        return self.tasks_per_node or self.gpus_per_node or 1
 
     def extra_sbatch(self) -> dict[str, str]:
         return {key.replace("-", "_"): value for key, _, value in (i.partition("=") for i in self.sbatch)}
@@ -93,7 +115,7 @@ def slurm_parameters(options: ExecutorOptions) -> dict[str, Any]:
         "job_name": options.job_name,
         "time": options.time_min,
         "nodes": options.nodes,
-        "ntasks_per_node": options.tasks_per_node,
+        "ntasks_per_node": options.tasks,
         "signal_delay_s": options.signal_delay_s,
         "partition": options.partition,
         "cpus_per_task": options.cpus_per_task,
@@ -115,12 +137,10 @@ def make_executor(kind: str, options: ExecutorOptions, folder: Path) -> submitit
         slurm.update_parameters(**slurm_parameters(options))
         return slurm
     if kind == "local":
-        if options.nodes != 1:
-            raise ValueError("the local executor runs on one node; use --nodes 1")
         local = LocalExecutor(folder=folder, max_num_timeout=UNLIMITED_SUBMITIT_TIMEOUTS)
         local.update_parameters(
             timeout_min=options.time_min,
-            tasks_per_node=options.tasks_per_node,
+            tasks_per_node=options.tasks,
             signal_delay_s=options.signal_delay_s,
             **({"gpus_per_node": options.gpus_per_node} if options.gpus_per_node else {}),
         )

@@ -78,6 +78,9 @@ class SegmentedJob(submitit.helpers.Checkpointable):
         raise NotImplementedError
 
     def _after_stop(self, outcome: SegmentOutcome, context: JobContext, signals: StopSignals) -> None:
+        if not context.is_rank_zero:  # rank 0 requeues the job (every task of it); the others just leave
+            signals.restore()
+            sys.exit(0)
         if outcome.reason == "cancelled":
             signals.restore()
             raise JobCancelled(f"cancelled at step {outcome.step}; the state is saved, resume with --resume")

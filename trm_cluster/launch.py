@@ -191,6 +191,7 @@ def resume_run(
     manifest = RunManifest(run_dir)
     current = manifest.read()
     _refuse_if_active(current)
+    _refuse_world_size_change(current, launch)
     new_steps = int(config["run"].get("steps", current.total_steps))
     unchanged = not config_differences(current.config, config)
     if current.status == "completed" and current.step >= new_steps and unchanged:
@@ -213,6 +214,20 @@ def resume_run(
         data.max_requeues = int(launch.get("max_requeues", data.max_requeues))
         data.timeouts_at_submit = data.requeues.get("timeout", 0)  # a fresh budget per submission
     return data
+
+
+def _refuse_world_size_change(data: ManifestData, launch: Mapping[str, Any]) -> None:
+    """The latest checkpoint was written by 1 + len(parts) ranks; another number resumes only when allowed."""
+    if not data.checkpoints or launch.get("allow_world_size_change"):
+        return
+    saved = 1 + len(data.checkpoints[-1].parts)
+    tasks = int(launch.get("tasks_per_node") or launch.get("gpus_per_node") or 1)
+    now = int(launch.get("nodes", 1)) * tasks
+    if saved != now:
+        raise ManifestError(
+            f"the latest checkpoint (step {data.step}) was written by {saved} ranks and this submission has "
+            f"{now}: a resume is exact only with {saved}; pass --allow-world-size-change to continue anyway"
+        )
 
 
 def _refuse_if_active(data: ManifestData) -> None:

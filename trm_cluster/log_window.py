@@ -16,6 +16,8 @@ import torch
 
 def as_number(key: str, value: Any) -> float:
     """A logged value as a float: numbers, bools and one-element tensors; anything else is refused."""
+    if type(value) is float or type(value) is int:  # the common case, without the ABC check's cost
+        return float(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.detach().item())
     if isinstance(value, numbers.Real):

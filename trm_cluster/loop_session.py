@@ -33,17 +33,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Protocol
 
-from .checkpoint import CheckpointStore, capture
+from .checkpoint import CheckpointError, CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
+from .distributed import Ranks
 from .environment import JobContext
 from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
-from .manifest import ManifestData, RunManifest, Segment, utc_now
+from .manifest import ConfigChange, ManifestData, ManifestError, RunManifest, Segment, utc_now
 from .rehearsal import PreemptionInjector
 from .segments import close_segment, fail_segment, open_segment, record_wandb_started
 from .signals import StopRequest, StopSignals
-from .state import capture_rng, restore_rng, rng_fingerprint
+from .snapshot import load_step, rank_part, save_step
+from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything
 from .tracking import NullTracker, Tracker, WandbTracker
 from .workload import dataclass_from_dict
 
@@ -184,6 +186,7 @@ class Session:
         self._saved_step = -1
         self._final_digest: str | None = None
         self._restored_rng: str | None = None
+        self._stopping = False
         self._clock = (time.time(), 0)
         self.step = 0
         """Steps done so far (inside the loop: the 0-based index of the step being run)."""
@@ -200,18 +203,22 @@ class Session:
         if self._state != "new":
             raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
+        context = self.plan.context
         try:
+            self.ranks = Ranks.setup(context.global_rank, context.world_size, context.local_rank)
             self._before = self.manifest.read()  # as the previous process left it
             self.config = self._resolve_config(self._before)
-            self.segment: Segment = open_segment(self.manifest, self.plan.context, self.config.steps)
+            self._open_segment()
         except BaseException:
             self._signals.restore()
             raise
         try:
             self.data: ManifestData = self.manifest.read()
+            self.segment: Segment = self.data.segments[-1]
             self.total_steps = self.data.total_steps
             self.store = CheckpointStore(self.manifest, keep_last=self.config.keep_checkpoints)
-            self.store.remove_orphans()
+            if self.ranks.is_main:
+                self.store.remove_orphans()
             self._window = LogWindow(self.config.log_reduce)
         except BaseException as error:
             self._fail(error)
@@ -219,6 +226,20 @@ class Session:
             raise
         self._state = "entered"
         return self
+
+    def _open_segment(self) -> None:
+        """Rank 0 opens the segment (or is refused); every rank learns which, so none waits forever."""
+        refusal: BaseException | None = None
+        if self.ranks.is_main:
+            try:
+                open_segment(self.manifest, self.plan.context, self.config.steps)
+            except BaseException as error:
+                refusal = error
+        message = self.ranks.broadcast(None if refusal is None else str(refusal))
+        if refusal is not None:
+            raise refusal
+        if message is not None:
+            raise ManifestError(f"rank 0 could not open the segment: {message}")
 
     def _resolve_config(self, data: ManifestData) -> RunConfig:
         """The run's settings: RunConfig defaults < the loop's ``session(...)`` values < submit's flags."""
@@ -237,7 +258,8 @@ class Session:
         Objects with ``state_dict``/``load_state_dict`` (model, optimizer, scheduler, scaler, EMA,
         torchdata's StatefulDataLoader), dicts (restored in place), tensors and torch Generators. The
         RNG streams (python, numpy, torch, CUDA) are restored last: call this after building
-        everything, right before the loop.
+        everything, right before the loop. With several ranks, wrap the objects whose state differs
+        between ranks in :func:`per_rank` (each rank saves its own); the rest is saved once, by rank 0.
         """
         return self._restore(RegisteredState(objects), require_model=False)
 
@@ -249,15 +271,22 @@ class Session:
         self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
         self._source, self._require_model = source, require_model
         journal: Any = ()
-        loaded = self.store.load_latest(self.data.run_uid)
+        loaded = load_step(self.store, self.ranks, self.data.run_uid)
         if loaded is not None:
             payload = loaded.payload
+            meta, tracking = payload["meta"], payload.get("tracking", {})
+            same_ranks = self._check_world_size(int(meta.get("world_size", 1)), int(meta["step"]))
             state = dict(payload["trainer"])
             state.setdefault("model", payload["model"])
             source.load_state_dict(state)
-            restore_rng(payload["rng"])  # last: building and loading must not consume the restored streams
+            own = rank_part(payload, self.ranks.rank) if same_ranks else None
+            if own is not None and hasattr(source, "load_rank_state_dict"):
+                source.load_rank_state_dict(own["rank_state"])
+            if own is not None:  # last: building and loading must not consume the restored streams
+                restore_rng(own["rng"])
+            else:
+                seed_everything(derived_seed(self.data.run_uid, int(meta["step"]), self.ranks.rank))
             self._restored_rng = rng_fingerprint()
-            meta, tracking = payload["meta"], payload.get("tracking", {})
             self.step = self._saved_step = int(meta["step"])
             journal = tracking.get("journal", ())
             self._window.load_state_dict(tracking.get("window", {}))
@@ -268,8 +297,8 @@ class Session:
                   f"on {self.plan.context.host}")  # fmt: skip
         if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:
             self._tracker = WandbTracker.start(
-                self._before, self.run_dir, resume=self.plan.wandb_resume, quiet=self.plan.quiet,
-                journal=journal, resume_step=self.step,
+                self.data, self.run_dir, resume=self.plan.wandb_resume, quiet=self.plan.quiet,
+                journal=journal, resume_step=self.step, killed=self._before.open_segment,
             )  # fmt: skip
             record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
         else:  # no W&B: the journal still carries every row on, for the doctor and for status
@@ -278,6 +307,30 @@ class Session:
             )
         self._state = "restored"
         return self.step
+
+    def _check_world_size(self, saved: int, step: int) -> bool:
+        """Whether this run has the checkpoint's number of ranks; a change is refused unless allowed.
+
+        Allowed (``--allow-world-size-change``): model and optimizer come back, the per-rank streams
+        are re-derived from (run, step, rank), and the change is recorded as a config change.
+        """
+        now = self.ranks.world_size
+        if saved == now:
+            return True
+        if not self.data.launch.get("allow_world_size_change"):
+            raise CheckpointError(
+                f"the checkpoint of step {step} was written by {saved} ranks, this run has {now}: a resume is "
+                "exact only with the same number; pass --allow-world-size-change to continue anyway"
+            )
+        if self.ranks.is_main:
+            with self.manifest.update() as data:
+                data.config_changes.append(
+                    ConfigChange(at_step=step, time=utc_now(), changes={"world_size": [saved, now]})
+                )
+            self.data = self.manifest.read()
+            log.warning("world size %d -> %d at step %d: model and optimizer restored, per-rank RNG streams "
+                        "and per-rank state re-derived (not an exact continuation)", saved, now, step)  # fmt: skip
+        return False
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -299,7 +352,8 @@ class Session:
                 "the global RNG was drawn from between run.restore() and the first step, so this resumed "
                 "process draws other numbers than an uninterrupted run; call run.restore() right before the loop"
             )
-        self._injector = PreemptionInjector(self.plan.preempt_at, start_step=self.step)
+        rehearsed = self.plan.preempt_at if self.ranks.is_main else ()  # rank 0 signals itself; all agree
+        self._injector = PreemptionInjector(rehearsed, start_step=self.step)
         self._injector.start()
         self._clock = (time.time(), self.step)
         try:
@@ -312,16 +366,24 @@ class Session:
                 self._end_of_step()
         finally:
             self._injector.stop()
-        if self._signals.request is not None:
+        if self._stopping:
             self._stop()
         self._save_if_unsaved()  # the final state is durable before the code after the loop runs
         self._state = "done"
 
     def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop: every rank gets the same answer at the same boundary."""
         stop_after = self.plan.stop_after
         if stop_after is not None and self.step >= stop_after and self._signals.request is None:
             self._signals.request = StopRequest(int(signal.SIGUSR2), time.time())
-        return self._signals.request is not None
+        if not self.ranks.agree(self._signals.request is not None):
+            return False
+        if self.ranks.distributed:  # rank 0 classifies the stop: give it a request if only others got one
+            requests = [r for r in self.ranks.gather(self._signals.request) if r is not None]
+            if self.ranks.is_main and self._signals.request is None:
+                self._signals.request = requests[0]
+        self._stopping = True
+        return True
 
     def _end_of_step(self) -> None:
         done = self.step
@@ -329,7 +391,8 @@ class Session:
             row = self._window.flush()
             if row:
                 self._tracker.log(self._row_step(done), {**row, **self._progress(done)})
-            self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
+            if not self.plan.quiet:
+                self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
             self._save()
 
@@ -375,16 +438,16 @@ class Session:
     # -- saving and stopping: the requeue path --------------------------------------------------------
 
     def _save(self) -> None:
+        """The full state of this step, every rank's part durable, then published (snapshot.py)."""
         assert self._source is not None
-        state = capture(self._source.state_dict())
-        model = state.pop("model", None)
-        if model is None and self._require_model:
-            raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
-        model = model if model is not None else {}
-        payload = {
-            "model": model,
-            "trainer": state,
-            "rng": capture(capture_rng()),
+        shared = None
+        if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
+            shared = capture(self._source.state_dict())
+            if "model" not in shared and self._require_model:
+                raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
+            shared.setdefault("model", {})
+        rank_state: dict[str, Any] = getattr(self._source, "rank_state_dict", dict)()
+        extra = {
             "tracking": {"journal": self._tracker.journal(), "window": self._window.state_dict()},
             "meta": {
                 "format": 1,
@@ -397,10 +460,10 @@ class Session:
                 "saved_at": utc_now(),
             },
         }
-        self.store.save(self.step, payload)
+        save_step(self.store, self.ranks, self.step, shared, rank_state, extra)
         self._saved_step = self.step
-        if self.step >= self.total_steps:
-            self._final_digest = weights_sha256(model)
+        if self.step >= self.total_steps and shared is not None:
+            self._final_digest = weights_sha256(shared["model"])
 
     def _save_if_unsaved(self) -> None:
         if self._saved_step != self.step:
@@ -408,14 +471,18 @@ class Session:
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
-        self._save_if_unsaved()  # 1. the full state, durable, at this boundary
+        self._save_if_unsaved()  # 1. the full state, every rank's part durable, at this boundary
         request = self._signals.request  # 2. read once: a signal during the save still means "stop"
-        reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
-        self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
-        requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
-            self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step
-        )
-        self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
+        reason, requeue = "preempted", False
+        if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
+            reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
+            self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
+            requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
+                self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step
+            )
+            self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
+        self.ranks.barrier()  # the other ranks leave only once the segment is closed
+        self.ranks.close()
         self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
         self._state = "stopped"
         raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
@@ -467,11 +534,14 @@ class Session:
             self._in_step = False
             self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
             self._save_if_unsaved()
-        self._tracker.finish(preempting=False)
-        close_segment(
-            self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step
-        )
-        self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
+        if self.ranks.is_main:
+            self._tracker.finish(preempting=False)
+            close_segment(
+                self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step
+            )
+            self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
+        self.ranks.barrier()
+        self.ranks.close()
         data = self.manifest.read()
         latest = data.checkpoints[-1] if data.checkpoints else None
         self.summary = {
@@ -486,9 +556,19 @@ class Session:
 
     def _fail(self, error: BaseException) -> None:
         self._tracker.finish(preempting=False, failed=True)
+        if hasattr(self, "ranks"):
+            self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable
+            if not self.ranks.is_main:
+                return  # rank 0 records the failure (it sees the dead or failing rank in its next collective)
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        message: BaseException | str = error
+        if hasattr(self, "ranks") and self.ranks.distributed and isinstance(error, RuntimeError):
+            message = (
+                f"{type(error).__name__}: {error} (rank 0 of {self.ranks.world_size}: a collective failed; "
+            )
+            message += "another rank may have died or stalled)"
         try:
-            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", error)
+            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", message)
         except Exception as manifest_error:  # the original error matters more
             log.error("could not record the failure in the manifest: %s", manifest_error)
 

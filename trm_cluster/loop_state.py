@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,13 +56,28 @@ def plain_dataloader_warning(name: str, loader: Any) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class PerRank:
+    """An object whose state differs between ranks (a data position): see :func:`per_rank`."""
+
+    obj: Any
+
+
+def per_rank(obj: Any) -> PerRank:
+    """Mark a registered object as per-rank: ``run.restore(model=m, data=trm_cluster.per_rank(loader))``.
+    Each rank saves its own state of it; unmarked objects are the same on every rank and saved once."""
+    return PerRank(obj)
+
+
 class RegisteredState:
-    """The named objects of one loop, saved and restored as one dict ``{name: state}``."""
+    """The named objects of one loop, saved and restored as one dict ``{name: state}``; the per-rank
+    ones (:func:`per_rank`) as a second dict that every rank saves for itself."""
 
     def __init__(self, objects: Mapping[str, Any]) -> None:
-        self.objects = dict(objects)
+        self.objects = {name: obj for name, obj in objects.items() if not isinstance(obj, PerRank)}
+        self.per_rank = {name: obj.obj for name, obj in objects.items() if isinstance(obj, PerRank)}
         self.unsaved: list[str] = []
-        for name, obj in self.objects.items():
+        for name, obj in {**self.objects, **self.per_rank}.items():
             generator_warning = loader_generator_warning(name, obj)
             if generator_warning is not None:
                 log.warning("%s", generator_warning)
@@ -75,27 +91,42 @@ class RegisteredState:
                     "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
                 )
         self.state_dict()  # refuse what a checkpoint could not hold now, not at the first save
+        self.rank_state_dict()
 
     def state_dict(self) -> dict[str, Any]:
-        state = {name: _state_of(obj) for name, obj in self.objects.items() if name not in self.unsaved}
+        return self._states(self.objects)
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        return self._states(self.per_rank)
+
+    def _states(self, objects: Mapping[str, Any]) -> dict[str, Any]:
+        state = {name: _state_of(obj) for name, obj in objects.items() if name not in self.unsaved}
         for name, value in state.items():
             check_loadable(value, name)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = [name for name in self.objects if name not in self.unsaved]
+        self._load(self.objects, state)
+
+    def load_rank_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._load(self.per_rank, state)
+
+    def _load(self, objects: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+        expected = [name for name in objects if name not in self.unsaved]
         missing = [name for name in expected if name not in state]
         if missing:
             raise StateError(
                 f"the checkpoint holds no state for {', '.join(missing)} (registered now, not when it was "
                 "saved); register the same objects as the run that saved it"
             )
-        extra = sorted(set(state) - set(expected))
+        extra = sorted(
+            k for k in set(state) - set(expected) if not (isinstance(state[k], dict) and not state[k])
+        )
         if extra:
             log.warning("the checkpoint holds state for %s, which this loop does not register; ignored",
                         ", ".join(extra))  # fmt: skip
         for name in expected:
-            _load_into(self.objects[name], state[name], name)
+            _load_into(objects[name], state[name], name)
 
 
 def _supported(obj: Any) -> bool:

@@ -89,6 +89,9 @@ class CheckpointRecord:
     bytes: int
     sha256: str
     created_at: str
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    """The other ranks' own state (RNG streams, data position): ``{"rank", "file", "bytes", "sha256"}``
+    each, written before this record was published."""
 
 
 @dataclass

@@ -71,3 +71,10 @@ def rng_fingerprint() -> str:
         _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
         digest.update(np.asarray(keys).tobytes() + repr((pos, has_gauss, cached)).encode())
     return digest.hexdigest()
+
+
+def derived_seed(run_uid: str, step: int, rank: int) -> int:
+    """A seed for a rank whose saved streams cannot be used (the number of ranks changed)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{run_uid}:{step}:{rank}".encode()).digest()[:8], "little") % 2**63

@@ -116,15 +116,19 @@ def _main(argv: list[str]) -> int:
     args: SubmitArgs[Any] = tyro.cli(
         SubmitArgs[workload.config_type],  # type: ignore[name-defined]
         default=SubmitArgs(
-            job=defaults, run=run_config, preset=known.preset or DEFAULT_PRESET, resume=known.resume
+            job=defaults,
+            run=run_config,
+            executor=previous_executor_options(known.resume),
+            preset=known.preset or DEFAULT_PRESET,
+            resume=known.resume,
         ),
         args=expand_name_shorthands(argv, workload.config_type),
         prog="python -m trm_cluster.submit",
     )
     args.run.validate()
-    args.executor.validate()
-    config = resolved_config(args.run, args.job)
     kind = resolve_kind(args.executor.executor)
+    args.executor.validate(kind)
+    config = resolved_config(args.run, args.job)
     launch = _launch_record(args, kind)
     if args.resume is not None:
         return _resume(args, config, kind, launch)
@@ -133,6 +137,21 @@ def _main(argv: list[str]) -> int:
 
 def _launch_record(args: SubmitArgs[Any], kind: str) -> dict[str, Any]:
     return {**dataclasses.asdict(args.executor), "executor": kind, "preset": args.preset, "cwd": os.getcwd()}
+
+
+def previous_executor_options(resume: Path | None) -> ExecutorOptions:
+    """On --resume, where and how the run ran last (partition, ranks, time limit...) are the defaults."""
+    if resume is None:
+        return ExecutorOptions()
+    launch = RunManifest(resume).read().launch
+    names = {f.name for f in dataclasses.fields(ExecutorOptions)} - {"allow_world_size_change"}  # asked anew
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in launch.items() if k in names
+    }
+    try:
+        return ExecutorOptions(**values)
+    except TypeError:
+        return ExecutorOptions()
 
 
 def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -157,14 +176,20 @@ def _script_main(argv: list[str], script_args: list[str] | None, known: argparse
     """A run of the user's own script (``--script``/``--entry``), new or resumed."""
     args: SubmitArgs[Any] = tyro.cli(
         SubmitArgs[NoJobConfig],
-        default=SubmitArgs(job=NoJobConfig(), run=RunConfig(), preset="", resume=known.resume),
+        default=SubmitArgs(
+            job=NoJobConfig(),
+            run=RunConfig(),
+            executor=previous_executor_options(known.resume),
+            preset="",
+            resume=known.resume,
+        ),
         args=argv,
         prog="python -m trm_cluster.submit",
     )
-    args.executor.validate()
+    kind = resolve_kind(args.executor.executor)
+    args.executor.validate(kind)
     run_flags = explicit_run_flags(argv, args.run)
     dataclass_from_dict(RunConfig, run_flags).validate()
-    kind = resolve_kind(args.executor.executor)
     launch = _launch_record(args, kind)
     if args.resume is not None:
         run_dir = args.resume.resolve()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import wandb_files
-from .manifest import ManifestData, WandbInfo
+from .manifest import ManifestData, Segment, WandbInfo
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,8 @@ def _forget_wandb_service() -> None:
         log.debug("W&B teardown after a killed wandb-core: %s", error)
 
 
-def _wait_for_killed_writer(data: ManifestData) -> None:
+def _wait_for_killed_writer(previous: Segment | None) -> None:
     """A killed previous process (segment never closed) may have left its wandb-core flushing here."""
-    previous = data.open_segment
     if previous is None or previous.host != socket.gethostname() or previous.pid == os.getpid():
         return
     stragglers = wandb_files.wait_for_writers([previous.pid])
@@ -227,12 +226,13 @@ class WandbTracker:
         quiet: bool = False,
         journal: Mapping[str, Any] | Sequence[Mapping[str, Any]] = (),
         resume_step: int = 0,
+        killed: Segment | None = None,
     ) -> WandbTracker:
         import wandb
 
         drop_empty_wandb_env()
         info: WandbInfo = data.wandb
-        _wait_for_killed_writer(data)
+        _wait_for_killed_writer(killed)
         watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
         word = "Resuming" if info.started else "Starting new"
         print(f"{word} W&B run: {info.run_id}", flush=True)

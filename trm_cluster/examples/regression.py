@@ -69,6 +69,11 @@ class RegressionTrainer:
         self.model = nn.Sequential(
             nn.Linear(config.features, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1)
         ).to(self.device)
+        # Several ranks: each trains its share of every global batch; DDP averages the gradients.
+        self.rank, self.world_size = context.rank, context.world_size
+        self.forward: nn.Module = self.model
+        if context.world_size > 1:
+            self.forward = nn.parallel.DistributedDataParallel(self.model)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr)
         warmup = max(config.warmup_steps, 1)
@@ -103,10 +108,10 @@ class RegressionTrainer:
         return stages[min(step // max(self.config.stage_steps, 1), len(stages) - 1)]
 
     def train_step(self, step: int) -> Mapping[str, float]:
-        inputs, targets = (t.to(self.device) for t in self._next_batch())
+        inputs, targets = (t[self.rank :: self.world_size].to(self.device) for t in self._next_batch())
         noisy = targets + self.noise(step) * torch.randn_like(targets)  # global RNG: restored by the job
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            loss = nn.functional.mse_loss(self.model(inputs), noisy)
+            loss = nn.functional.mse_loss(self.forward(inputs), noisy)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

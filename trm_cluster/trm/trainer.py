@@ -124,6 +124,13 @@ class PeptideTRMTrainer:
 
     def __init__(self, config: TRMConfig, context: TrainContext) -> None:
         config.validate()
+        # Several ranks share each global batch: rank r trains rows r, r + W, r + 2W, ... of it.
+        self.rank, self.world_size = context.rank, context.world_size
+        if config.batch_size % context.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} must be a multiple of the number of ranks ({context.world_size})"
+            )
+        self.rows = config.batch_size // context.world_size
         self.config = config
         self.context = context
         self.device = pick_device(config.device)
@@ -141,13 +148,14 @@ class PeptideTRMTrainer:
         )
         self.schedule = self._schedule(context.total_steps)
         self.autocast = config.bf16 and self.device.type == "cuda"
-        self.data_seed = context.seed * 1_000_003 + context.rank
+        self.data_seed = context.seed * 1_000_003  # every rank draws the same global batch
         self.step = 0
         self.last_lr = self.schedule.at(0)
         self.settings: StageSettings = self.curriculum.settings(0)
         self.carry = self._empty_carry()
         self._eval_batch: SpectrumBatch | None = None
         self.parameter_count = count_parameters(self.model)
+        self._stale_carry = False
 
     # -- carry ----------------------------------------------------------------------------------
 
@@ -173,7 +181,7 @@ class PeptideTRMTrainer:
         print(f"peptide-trm: total steps {old} -> {new}: {what}", flush=True)
 
     def _empty_carry(self) -> Carry:
-        rows, length, peaks = self.config.batch_size, self.config.max_length, self.config.max_peaks
+        rows, length, peaks = self.rows, self.config.max_length, self.config.max_peaks
         y, z = self.model.initial_state(rows, length)
         device = self.device
         data = SpectrumBatch(
@@ -196,8 +204,9 @@ class PeptideTRMTrainer:
         cfg = self.config
         generator = step_generator(self.data_seed, step, stream=TRAIN_STREAM)
         fresh = generate_batch(self.settings.data, cfg.batch_size, cfg.max_length, cfg.max_peaks, generator)
+        fresh = fresh.rows(slice(self.rank, None, self.world_size))  # this rank's share
         halted = carry.halted
-        y0, z0 = self.model.initial_state(cfg.batch_size, cfg.max_length)
+        y0, z0 = self.model.initial_state(self.rows, cfg.max_length)
         row = halted.view(-1, 1, 1)
         return Carry(
             y=torch.where(row, y0, carry.y),
@@ -240,6 +249,8 @@ class PeptideTRMTrainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
+        if self.world_size > 1:
+            average_gradients(self.model, self.world_size)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self._update_ema(step)
@@ -292,7 +303,7 @@ class PeptideTRMTrainer:
             "ema": self.ema_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": {**asdict(self.schedule), "step": self.step, "last_lr": self.last_lr},
-            "carry": self.carry.state_dict(),
+            **({"carry": self.carry.state_dict()} if self.world_size == 1 else {}),
             "curriculum": {
                 "config": asdict(self.config.curriculum),
                 "stage": self.settings.index,
@@ -315,8 +326,19 @@ class PeptideTRMTrainer:
         self.step = int(state["step"])
         self.data_seed = int(state["data_seed"])
         self.last_lr = float(state["schedule"]["last_lr"])
-        self.carry = Carry.from_state(state["carry"], self.device)
+        if "carry" in state:  # one rank; with several, each rank's carry is its own part
+            self.carry = Carry.from_state(state["carry"], self.device)
         self._apply_curriculum_on_resume(state["curriculum"])
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own rows in flight, when several ranks share the batch (else in state_dict)."""
+        return {"carry": self.carry.state_dict()} if self.world_size > 1 else {}
+
+    def load_rank_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "carry" in state:
+            self.carry = Carry.from_state(state["carry"], self.device)
+            if self._stale_carry:  # drawn under a curriculum whose data no longer applies
+                self.carry.halted = torch.ones_like(self.carry.halted)
 
     def _apply_curriculum_on_resume(self, saved: Mapping[str, Any]) -> None:
         """The current config's stage for the resumed step applies now, data and loss weights alike.
@@ -337,7 +359,8 @@ class PeptideTRMTrainer:
             f"({new.name}), spectrum loss weight {new.spectrum_weight:.3f}",
             flush=True,
         )
-        if old.data != new.data:
+        self._stale_carry = old.data != new.data
+        if self._stale_carry:
             self.carry.halted = torch.ones_like(self.carry.halted)
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -362,6 +385,26 @@ class PeptideTRMTrainer:
             autocast=self.autocast,
         )
         return batch_metrics(tokens, batch)
+
+
+def average_gradients(model: torch.nn.Module, world_size: int) -> None:
+    """The mean of every rank's gradients, on every rank: one all-reduce of all of them, flattened.
+
+    Not DDP: the recursion runs through ``supervision_step`` rather than ``forward`` and the initial
+    states are used outside it (at refills), which DDP's forward-driven bookkeeping does not follow.
+    """
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for param, grad in zip(params, grads, strict=True):
+        count = grad.numel()
+        param.grad = flat[offset : offset + count].view_as(grad).clone()
+        offset += count
 
 
 def build_trainer(config: TRMConfig, context: TrainContext) -> PeptideTRMTrainer:

@@ -1,0 +1,146 @@
+"""Two gloo ranks on submitit's local executor (``--tasks-per-node 2``): one collective stop, every rank's
+own part in the checkpoint, one manifest writer and one W&B run, a dead rank that ends the others, and
+the world-size check on resume. Real processes, real signals, real torch.distributed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from support import (
+    assert_one_continuous_wandb_run,
+    assert_same_state,
+    assert_same_training_state,
+    clean_env,
+    cli,
+    manifest,
+    tree_digest,
+    wandb_history,
+)
+
+pytestmark = pytest.mark.slow
+
+TWO_RANKS = (
+    "--preset",
+    "regression",
+    "--wandb-mode",
+    "offline",
+    "--executor",
+    "local",
+    "--tasks-per-node",
+    "2",
+)
+RANK_IDENTITY = ("meta.run_uid",)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same two-rank run, uninterrupted."""
+    work = tmp_path_factory.mktemp("distributed")
+    done = cli("submit", *TWO_RANKS, "--wait", "--run-dir", str(work / "straight"), cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return work / "straight"
+
+
+def _rank_part(run_dir: Path, rank: int) -> dict:  # type: ignore[type-arg]
+    record = manifest(run_dir)["checkpoints"][-1]
+    (part,) = [p for p in record["parts"] if p["rank"] == rank]
+    return torch.load(run_dir / part["file"], weights_only=True)  # type: ignore[no-any-return]
+
+
+def test_two_ranks_interrupted_twice_equal_an_uninterrupted_two_rank_run(
+    straight: Path, workdir: Path
+) -> None:
+    run_dir = workdir / "run"
+    done = cli("submit", *TWO_RANKS, "--wait", "--run-dir", str(run_dir), "--preemptions", "2", cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = manifest(run_dir)
+    # one manifest writer: one segment per process start of the job, not one per rank
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "preempted", "completed"]
+    assert data["requeues"]["preempted"] == 2
+    assert all(len(c["parts"]) == 1 for c in data["checkpoints"])  # every checkpoint has rank 1's part
+    assert_same_training_state(straight, run_dir)  # model, optimizer, EMA, rank 0's RNG, data position
+    assert_same_state(_rank_part(straight, 1), _rank_part(run_dir, 1), ignore=RANK_IDENTITY)
+    segments = assert_one_continuous_wandb_run(run_dir, list(range(5, 201, 5)))
+    assert len(segments) == 3  # rank 0 alone talks to W&B
+    assert len(wandb_history(straight)) == 1
+
+
+def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(straight: Path, workdir: Path) -> None:
+    run_dir = workdir / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", *TWO_RANKS, "--wait", "--run-dir", str(run_dir),
+         "--step-delay-s", "0.02"],
+        cwd=workdir, env=clean_env(TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="30"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rank0 = _wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
+    (rank1,) = [pid for pid in _task_pids(int(manifest(run_dir)["launch"]["job_id"])) if pid != rank0]
+    os.kill(rank1, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)  # rank 0 does not hang: its next collective fails
+    assert proc.returncode == 1, out + err
+    failed = manifest(run_dir)
+    assert failed["status"] == "failed"
+    assert failed["segments"][0]["end_reason"] == "failed"
+    assert "another rank may have died" in failed["segments"][0]["message"]
+
+    resumed = cli("submit", "--resume", str(run_dir), "--executor", "local", "--wait", "--step-delay-s", "0",
+                  cwd=workdir)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [s["end_reason"] for s in manifest(run_dir)["segments"]] == ["failed", "completed"]
+    assert_same_training_state(straight, run_dir, ignore=["meta.config.job.step_delay_s"])
+    assert_same_state(_rank_part(straight, 1), _rank_part(run_dir, 1), ignore=RANK_IDENTITY)
+
+
+def test_another_number_of_ranks_is_refused_then_allowed(straight: Path, workdir: Path) -> None:
+    run_dir = workdir / "copy"
+    subprocess.run(["cp", "-r", str(straight), str(run_dir)], check=True)
+    before = tree_digest(run_dir)
+    refused = cli("submit", "--resume", str(run_dir), "--executor", "local", "--tasks-per-node", "1",
+                  "--steps", "220", cwd=workdir)  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "written by 2 ranks" in line and "has 1" in line and "--allow-world-size-change" in line
+    assert tree_digest(run_dir) == before
+
+    allowed = cli("submit", "--resume", str(run_dir), "--executor", "local", "--tasks-per-node", "1",
+                  "--steps", "220", "--allow-world-size-change", "--wait", cwd=workdir)  # fmt: skip
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    data = manifest(run_dir)
+    assert data["status"] == "completed" and data["checkpoints"][-1]["step"] == 220
+    assert data["checkpoints"][-1]["parts"] == []  # one rank now
+    assert {"world_size": [2, 1]} in [c["changes"] for c in data["config_changes"]]
+    # the W&B config of the new segment says so, as for any other change made on resume
+    assert wandb_history(run_dir)[-1].config.get("world_size_modified") is True
+
+
+def _task_pids(controller: int) -> list[int]:
+    """The local executor's tasks: the controller's children."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == controller:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_for(condition, timeout: float = 120):  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = condition()
+        except (FileNotFoundError, ValueError, KeyError, IndexError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError("condition not reached")

@@ -1,0 +1,115 @@
+"""torch.distributed from the scheduler's environment, and the collective decisions of a run's ranks.
+
+One process per task (Slurm's ``--ntasks-per-node``, the local executor's ``tasks_per_node``). The
+process group comes from submitit's :class:`~submitit.helpers.TorchDistributedEnvironment` (master
+address and a port derived from the job id, so a requeued job finds it again), without its
+CUDA_VISIBLE_DEVICES rewrite: where Slurm binds GPUs, every task may see all of the node's devices,
+so each picks its own by local rank. NCCL on CUDA, gloo on the CPU.
+
+A signal reaches ranks at different moments, or not at all: :meth:`Ranks.agree` makes every rank see
+the same answer at every step boundary (an all-reduce of one flag), so all stop after the same step.
+Every collective is bounded (``TRM_CLUSTER_COLLECTIVE_TIMEOUT_S``): a dead or stalled rank ends the
+others with an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+COLLECTIVE_TIMEOUT_ENV = "TRM_CLUSTER_COLLECTIVE_TIMEOUT_S"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+"""Longer than the slowest save; a rank that died is usually seen at once (its sockets close)."""
+
+
+def collective_timeout_s() -> float:
+    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        log.warning("%s=%r is not a positive number of seconds; using %.0f", COLLECTIVE_TIMEOUT_ENV, raw,
+                    DEFAULT_COLLECTIVE_TIMEOUT_S)  # fmt: skip
+        return DEFAULT_COLLECTIVE_TIMEOUT_S
+    return value
+
+
+@dataclass
+class Ranks:
+    """This process's place among the run's processes; collectives are no-ops for a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+    control: Any = None
+    """The group of the control collectives (stop flag, digests): gloo on the CPU, also beside NCCL, so
+    the per-step stop check never waits for the GPU's queue."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def setup(cls, rank: int, world_size: int, local_rank: int) -> Ranks:
+        """Join (or create) the process group of a multi-task job; a single task needs none."""
+        if world_size <= 1:
+            return cls()
+        if dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        timeout = datetime.timedelta(seconds=collective_timeout_s())
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
+        control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+        return cls(rank, world_size, local_rank, owns_group=True, control=control)
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when any rank says True (one all-reduce of one byte-sized value)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.control)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on rank 0 (others get an empty list)."""
+        if not self.distributed:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size if self.is_main else []
+        dist.gather_object(obj, gathered if self.is_main else None, dst=0, group=self.control)
+        return gathered
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
