@@ -1,0 +1,580 @@
+"""``python -m trm_cluster.doctor``: prove, before spending cluster time, that a loop resumes exactly.
+
+::
+
+    python -m trm_cluster.doctor --script train.py [--script-args ...] [--steps N --at K]
+    python -m trm_cluster.doctor --preset regression [--steps N --at K]
+
+It runs the loop three times, each in a fresh process, with W&B disabled and a checkpoint and a logged
+row after every step: run A uninterrupted for N steps; run B stopped after step K (as a preemption
+would stop it: saved, segment closed, exit status 75), then resumed in another process up to N. Then
+it compares B's checkpoint of every step from K to N with A's: every tensor bit for bit, every other
+value, every key, and every metric the resumed process logged (doctor_compare.py), and reports
+``exact`` or the first step where they diverge, with the diverging keys and the likely causes.
+
+Exit status: 0 exact; 1 not exact; 2 bad input (one line on stderr, nothing written); 3 the loop
+could not be tested (a run crashed, did not stop or saved no checkpoint; its last lines are shown).
+See docs/doctor.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .config import RunConfig
+from .manifest import ManifestError, RunManifest
+from .presets import PresetError, load_preset
+from .workload import dataclass_from_dict, load_workload
+
+if TYPE_CHECKING:
+    from .doctor_compare import Cause, Verdict
+
+# torch, the launch side and the comparison are imported where they are used: a bad request is
+# answered before the seconds that importing torch takes.
+
+PROG = "python -m trm_cluster.doctor"
+DEFAULT_STEPS = 20
+EXIT_EXACT, EXIT_NOT_EXACT, EXIT_BAD_INPUT, EXIT_UNTESTABLE = 0, 1, 2, 3
+DEFAULT_TIMEOUT_S = 1800.0
+SHOWN_KEYS = 12
+TAIL_LINES = 25
+
+
+class BadInput(ValueError):
+    """The request cannot be run as given (exit 2, one line)."""
+
+
+class Untestable(RuntimeError):
+    """A run of the loop did not do what the comparison needs (exit 3)."""
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Prove that a loop resumes exactly: run it uninterrupted, and stopped and resumed, "
+        "in fresh processes, and compare every checkpoint and metric after the resume.",
+        epilog="Everything after --script-args (or a bare --) goes to the script. Exit status: 0 exact, "
+        "1 not exact, 2 bad input, 3 the loop could not be tested. See docs/doctor.md.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="a preset name from jobs/ or a path to a preset .toml")
+    source.add_argument(
+        "--script", type=Path, help="your own training script (it opens trm_cluster.session())"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"N: steps of each run (default {DEFAULT_STEPS})"
+    )
+    parser.add_argument("--at", type=int, default=None, help="K: stop after step K and resume (default N//2)")
+    parser.add_argument("--keep", type=Path, default=None, help="work in DIR (absent or empty) and keep it")
+    parser.add_argument(
+        "--cwd", type=Path, default=None, help="working directory of the runs (default: this one)"
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also leave out checkpoint keys or metrics matching this fnmatch pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each run may take (default 1800)"
+    )
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="run A, then B (default: A alongside B; use this for a GPU too small for two runs)",
+    )
+    return parser
+
+
+@dataclass
+class Request:
+    steps: int
+    at: int
+    cwd: Path
+    keep: Path | None
+    ignore: list[str]
+    timeout_s: float
+    serial: bool
+    loop: Loop
+
+
+def parse(argv: Sequence[str]) -> Request:
+    argv, script_args = _split_script_args(list(argv))
+    args = build_parser().parse_args(argv)
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    if steps < 2:
+        raise BadInput(f"--steps {steps}: a resume test needs at least 2 steps")
+    at = steps // 2 if args.at is None else args.at
+    if not 1 <= at <= steps - 1:
+        raise BadInput(f"--at {at}: the stop must fall inside the run, 1..{steps - 1} for --steps {steps}")
+    if args.timeout <= 0:
+        raise BadInput(f"--timeout {args.timeout}: must be positive")
+    cwd = (args.cwd or Path.cwd()).expanduser().resolve()
+    if not cwd.is_dir():
+        raise BadInput(f"--cwd {args.cwd}: no such directory")
+    keep = args.keep.expanduser().resolve() if args.keep is not None else None
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise BadInput(f"--keep {args.keep}: exists and is not an empty directory")
+    loop: Loop
+    if args.script is not None:
+        script = args.script.expanduser().resolve()
+        if not script.is_file():
+            raise BadInput(f"--script {args.script}: no such file")
+        loop = ScriptLoop(script, list(script_args or []))
+    else:
+        if script_args is not None:
+            raise BadInput("--script-args passes arguments to a --script; a --preset takes none")
+        loop = PresetLoop.load(args.preset, steps)
+    return Request(steps, at, cwd, keep, list(args.ignore), args.timeout, args.serial, loop)
+
+
+def _split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    for i, arg in enumerate(argv):
+        if arg in ("--script-args", "--"):
+            return argv[:i], argv[i + 1 :]
+    return argv, None
+
+
+def doctor_run_flags(steps: int) -> dict[str, Any]:
+    """The run settings of every doctor run: a checkpoint, kept, and a row after every step."""
+    return {"steps": steps, "checkpoint_every": 1, "keep_checkpoints": steps + 1, "log_every": 1}
+
+
+# -- the loops ----------------------------------------------------------------------------------------
+
+
+class Loop:
+    """How to create a run of one loop, and the command of each of its processes."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
+        raise NotImplementedError
+
+    def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        """The command of one process of this loop's run in ``run_dir``, and its extra environment."""
+        raise NotImplementedError
+
+
+@dataclass
+class ScriptLoop(Loop):
+    script: Path
+    args: list[str]
+
+    def describe(self) -> str:
+        return f"script {self.script}" + (f" {' '.join(self.args)}" if self.args else "")
+
+    def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
+        from .launch import WandbOptions, create_script_run
+
+        create_script_run(
+            run_dir,
+            script=self.script,
+            script_args=self.args,
+            run_flags=doctor_run_flags(steps),
+            name=run_dir.name,
+            wandb=WandbOptions(mode="disabled"),
+            launch={"executor": "process", "cwd": str(cwd), "doctor": True},
+        )
+
+    def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        from .loop_session import RUN_DIR_ENV
+
+        return [sys.executable, str(self.script), *self.args], {RUN_DIR_ENV: str(run_dir)}
+
+
+@dataclass
+class PresetLoop(Loop):
+    name: str
+    workload: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"preset {self.name} ({self.workload})"
+
+    @classmethod
+    def load(cls, name: str, steps: int) -> PresetLoop:
+        """The preset's config, its run settings overridden by the doctor's; every check before a write."""
+        try:
+            preset = load_preset(name)
+            workload = load_workload(preset.workload)
+            job = workload.config_from_dict(preset.job)
+            run = dataclass_from_dict(RunConfig, {**preset.run, **doctor_run_flags(steps)})
+            run.validate()
+        except (PresetError, ValueError, TypeError) as error:
+            raise BadInput(str(error)) from None
+        from .launch import resolved_config
+
+        return cls(name, preset.workload, resolved_config(run, job))
+
+    def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
+        from .launch import WandbOptions, create_run
+
+        create_run(
+            run_dir,
+            run_dir.name,
+            self.workload,
+            self.config,
+            WandbOptions(mode="disabled"),
+            max_requeues=20,
+            launch={"executor": "process", "preset": self.name, "cwd": str(cwd), "doctor": True},
+        )
+
+    def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        code = f"from trm_cluster.job import TrainingJob; TrainingJob({str(run_dir)!r})()"
+        return [sys.executable, "-c", code], {}
+
+
+# -- running the processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    label: str
+    returncode: int
+    seconds: float
+    stdout: Path
+    stderr: Path
+
+    def text(self, which: str = "stderr") -> str:
+        path = self.stderr if which == "stderr" else self.stdout
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        text = self.text("stderr").strip() or self.text("stdout").strip()
+        shown = text.splitlines()[-lines:]
+        return "\n".join(f"    | {line}" for line in shown) if shown else "    | (no output)"
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The user's environment without anything that would make the child a scheduler's task or stop it,
+    W&B off (also for a script that calls wandb itself), and this very trm_cluster first on the path."""
+    from .loop_session import RUN_DIR_ENV, STOP_AFTER_ENV
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SUBMITIT_", "SLURM_")) and key not in (RUN_DIR_ENV, STOP_AFTER_ENV)
+    }
+    package_root = Path(__file__).resolve().parent.parent
+    if package_root.name not in ("site-packages", "dist-packages"):  # a checkout: put it first
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
+    env["WANDB_MODE"] = "disabled"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Running:
+    """One process of a loop, started; :meth:`wait` gives its :class:`Process`."""
+
+    def __init__(
+        self,
+        label: str,
+        loop: Loop,
+        run_dir: Path,
+        logs: Path,
+        cwd: Path,
+        timeout_s: float,
+        stop_after: int | None,
+    ) -> None:
+        from .loop_session import STOP_AFTER_ENV
+
+        command, extra = loop.command(run_dir)
+        if stop_after is not None:
+            extra = {**extra, STOP_AFTER_ENV: str(stop_after)}
+        slug = label.replace(" ", "-")
+        self.label, self.timeout_s = label, timeout_s
+        self.stdout, self.stderr = logs / f"{slug}.out", logs / f"{slug}.err"
+        self._out, self._err = self.stdout.open("wb"), self.stderr.open("wb")
+        self.started = time.monotonic()
+        self.popen = subprocess.Popen(
+            command, cwd=cwd, env=child_environment(extra), stdout=self._out, stderr=self._err
+        )
+
+    def wait(self) -> Process:
+        remaining = self.timeout_s - (time.monotonic() - self.started)
+        try:
+            code = self.popen.wait(timeout=max(remaining, 0.01))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = -1
+            self._err.write(f"\n[doctor] killed after {self.timeout_s:g} s (--timeout)\n".encode())
+        seconds = time.monotonic() - self.started
+        self._out.close()
+        self._err.close()
+        return Process(self.label, code, seconds, self.stdout, self.stderr)
+
+    def kill(self) -> None:
+        """Kill this process (only it: the doctor's own child) if it still runs."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _expect(process: Process, code: int, what: str) -> None:
+    from .loop_session import EXIT_STOPPED
+
+    if process.returncode == code:
+        return
+    if process.returncode == 0 and code == EXIT_STOPPED:
+        why = (
+            "ran to its end instead of stopping: does the loop iterate `for step in run.steps():` "
+            "and is the stop step inside the run?"
+        )
+    elif process.returncode == EXIT_STOPPED:
+        why = f"stopped early (exit {EXIT_STOPPED}) though nothing asked it to"
+    elif process.returncode == -1:
+        why = "timed out"
+    else:
+        why = f"crashed (exit status {process.returncode})"
+    raise Untestable(
+        f"{process.label} ({what}) {why} after {process.seconds:.1f} s; its last lines:\n{process.tail()}"
+    )
+
+
+# -- reading the checkpoints --------------------------------------------------------------------------
+
+
+class Checkpoints(Mapping[int, Mapping[str, Any]]):
+    """A run's checkpoints by step, each verified against its manifest digest and loaded when asked."""
+
+    def __init__(self, run_dir: Path, label: str) -> None:
+        self.run_dir, self.label = run_dir, label
+        self.records = {c.step: c for c in RunManifest(run_dir).read().checkpoints}
+        self._cached: tuple[int, Mapping[str, Any]] | None = None
+
+    def require(self, steps: range) -> None:
+        missing = [s for s in steps if s not in self.records]
+        if missing:
+            raise Untestable(
+                f"{self.label} left no checkpoint of step(s) {_ranges(missing)} (it holds "
+                f"{_ranges(sorted(self.records)) or 'none'}): the doctor asks for one after every step "
+                "(checkpoint_every=1); does the loop override it?"
+            )
+
+    def __getitem__(self, step: int) -> Mapping[str, Any]:
+        if self._cached is not None and self._cached[0] == step:
+            return self._cached[1]
+        import torch
+
+        from .checkpoint import sha256_of
+
+        record = self.records[step]
+        path = self.run_dir / record.file
+        if not path.is_file() or path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
+            raise Untestable(f"{self.label}: checkpoint {record.file} is missing or fails its digest")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        self._cached = (step, payload)
+        return payload  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self.records))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _ranges(steps: Sequence[int]) -> str:
+    """``1-3, 7`` for ``[1, 2, 3, 7]``."""
+    runs: list[list[int]] = []
+    for step in steps:
+        if runs and runs[-1][1] == step - 1:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _status(run_dir: Path, label: str, steps: int) -> None:
+    data = RunManifest(run_dir).read()
+    if data.status != "completed" or data.step != steps:
+        raise Untestable(f"{label} ended {data.status} at step {data.step}, not completed at step {steps}")
+
+
+# -- the doctor ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    causes: list[Cause]
+    warnings: list[Cause]
+    processes: list[Process]
+
+
+def examine(request: Request, work: Path, say: Any = print) -> Outcome:
+    """Run A, B stopped at K and B resumed in ``work``, and compare them. Run A runs alongside run B
+    unless ``request.serial``."""
+    from .doctor_compare import TIMING_METRICS, compare_runs, divergence_causes, warning_causes
+    from .loop_session import EXIT_STOPPED
+
+    n, k = request.steps, request.at
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    run_a, run_b = work / "uninterrupted", work / "resumed"
+    request.loop.create(run_a, n, request.cwd)
+    request.loop.create(run_b, n, request.cwd)
+    processes: list[Process] = []
+    running: list[Running] = []
+
+    def start(label: str, run_dir: Path, stop_after: int | None) -> Running:
+        process = Running(label, request.loop, run_dir, logs, request.cwd, request.timeout_s, stop_after)
+        running.append(process)
+        return process
+
+    def finish(process: Running, code: int, what: str) -> Process:
+        done = process.wait()
+        processes.append(done)
+        say(f"  {(done.label + ' (' + what + ')'):<44} exit {done.returncode:<3} {done.seconds:6.1f} s")
+        _expect(done, code, what)
+        return done
+
+    a_what = f"uninterrupted, steps 1..{n}"
+    try:
+        a = start("run A", run_a, None)
+        if request.serial:
+            finish(a, 0, a_what)
+        b = start("run B", run_b, k)
+        finish(b, EXIT_STOPPED, f"stopped after step {k}")
+        b_resumed = start("run B resumed", run_b, None)
+        if not request.serial:
+            finish(a, 0, a_what)
+        resumed = finish(b_resumed, 0, f"fresh process, steps {k + 1}..{n}")
+    finally:
+        for process in running:
+            process.kill()
+    _status(run_a, "run A", n)
+    _status(run_b, "run B", n)
+    a_checkpoints, b_checkpoints = Checkpoints(run_a, "run A"), Checkpoints(run_b, "run B")
+    a_checkpoints.require(range(1, n + 1))
+    b_checkpoints.require(range(1, n + 1))
+    verdict = compare_runs(a_checkpoints, b_checkpoints, k, n, ignore=request.ignore, timing=TIMING_METRICS)
+    warnings = warning_causes(resumed.text("stderr"))
+    return Outcome(verdict, divergence_causes(verdict), warnings, processes)
+
+
+def report(outcome: Outcome, say: Any = print) -> int:
+    verdict, k, n = outcome.verdict, outcome.verdict.resume_at, outcome.verdict.total_steps
+    tally = verdict.tally
+    counted = (
+        f"compared {len(verdict.steps)} checkpoints ({tally.tensors} tensors, {tally.values} other values) "
+        f"and {len(tally.metrics)} logged metric values"
+    )
+    left_out = [f"timings {', '.join(verdict.ignored_metrics)}"] if verdict.ignored_metrics else []
+    if verdict.idle_streams:
+        names = ", ".join(f"rng.{name}" for name in verdict.idle_streams)
+        left_out.append(
+            f"{names}: never seeded (differs between the runs) and never drawn from (the same in every "
+            "checkpoint of each run); seed it if the loop ever uses it"
+        )
+    first = verdict.first
+    if first is None:
+        say(f"exact: steps {k + 1}..{n} after the resume at step {k} match the uninterrupted run bit for bit")
+        say(f"  {counted}")
+        _say_left_out(left_out, say)
+        if outcome.warnings:
+            say("  but the resumed process warned (no divergence in this test; a longer one may show it):")
+            _say_causes(outcome.warnings, say)
+        return EXIT_EXACT
+    after = verdict.diverging_after_resume
+    where = (
+        f"before the resume (at step {k})"
+        if first.step <= k
+        else f"{first.step - k} step(s) after the resume at step {k}"
+    )
+    say(f"NOT EXACT: first divergence at step {first.step}, {where}")
+    say(f"  {len(after)} of the {n - k} steps after the resume differ; {counted}")
+    _say_left_out(left_out, say)
+    if first.state:
+        say(f"  diverging keys at step {first.step} ({len(first.state)}), uninterrupted vs resumed:")
+        for difference in first.state[:SHOWN_KEYS]:
+            say(f"    {difference.path}: {difference.detail}")
+        if len(first.state) > SHOWN_KEYS:
+            say(f"    ... and {len(first.state) - SHOWN_KEYS} more")
+    if first.metrics:
+        say(f"  diverging metrics at step {first.step} ({len(first.metrics)}):")
+        for metric in first.metrics[:SHOWN_KEYS]:
+            say(f"    metric {metric.describe()}")
+        if len(first.metrics) > SHOWN_KEYS:
+            say(f"    ... and {len(first.metrics) - SHOWN_KEYS} more")
+    say("likely causes:")
+    _say_causes(outcome.warnings + outcome.causes, say)
+    return EXIT_NOT_EXACT
+
+
+def _say_left_out(left_out: Sequence[str], say: Any) -> None:
+    for line in left_out:
+        say(f"  left out: {line}")
+
+
+def _say_causes(causes: Sequence[Cause], say: Any) -> None:
+    for cause in causes:
+        say(f"  - {cause.title}")
+        say(f"    {cause.detail}")
+
+
+@contextlib.contextmanager
+def workspace(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    path = Path(tempfile.mkdtemp(prefix="trm-doctor-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()
+    try:
+        request = parse(sys.argv[1:] if argv is None else argv)
+    except BadInput as error:
+        print(f"trm-doctor: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    n, k = request.steps, request.at
+    print(f"resume doctor: {request.loop.describe()}", flush=True)
+    print(f"  {n} steps uninterrupted vs stopped after step {k} and resumed in a fresh process "
+          "(W&B disabled, a checkpoint and a row after every step)", flush=True)  # fmt: skip
+    code = EXIT_UNTESTABLE
+    with workspace(request.keep) as work:
+        try:
+            outcome = examine(request, work, say=lambda line: print(line, flush=True))
+            code = report(outcome)
+        except (Untestable, ManifestError) as error:
+            print(f"cannot test: {error}", flush=True)
+        except Exception:  # a fault of the doctor or of a file it reads: not a verdict on the loop
+            traceback.print_exc()
+            print("cannot test: the doctor failed (traceback above)", flush=True)
+        if request.keep is not None:
+            print(f"kept the runs and their logs in {work}")
+    print(f"wall time {time.monotonic() - started:.1f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
