@@ -28,8 +28,9 @@ from trm_cluster.environment import JobContext
 from trm_cluster.examples.regression import REGRESSION, RegressionConfig
 from trm_cluster.job import TrainingJob, build_trainer
 from trm_cluster.launch import WandbOptions, create_run, resolved_config
-from trm_cluster.loop_session import SegmentEnded, Session, SessionPlan
+from trm_cluster.loop_session import Session
 from trm_cluster.manifest import RunManifest
+from trm_cluster.session_plan import SegmentEnded, SessionPlan
 from trm_cluster.state import seed_everything
 from trm_cluster.workload import TrainContext
 

@@ -58,7 +58,8 @@ from trm_cluster import launch
 from trm_cluster.environment import JobContext
 from trm_cluster.examples import train_script
 from trm_cluster.examples.train_script import evaluate, synthetic_regression
-from trm_cluster.loop_session import Session, SessionPlan
+from trm_cluster.loop_session import Session
+from trm_cluster.session_plan import SessionPlan
 
 SCRIPT = Path(train_script.__file__)
 LOG_EVERY = 10

@@ -13,7 +13,8 @@ import torch
 
 from trm_cluster.environment import JobContext
 from trm_cluster.launch import WandbOptions, create_script_run
-from trm_cluster.loop_session import SegmentEnded, Session, SessionPlan
+from trm_cluster.loop_session import Session
+from trm_cluster.session_plan import SegmentEnded, SessionPlan
 from trm_cluster.tracking import WandbTracker
 
 TIMINGS = {"trainer/steps_per_s"}

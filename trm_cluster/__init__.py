@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .loop_session import Session, UsageError, session
+    from .loop_session import Session, session
     from .loop_state import per_rank
+    from .session_plan import UsageError
     from .signals import ignore_stop_signals
     from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, Workload, load_workload
 
 _EXPORTS = {
     "RunConfig": "config",
     "Session": "loop_session",
-    "UsageError": "loop_session",
+    "UsageError": "session_plan",
     "session": "loop_session",
     "ignore_stop_signals": "signals",
     "per_rank": "loop_state",

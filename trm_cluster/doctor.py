@@ -200,7 +200,7 @@ class ScriptLoop(Loop):
         )
 
     def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
-        from .loop_session import RUN_DIR_ENV
+        from .session_plan import RUN_DIR_ENV
 
         return [sys.executable, str(self.script), *self.args], {RUN_DIR_ENV: str(run_dir)}
 
@@ -271,7 +271,7 @@ class Process:
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """The user's environment without anything that would make the child a scheduler's task or stop it,
     W&B off (also for a script that calls wandb itself), and this very trm_cluster first on the path."""
-    from .loop_session import RUN_DIR_ENV, STOP_AFTER_ENV
+    from .session_plan import RUN_DIR_ENV, STOP_AFTER_ENV
 
     env = {
         key: value
@@ -300,7 +300,7 @@ class Running:
         timeout_s: float,
         stop_after: int | None,
     ) -> None:
-        from .loop_session import STOP_AFTER_ENV
+        from .session_plan import STOP_AFTER_ENV
 
         command, extra = loop.command(run_dir)
         if stop_after is not None:
@@ -335,7 +335,7 @@ class Running:
 
 
 def _expect(process: Process, code: int, what: str) -> None:
-    from .loop_session import EXIT_STOPPED
+    from .session_plan import EXIT_STOPPED
 
     if process.returncode == code:
         return
@@ -429,7 +429,7 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     """Run A, B stopped at K and B resumed in ``work``, and compare them. Run A runs alongside run B
     unless ``request.serial``."""
     from .doctor_compare import TIMING_METRICS, compare_runs, divergence_causes, warning_causes
-    from .loop_session import EXIT_STOPPED
+    from .session_plan import EXIT_STOPPED
 
     n, k = request.steps, request.at
     logs = work / "logs"

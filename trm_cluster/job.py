@@ -23,15 +23,9 @@ from typing import Any
 import submitit
 
 from .environment import JobContext
-from .loop_session import (
-    EXIT_STOPPED,
-    SegmentEnded,
-    SegmentOutcome,
-    Session,
-    SessionPlan,
-    stop_after_from_env,
-)
+from .loop_session import Session
 from .manifest import RunManifest
+from .session_plan import EXIT_STOPPED, SegmentEnded, SegmentOutcome, SessionPlan, stop_after_from_env
 from .signals import StopSignals, preempt_signal
 from .state import seed_everything
 from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, load_workload

@@ -21,108 +21,41 @@ which hands over to the scheduler's requeue (job.py). The code after the loop ne
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
-from .checkpoint import CheckpointError, CheckpointStore, capture
+from .checkpoint import CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
 from .distributed import Ranks
-from .environment import JobContext
 from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
-from .manifest import ConfigChange, ManifestData, ManifestError, RunManifest, Segment, utc_now
+from .manifest import ManifestData, ManifestError, RunManifest, Segment
 from .rehearsal import PreemptionInjector
 from .segments import close_segment, fail_segment, open_segment, record_wandb_started
+from .session_plan import (
+    EXIT_STOPPED,
+    RUN_DIR_ENV,
+    SegmentEnded,
+    SegmentOutcome,
+    SessionPlan,
+    StateSource,
+    UsageError,
+    active_plan,
+    standalone_plan,
+)
 from .signals import StopRequest, StopSignals
-from .snapshot import load_step, rank_part, save_step
+from .snapshot import accept_world_size, load_step, rank_part, save_step
 from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything
 from .tracking import NullTracker, Tracker, WandbTracker
 from .workload import dataclass_from_dict
 
 log = logging.getLogger(__name__)
-
-RUN_DIR_ENV = "TRM_CLUSTER_RUN_DIR"
-"""Outside ``submit``: the run directory of ``session()`` (resumed when it holds a run)."""
-STOP_AFTER_ENV = "TRM_CLUSTER_STOP_AFTER"
-"""Outside ``submit``: stop (save, exit) after this many steps, as a preemption would (the doctor)."""
-EXIT_STOPPED = 75
-"""Exit status of a process outside ``submit`` that stopped before the end: run it again to resume."""
-
-
-class UsageError(RuntimeError):
-    """The loop-side API used in a way that cannot work; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class SegmentOutcome:
-    reason: str
-    """completed, timeout, preempted or cancelled."""
-    step: int
-    requeue: bool
-    summary: dict[str, Any] = field(default_factory=dict)
-    rehearsed: bool = False
-    """The stop came from the preemption rehearsal's own signal."""
-
-
-class SegmentEnded(BaseException):
-    """Raised out of ``run.steps()`` once a stopped segment is saved and closed.
-
-    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (job.py)
-    catches it and requeues; the stop signals stay deferred (``signals``) until it has.
-    """
-
-    def __init__(self, outcome: SegmentOutcome, signals: StopSignals) -> None:
-        super().__init__(f"segment stopped at step {outcome.step}: {outcome.reason}")
-        self.outcome = outcome
-        self.signals = signals
-
-
-@dataclass
-class SessionPlan:
-    """What the process owner tells the session: the run, where it runs, and its rehearsal."""
-
-    run_dir: Path
-    context: JobContext
-    wandb_resume: str = "allow"
-    preempt_at: tuple[int, ...] = ()
-    quiet: bool = False
-    standalone: bool = False
-    """No submitit owner (``python train.py``): a stop saves and exits with :data:`EXIT_STOPPED`."""
-    stop_after: int | None = None
-    used: bool = False
-    """Whether a session was opened for this plan (a script that never opens one is an error)."""
-    summary: dict[str, Any] = field(default_factory=dict)
-    """The run's summary, once a session completed it."""
-
-
-class StateSource(Protocol):
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-_active_plan: SessionPlan | None = None
-
-
-@contextlib.contextmanager
-def serving(plan: SessionPlan) -> Iterator[SessionPlan]:
-    """Make ``plan`` the one that ``session()`` calls in this process pick up (the script job)."""
-    global _active_plan
-    previous, _active_plan = _active_plan, plan
-    try:
-        yield plan
-    finally:
-        _active_plan = previous
 
 
 def session(**run_defaults: Any) -> Session:
@@ -132,40 +65,13 @@ def session(**run_defaults: Any) -> Session:
     ``run_defaults`` are RunConfig fields (steps, checkpoint_every, log_every, ...): the script's own
     defaults, which flags given to ``submit`` override.
     """
-    plan = _active_plan
+    plan = active_plan()
     if plan is None:
-        plan = _standalone_plan()
+        plan = standalone_plan()
     elif plan.used:
         raise UsageError("trm_cluster.session() was opened twice in one run; open it once around the loop")
     plan.used = True
     return Session(plan, run_defaults)
-
-
-def _standalone_plan() -> SessionPlan:
-    from datetime import datetime
-
-    from .launch import create_script_run
-
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("session")
-    run_dir = Path(os.environ.get(RUN_DIR_ENV) or f"runs/{script.stem}-{datetime.now():%Y%m%d-%H%M%S}")
-    if not (run_dir / "manifest.json").exists():
-        create_script_run(run_dir.resolve(), script=script, script_args=sys.argv[1:], run_flags={})
-        print(f"[trm_cluster] new run in {run_dir} (outside submit: rerun with {RUN_DIR_ENV}={run_dir} "
-              "to resume it)", flush=True)  # fmt: skip
-    return SessionPlan(
-        run_dir=run_dir.resolve(),
-        context=JobContext.detect(),
-        standalone=True,
-        stop_after=stop_after_from_env(),
-    )
-
-
-def stop_after_from_env() -> int | None:
-    raw = os.environ.get(STOP_AFTER_ENV)
-    try:
-        return int(raw) if raw else None
-    except ValueError:
-        raise UsageError(f"{STOP_AFTER_ENV}={raw!r} is not a step number") from None
 
 
 class Session:
@@ -275,7 +181,10 @@ class Session:
         if loaded is not None:
             payload = loaded.payload
             meta, tracking = payload["meta"], payload.get("tracking", {})
-            same_ranks = self._check_world_size(int(meta.get("world_size", 1)), int(meta["step"]))
+            same_ranks = accept_world_size(
+                self.manifest, self.ranks, int(meta.get("world_size", 1)), int(meta["step"])
+            )
+            self.data = self.manifest.read()
             state = dict(payload["trainer"])
             state.setdefault("model", payload["model"])
             source.load_state_dict(state)
@@ -307,30 +216,6 @@ class Session:
             )
         self._state = "restored"
         return self.step
-
-    def _check_world_size(self, saved: int, step: int) -> bool:
-        """Whether this run has the checkpoint's number of ranks; a change is refused unless allowed.
-
-        Allowed (``--allow-world-size-change``): model and optimizer come back, the per-rank streams
-        are re-derived from (run, step, rank), and the change is recorded as a config change.
-        """
-        now = self.ranks.world_size
-        if saved == now:
-            return True
-        if not self.data.launch.get("allow_world_size_change"):
-            raise CheckpointError(
-                f"the checkpoint of step {step} was written by {saved} ranks, this run has {now}: a resume is "
-                "exact only with the same number; pass --allow-world-size-change to continue anyway"
-            )
-        if self.ranks.is_main:
-            with self.manifest.update() as data:
-                data.config_changes.append(
-                    ConfigChange(at_step=step, time=utc_now(), changes={"world_size": [saved, now]})
-                )
-            self.data = self.manifest.read()
-            log.warning("world size %d -> %d at step %d: model and optimizer restored, per-rank RNG streams "
-                        "and per-rank state re-derived (not an exact continuation)", saved, now, step)  # fmt: skip
-        return False
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -447,20 +332,10 @@ class Session:
                 raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
             shared.setdefault("model", {})
         rank_state: dict[str, Any] = getattr(self._source, "rank_state_dict", dict)()
-        extra = {
-            "tracking": {"journal": self._tracker.journal(), "window": self._window.state_dict()},
-            "meta": {
-                "format": 1,
-                "step": self.step,
-                "total_steps": self.total_steps,
-                "run_uid": self.data.run_uid,
-                "run_name": self.data.name,
-                "workload": self.data.workload,
-                "config": self.data.config,
-                "saved_at": utc_now(),
-            },
-        }
-        save_step(self.store, self.ranks, self.step, shared, rank_state, extra)
+        tracking = {"journal": self._tracker.journal(), "window": self._window.state_dict()}
+        save_step(
+            self.store, self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps
+        )
         self._saved_step = self.step
         if self.step >= self.total_steps and shared is not None:
             self._final_digest = weights_sha256(shared["model"])

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .job import SegmentedJob
-from .loop_session import SessionPlan, UsageError, serving
 from .manifest import RunManifest
+from .session_plan import SessionPlan, UsageError, serving
 from .workload import TrainContext, Trainer, Workload
 
 SCRIPT_WORKLOAD = "trm_cluster.script_job:SCRIPT"

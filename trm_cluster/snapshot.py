@@ -12,12 +12,16 @@ same step, each with its own part.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .checkpoint import CheckpointStore, LoadedCheckpoint, capture
+from .checkpoint import CheckpointError, CheckpointStore, LoadedCheckpoint, capture
 from .distributed import Ranks
+from .manifest import ConfigChange, ManifestData, RunManifest, utc_now
 from .state import capture_rng
+
+log = logging.getLogger(__name__)
 
 
 def save_step(
@@ -26,25 +30,34 @@ def save_step(
     step: int,
     shared: Mapping[str, Any] | None,
     rank_state: Mapping[str, Any],
-    extra: Mapping[str, Any],
+    tracking: Mapping[str, Any],
+    data: ManifestData,
+    total_steps: int,
 ) -> None:
-    """Write this rank's part (and, on rank 0, the shared state and ``extra``), then publish.
-
-    ``shared`` is needed on rank 0 only: ``{"model": weights, ...rest}``; ``extra`` holds the
-    payload's other top-level entries (tracking, meta).
-    """
+    """Write this rank's part (and, on rank 0, the shared state, the W&B journal and the meta), then
+    publish. ``shared`` is needed on rank 0 only: ``{"model": weights, ...rest}``."""
     part = {"rng": capture(capture_rng()), "rank_state": capture(dict(rank_state))}
     record = None
     if not ranks.is_main:
-        meta = {"step": step, "rank": ranks.rank, "run_uid": extra["meta"]["run_uid"]}
+        meta = {"step": step, "rank": ranks.rank, "run_uid": data.run_uid}
         record = store.write_part(step, ranks.rank, {**part, "meta": meta})
     parts = ranks.gather(record)  # also: every part is durable once rank 0 has them all
     if ranks.is_main:
         assert shared is not None
         state = dict(shared)
         model = state.pop("model")
-        meta = {**extra["meta"], "world_size": ranks.world_size}
-        payload = {"model": model, "trainer": state, **part, **extra, "meta": meta}
+        meta = {
+            "format": 1,
+            "step": step,
+            "total_steps": total_steps,
+            "world_size": ranks.world_size,
+            "run_uid": data.run_uid,
+            "run_name": data.name,
+            "workload": data.workload,
+            "config": data.config,
+            "saved_at": utc_now(),
+        }
+        payload = {"model": model, "trainer": state, **part, "tracking": dict(tracking), "meta": meta}
         store.save(step, payload, parts=[p for p in parts if p is not None])
     ranks.barrier()  # published: no rank runs ahead of a checkpoint that is not in the manifest yet
 
@@ -56,6 +69,30 @@ def load_step(store: CheckpointStore, ranks: Ranks, run_uid: str) -> LoadedCheck
     if step is None:
         return None
     return chosen if ranks.is_main else store.load_step(step, ranks.rank, run_uid)
+
+
+def accept_world_size(manifest: RunManifest, ranks: Ranks, saved: int, step: int) -> bool:
+    """Whether the run has the checkpoint's number of ranks; another number is refused unless allowed.
+
+    Allowed (``--allow-world-size-change``): model and optimizer come back, the per-rank streams are
+    re-derived from (run, step, rank), and rank 0 records the change as a config change.
+    """
+    now = ranks.world_size
+    if saved == now:
+        return True
+    if not manifest.read().launch.get("allow_world_size_change"):
+        raise CheckpointError(
+            f"the checkpoint of step {step} was written by {saved} ranks, this run has {now}: a resume is "
+            "exact only with the same number; pass --allow-world-size-change to continue anyway"
+        )
+    if ranks.is_main:
+        with manifest.update() as data:
+            data.config_changes.append(
+                ConfigChange(at_step=step, time=utc_now(), changes={"world_size": [saved, now]})
+            )
+        log.warning("world size %d -> %d at step %d: model and optimizer restored, per-rank RNG streams and "
+                    "per-rank state re-derived (not an exact continuation)", saved, now, step)  # fmt: skip
+    return False
 
 
 def rank_part(payload: Mapping[str, Any], rank: int) -> Mapping[str, Any]:

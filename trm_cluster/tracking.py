@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import wandb_files
 from .manifest import ManifestData, Segment, WandbInfo
 
 log = logging.getLogger(__name__)
@@ -187,6 +186,8 @@ def _wait_for_killed_writer(previous: Segment | None) -> None:
     """A killed previous process (segment never closed) may have left its wandb-core flushing here."""
     if previous is None or previous.host != socket.gethostname() or previous.pid == os.getpid():
         return
+    from . import wandb_files  # wandb's protobuf modules: imported only where W&B is used
+
     stragglers = wandb_files.wait_for_writers([previous.pid])
     if stragglers:
         log.warning("wandb-core %s of killed pid %d still writes; steps may repeat", stragglers, previous.pid)
@@ -233,6 +234,8 @@ class WandbTracker:
         drop_empty_wandb_env()
         info: WandbInfo = data.wandb
         _wait_for_killed_writer(killed)
+        from . import wandb_files
+
         watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
         word = "Resuming" if info.started else "Starting new"
         print(f"{word} W&B run: {info.run_id}", flush=True)
@@ -327,6 +330,8 @@ class WandbTracker:
         bound = finish_timeout_s()
         closer.join(bound)
         if closer.is_alive():
+            from . import wandb_files
+
             killed = wandb_files.kill_writers([os.getpid()])
             log.warning("W&B finish did not return within %g s; killed wandb-core %s and going on (the "
                         "rows are in the checkpoint journal)", bound, killed)  # fmt: skip
