@@ -29,6 +29,9 @@ class RunConfig:
     of the step that logged it (for charts continued from loops that logged that way)."""
     eval_every: int = 0
     """Run the trainer's evaluate() every N steps (0: only at the end). Trainer protocol only."""
+    deterministic: bool = False
+    """Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, a fixed cuBLAS
+    workspace): what a bit-exact resume needs on CUDA; costs speed there (docs/distributed.md)."""
 
     def validate(self) -> None:
         if self.steps <= 0:

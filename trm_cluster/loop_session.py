@@ -51,7 +51,7 @@ from .session_plan import (
 )
 from .signals import StopRequest, StopSignals
 from .snapshot import accept_world_size, load_step, rank_part, save_step
-from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything
+from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything, use_deterministic_kernels
 from .tracking import NullTracker, Tracker, WandbTracker
 from .workload import dataclass_from_dict
 
@@ -111,9 +111,11 @@ class Session:
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
         context = self.plan.context
         try:
-            self.ranks = Ranks.setup(context.global_rank, context.world_size, context.local_rank)
             self._before = self.manifest.read()  # as the previous process left it
             self.config = self._resolve_config(self._before)
+            if self.config.deterministic:
+                use_deterministic_kernels()  # before CUDA starts (the process group may start it)
+            self.ranks = Ranks.setup(context.global_rank, context.world_size, context.local_rank)
             self._open_segment()
         except BaseException:
             self._signals.restore()

@@ -17,6 +17,17 @@ except ImportError:  # numpy is optional for torch; without it there is no numpy
     np = None  # type: ignore[assignment]
 
 
+def use_deterministic_kernels() -> None:
+    """What an exact continuation on CUDA needs: no non-deterministic kernels, no autotuning, and a fixed
+    cuBLAS workspace (the variable only takes effect if CUDA is not initialised yet: set it early)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     if np is not None:

@@ -283,6 +283,11 @@ class PeptideTRMTrainer:
             "fresh_rows": float(fresh_rows),
             "spectra_per_s": cfg.batch_size / elapsed,
             "step_time_s": elapsed,
+            **(
+                {"gpu_peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+                if self.device.type == "cuda"
+                else {}
+            ),
         }
 
     @torch.no_grad()
