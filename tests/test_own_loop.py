@@ -169,3 +169,44 @@ def _wait_until(condition: object, timeout: float = 120) -> None:
             pass  # the manifest does not exist yet, or is being replaced
         time.sleep(0.05)
     raise TimeoutError("condition not reached")
+
+
+SMALL_SCRIPT = """
+import argparse, torch, trm_cluster
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.1)
+args = parser.parse_args()
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+with trm_cluster.session(steps=6, log_every=1) as run:
+    run.restore(model=model, optimizer=optimizer)
+    for step in run.steps():
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.log({"loss": loss.item()})
+    print("after the loop at step", run.step, flush=True)
+"""
+
+
+def test_debug_executor_requeues_a_script_in_process_and_records_its_new_arguments(workdir: Path) -> None:
+    (workdir / "train.py").write_text(SMALL_SCRIPT)
+    run_dir = workdir / "run"
+    first = cli("submit", "--script", "train.py", "--executor", "debug", "--no-wandb", "--run-dir", str(run_dir),
+                "--steps", "10", "--preemptions", "2", "--script-args", "--lr", "0.05", cwd=workdir)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("after the loop at step") == 1  # the in-process requeues skip it
+    assert [s["end_reason"] for s in manifest(run_dir)["segments"]] == ["preempted", "preempted", "completed"]
+
+    # flags given to submit win over the script's session(steps=6); new script arguments are recorded
+    resumed = cli("submit", "--resume", str(run_dir), "--steps", "12", "--script-args", "--lr", "0.2",
+                  cwd=workdir)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    data = manifest(run_dir)
+    assert data["checkpoints"][-1]["step"] == 12 and data["segments"][-1]["executor"] == "debug"
+    assert data["config_changes"][-1]["changes"] == {
+        "run.steps": [10, 12],
+        "script.args": [["--lr", "0.05"], ["--lr", "0.2"]],
+    }
+    assert data["config"]["script"]["args"] == ["--lr", "0.2"]
