@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check, from a fresh clone: set up the venv (CPU torch), lint, type-check, start a real
-# single-node Slurm on localhost, and run the whole test suite against it. Extra args go to pytest.
+# single-node Slurm on localhost, and run the whole test suite against it (two files at a time).
+# Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,6 @@ mypy
 
 scripts/slurm-local.sh start
 eval "$(scripts/slurm-local.sh env)"
-python -m pytest "$@"
+# two workers, one test file each at a time (a file's module fixtures are built once; every Slurm test is
+# in tests/test_slurm.py, so they run one after another on the one test node)
+python -m pytest -n 2 --dist loadfile "$@"

@@ -10,12 +10,23 @@ whole node and would preempt any job beside it.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import assert_one_continuous_wandb_run, assert_same_training_state, clean_env, cli, manifest
+import torch
+from support import (
+    REPO,
+    assert_one_continuous_wandb_run,
+    assert_same_state,
+    assert_same_training_state,
+    clean_env,
+    cli,
+    manifest,
+    wandb_history,
+)
 
 # the waits below add up to more than the default 900 s per test when the node is slow
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
@@ -178,3 +189,66 @@ def test_preemption_by_a_higher_priority_job(workdir: Path, time_limited_run: Pa
     )
     assert "COMPLETED" in sacct.stdout
     assert_resumed_exactly(run_dir, reference)
+
+
+# -- after the preemption test, alone on the node: a user's own script, then two ranks ---------------
+
+SCRIPT = REPO / "trm_cluster" / "examples" / "train_script.py"
+
+
+def test_own_script_preempted_on_demand_requeues_and_ends_bit_identical(workdir: Path) -> None:
+    """``submit --script``: the example researcher script (StatefulDataLoader with 2 workers, EMA,
+    cosine, a final eval) is preempted with ``python -m trm_cluster.preempt``, requeued by Slurm, exact."""
+    steps, reference = 200, workdir / "script-reference"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--max-steps", str(steps), "--out", str(workdir / "ref.pt")],
+        cwd=workdir, env=clean_env(TRM_CLUSTER_RUN_DIR=str(reference), WANDB_MODE="offline"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = workdir / "script"
+    submitted = cli(
+        "submit", "--script", str(SCRIPT), *SLURM[:-1], "2", "--wandb-mode", "offline", "--run-dir", str(run_dir),
+        "--checkpoint-every", "50", "--script-args", "--max-steps", str(steps), "--out", str(workdir / "final.pt"),
+        "--sleep-per-step", "0.1", cwd=workdir,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
+    preempted = cli("preempt", str(run_dir), cwd=workdir)
+    assert preempted.returncode == 0, preempted.stdout + preempted.stderr
+    data = wait_for_end(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"], data["segments"]
+    first, second = data["segments"]
+    assert first["job_id"] == second["job_id"] and second["restart_count"] == first["restart_count"] + 1
+    assert second["start_step"] == first["end_step"] >= 50
+    assert_same_training_state(reference, run_dir, ignore=("meta.config", "meta.workload"))
+    # the model the script saved after its loop (torch.save's archive names differ with the file name)
+    ref, final = (torch.load(workdir / name, weights_only=True) for name in ("ref.pt", "final.pt"))
+    assert_same_state(ref, final)
+    assert_one_continuous_wandb_run(run_dir, list(range(10, steps + 1, 10)))
+    log = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.out"))
+    assert log.count("final evaluation:") == 1
+
+
+def test_two_ranks_stop_together_requeue_and_end_bit_identical(workdir: Path) -> None:
+    """``--tasks-per-node 2`` (gloo): both tasks get the USR2 (scancel reaches every srun task), agree to
+    stop after the same step, rank 0 requeues the job; exact against the same two ranks uninterrupted
+    (on the local executor: the executor does not change the math)."""
+    two = ("--tasks-per-node", "2")
+    reference = workdir / "ranks-reference"
+    done = cli(
+        "submit", *RUN, *two, "--executor", "local", "--wait", "--run-dir", str(reference), cwd=workdir
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = workdir / "ranks"
+    submit(workdir, run_dir, *two, "--step-delay-s", "0.1")
+    wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
+    subprocess.run(["scancel", "--signal=USR2", job_id(run_dir)], env=clean_env(), check=True)
+    data = wait_for_end(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"], data["segments"]
+    assert_resumed_exactly(run_dir, reference)
+    (expected,), (actual,) = (manifest(r)["checkpoints"][-1]["parts"] for r in (reference, run_dir))
+    load = torch.load
+    rank1 = [load(r / p["file"], weights_only=True) for r, p in ((reference, expected), (run_dir, actual))]
+    assert_same_state(*rank1, ignore=("meta.run_uid",))
+    assert len(wandb_history(run_dir)) == 2  # rank 0 alone talks to W&B
