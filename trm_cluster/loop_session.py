@@ -199,6 +199,9 @@ class Session:
                 seed_everything(derived_seed(self.data.run_uid, int(meta["step"]), self.ranks.rank))
             self._restored_rng = rng_fingerprint()
             self.step = self._saved_step = int(meta["step"])
+            if self.ranks.is_main and self.step != self.segment.start_step:  # fell back past a bad file
+                with self.manifest.update() as data:
+                    data.segments[self.segment.index].start_step = self.step
             journal = tracking.get("journal", ())
             self._window.load_state_dict(tracking.get("window", {}))
             saved_total = meta.get("total_steps")
