@@ -1,4 +1,5 @@
-"""The resume doctor's verdict: two runs' checkpoints compared step by step, and what a divergence means.
+"""The resume doctor's verdict: two runs' checkpoints compared step by step (the causes of a divergence
+are doctor_causes.py's).
 
 Run A ran a loop uninterrupted; run B ran it in one process up to step K and resumed it in another.
 Both saved a checkpoint after every step and logged a row after every step. Every checkpoint of B is
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +29,6 @@ JOURNAL_ROWS = "tracking.journal.rows"
 TIMING_METRICS = ("*_per_s", "*time_s", "*_time", "*elapsed*", "*duration*")
 """Logged metrics that measure the machine, not the training (fnmatch patterns on the metric name):
 ``trainer/steps_per_s``, a workload's ``train/spectra_per_s`` or ``train/step_time_s``."""
-
-LOADER_PLAIN = "plain torch DataLoader"
-LOADER_NO_GENERATOR = "has no generator of its own"
-RNG_DRAWN = "the global RNG was drawn from between run.restore()"
-REGISTERED_EXTRA = "which this loop does not register"
-CHECKPOINT_FALLBACK = "falling back"
-
-_LR_METRIC = re.compile(r"(^|[/._-])(lr|learning_rate|learning-rate)([/._-]|$)", re.IGNORECASE)
-_LR_STATE = re.compile(r"param_groups\.\d+\.lr$")
 
 
 @dataclass(frozen=True)
@@ -103,12 +94,6 @@ class Verdict:
     @property
     def diverging_after_resume(self) -> list[int]:
         return [s for s, c in sorted(self.steps.items()) if s > self.resume_at and not c.same]
-
-
-@dataclass(frozen=True)
-class Cause:
-    title: str
-    detail: str
 
 
 def compare_payloads(
@@ -207,14 +192,13 @@ def _number(value: float | None) -> str:
 
 def journal_rows(payload: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
     """A checkpoint's logged rows, by step."""
-    journal = payload.get("tracking", {}).get("journal", {})
-    rows = journal.get("rows", []) if isinstance(journal, Mapping) else journal
+    rows = payload.get("tracking", {}).get("journal", {}).get("rows", [])
     return {int(row["step"]): dict(row["metrics"]) for row in rows}
 
 
-def is_timing(name: str, patterns: Sequence[str]) -> bool:
+def is_timing(name: str) -> bool:
     leaf = name.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(leaf, p) for p in TIMING_METRICS)
 
 
 def compare_step(
@@ -223,11 +207,11 @@ def compare_step(
     actual: Mapping[str, Any],
     rows_above: int | None,
     tally: Tally,
-    ignore: Sequence[str] = (),
-    timing: Sequence[str] = TIMING_METRICS,
-    ignored_metrics: set[str] | None = None,
+    ignore: Sequence[str],
+    ignored_metrics: set[str],
 ) -> StepComparison:
-    """One step's checkpoints: the state, and the rows logged above ``rows_above`` (None: every row)."""
+    """One step's checkpoints: the state, and the rows logged above ``rows_above`` (None: every row);
+    the names of the metrics left out are added to ``ignored_metrics``."""
     comparison = StepComparison(step)
     comparison.state = compare_payloads(expected, actual, (*RUN_IDENTITY, JOURNAL_ROWS, *ignore), tally)
     a_rows, b_rows = journal_rows(expected), journal_rows(actual)
@@ -236,9 +220,8 @@ def compare_step(
         a_row, b_row = a_rows.get(row_step), b_rows.get(row_step)
         names = dict.fromkeys([*(a_row or {}), *(b_row or {})])
         for name in names:
-            if is_timing(name, timing) or _ignored(name, tuple(ignore)):
-                if ignored_metrics is not None:
-                    ignored_metrics.add(name)
+            if is_timing(name) or _ignored(name, tuple(ignore)):
+                ignored_metrics.add(name)
                 continue
             tally.metrics.add((row_step, name))
             a_value = None if a_row is None else a_row.get(name)
@@ -261,7 +244,6 @@ def compare_runs(
     resume_at: int,
     total_steps: int,
     ignore: Sequence[str] = (),
-    timing: Sequence[str] = TIMING_METRICS,
 ) -> Verdict:
     """Compare the checkpoints of step K and of every step after it; when step K differs already (the
     loop is not deterministic even without a resume), also those before it, to find where that starts.
@@ -280,7 +262,7 @@ def compare_runs(
         for side, payload in enumerate((a, b)):
             for name, value in dict(payload.get("rng", {})).items():
                 streams.setdefault(str(name), (set(), set()))[side].add(_digest(value))
-        steps[step] = compare_step(step, a, b, rows_above, tally, ignore, timing, ignored)
+        steps[step] = compare_step(step, a, b, rows_above, tally, ignore, ignored)
 
     # The resumed process logged only the rows above the last row logged by step K.
     rows_at_k = journal_rows(uninterrupted[resume_at])
@@ -333,153 +315,3 @@ def _digest(value: Any) -> str:
 
     feed(value)
     return digest.hexdigest()
-
-
-# -- what a divergence means -------------------------------------------------------------------------
-
-
-def warning_causes(resumed_stderr: str) -> list[Cause]:
-    """The resumed process's own warnings (the ``trm_cluster`` logger, on its stderr) that explain a
-    divergence, each with its fix."""
-    causes: list[Cause] = []
-    if LOADER_PLAIN in resumed_stderr:
-        causes.append(
-            Cause(
-                "a plain torch DataLoader (the resumed process warned: " + repr(LOADER_PLAIN) + ")",
-                "its position in the epoch (and its workers' seeds) are in no checkpoint, so the resumed "
-                "process starts a new pass over the data. Use torchdata.stateful_dataloader."
-                "StatefulDataLoader (same arguments) and register it: run.restore(..., data=loader).",
-            )
-        )
-    if LOADER_NO_GENERATOR in resumed_stderr:
-        causes.append(
-            Cause(
-                "a DataLoader without its own generator (the resumed process warned: "
-                + repr(LOADER_NO_GENERATOR)
-                + ")",
-                "each new iterator draws its seed from the global torch RNG, and a resumed process makes "
-                "one iterator more than an uninterrupted one, which shifts every later random number. "
-                "Pass generator=torch.Generator().manual_seed(seed) to the DataLoader.",
-            )
-        )
-    if RNG_DRAWN in resumed_stderr:
-        causes.append(
-            Cause(
-                "random numbers drawn between run.restore() and the loop (the resumed process warned: "
-                + repr(RNG_DRAWN)
-                + ")",
-                "run.restore() restores the global python/numpy/torch RNG streams; whatever draws from "
-                "them before the first step (building a model, an iter(loader) of a loader without a "
-                "generator, a random augmentation set up late) moves the resumed run off the "
-                "uninterrupted one. Build everything first and call run.restore() right before the loop.",
-            )
-        )
-    if REGISTERED_EXTRA in resumed_stderr:
-        causes.append(
-            Cause(
-                "the resumed process registers other objects than the one that saved",
-                "the checkpoint holds state the resumed loop does not register (it is ignored): register "
-                "the same objects, under the same names, in every process.",
-            )
-        )
-    if CHECKPOINT_FALLBACK in resumed_stderr:
-        causes.append(
-            Cause(
-                "the resumed process fell back past a checkpoint",
-                "the newest checkpoint was missing or corrupt, so it resumed from an older one; see its "
-                "stderr.",
-            )
-        )
-    return causes
-
-
-def divergence_causes(verdict: Verdict) -> list[Cause]:
-    """What the place and the keys of the first divergence say about its cause."""
-    first = verdict.first
-    if first is None:
-        return []
-    k = verdict.resume_at
-    keys = [d.path for d in first.state]
-    metric_names = sorted({m.name for m in first.metrics})
-    causes: list[Cause] = []
-    if first.step <= k:
-        causes.append(
-            Cause(
-                f"the loop is not deterministic: the two runs differ at step {first.step}, before any resume",
-                "two uninterrupted processes of the same loop already train differently, so no resume can be "
-                "exact. Seed every stream (python, numpy, torch) at the start of the script; look for "
-                "time- or hash-dependent choices (PYTHONHASHSEED, iterating a set), unseeded "
-                "generators, threads, and torch.use_deterministic_algorithms(True) for nondeterministic "
-                "kernels.",
-            )
-        )
-        return causes
-    one_sided = [d.path for d in first.state if d.detail.startswith("only in the")]
-    if one_sided:
-        causes.append(
-            Cause(
-                "the two runs save different keys: " + _listed(one_sided),
-                "the resumed process registers (or its objects hold) other state than the uninterrupted "
-                "one; register the same objects in every process, whatever the resume point.",
-            )
-        )
-    if first.step == k + 1:
-        what = _listed([f"metric {name}" for name in metric_names] + keys)
-        causes.append(
-            Cause(
-                f"state the loop does not register with run.restore(...): the runs agree at step {k} and "
-                f"diverge right after the resume, at step {k + 1} ({what})",
-                "something that changes during training is neither saved nor restored, so the resumed "
-                "process starts it afresh. Register every such object: run.restore(model=..., "
-                "optimizer=..., scheduler=..., scaler=..., ema=..., data=..., counters={...}).",
-            )
-        )
-    else:
-        causes.append(
-            Cause(
-                f"the runs agree at step {k} and for {first.step - k - 1} step(s) after the resume, then "
-                f"diverge at step {first.step}",
-                "state that matters only now and then is not saved or not restored: an epoch boundary "
-                "(a sampler's or loader's epoch, a new iterator), a periodic event (an eval, an EMA or "
-                "schedule milestone, a curriculum stage), or a counter the loop keeps itself. Run the doctor "
-                "with --at closer to that step to see it at the resume.",
-            )
-        )
-    lr_metrics = [name for name in metric_names if _LR_METRIC.search(name)]
-    lr_state = [key for key in keys if _LR_STATE.search(key) or _LR_METRIC.search(key.rsplit(".", 1)[-1])]
-    if lr_metrics or lr_state:
-        causes.append(
-            Cause(
-                "probably an LR scheduler: " + _listed([f"metric {n}" for n in lr_metrics] + lr_state),
-                "the learning rate of the resumed run differs: a scheduler that is not registered starts "
-                "its schedule over. Register it: run.restore(..., scheduler=scheduler) (built before the "
-                "call), or compute the LR from the step.",
-            )
-        )
-    rng_keys = [key for key in keys if key == "rng" or key.startswith("rng.")]
-    if rng_keys:
-        causes.append(
-            Cause(
-                "the global RNG: " + _listed(rng_keys),
-                "the global python/numpy/torch streams are drawn from a different number of times in the "
-                "resumed process: draws outside the step (between run.restore() and the loop, in a new "
-                "iterator of a DataLoader without a generator, at an epoch boundary). Give such consumers "
-                "their own torch.Generator, registered with run.restore(...).",
-            )
-        )
-    data_keys = [key for key in keys if re.match(r"trainer\.(data|loader|sampler|dataloader)\b", key)]
-    if data_keys:
-        causes.append(
-            Cause(
-                "the data position: " + _listed(data_keys),
-                "the registered data state differs: the loader or sampler does not save or restore "
-                "where it is in the epoch. Use a StatefulDataLoader (registered as data=loader) or make "
-                "each batch a function of the step.",
-            )
-        )
-    return causes
-
-
-def _listed(items: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
