@@ -83,13 +83,24 @@ def test_the_stop_reason_comes_from_what_slurm_says(
     assert classify(signum) == reason
 
 
-def test_CURRENT_BEHAVIOUR_a_failing_scontrol_calls_every_stop_a_preemption(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("limit_s", "reason"), [(45 + 60 + 60, "timeout"), (3600, "preempted"), (None, "preempted")]
+)
+def test_a_failing_scontrol_judges_by_the_time_limit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    limit_s: float | None,
+    reason: str,
 ) -> None:
-    """Pins today's behaviour, which the issue questions: with scontrol failing, a time-limit warning is
-    called a preemption, so time limits never spend the --max-requeues budget. Change with the fix."""
+    """With scontrol failing, a stop 45 s into the process is a timeout when the job's limit is within the
+    signal delay (+ Slurm's 60 s slack) of it, else a preemption; so time limits still spend the budget."""
     install_scontrol(tmp_path, monkeypatch, "echo 'slurm_load_jobs error: Unable to contact slurm "
                      "controller (connect failure)' >&2\nexit 1\n")  # fmt: skip
+    context = JobContext(
+        executor="slurm", job_id="4242", array_index=None, restart_count=0, host="node1", pid=1,
+        global_rank=0, world_size=1, started_at=NOW - 45,
+    )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="trm_cluster.environment"):
-        assert classify(signal.SIGUSR2) == "preempted"
-    assert "scontrol gave no answer for job 4242; calling the stop a preemption" in caplog.text
+        assert context.classify(StopRequest(signal.SIGUSR2, NOW), DELAY_S, limit_s) == reason
+    assert "scontrol gave no answer for job 4242" in caplog.text

@@ -67,14 +67,24 @@ class JobContext:
             local_rank=local,
         )
 
-    def classify(self, request: StopRequest, signal_delay_s: float) -> str:
+    def classify(self, request: StopRequest, signal_delay_s: float, time_limit_s: float | None = None) -> str:
         """'timeout', 'preempted' or 'cancelled' for a stop request, from what the scheduler says.
 
         'cancelled' (a SIGTERM that is neither the time-limit kill nor a preemption, i.e. ``scancel``)
         must not be requeued: ``scontrol requeue`` would succeed and turn the user's cancel into a restart.
         """
         if self.executor == "slurm":
-            return _classify_slurm(self.job_id, request, signal_delay_s)
+            reason = _classify_slurm(self.job_id, request, signal_delay_s)
+            if reason is not None:
+                return reason
+            # scontrol gave no answer: judge by the time since this process (the job's restart) began
+            elapsed = request.received_at - self.started_at
+            near_limit = (
+                time_limit_s is not None and elapsed >= time_limit_s - signal_delay_s - TIME_LIMIT_SLACK_S
+            )
+            log.warning("scontrol gave no answer for job %s; %.0f s into a %s s limit: calling the stop a %s",
+                        self.job_id, elapsed, time_limit_s, "timeout" if near_limit else "preemption")  # fmt: skip
+            return "timeout" if near_limit else "preempted"
         if self.executor == "local":
             timeout_s = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "inf"))
             delay_s = float(os.environ.get("SUBMITIT_LOCAL_SIGNAL_DELAY_S", "0"))
@@ -104,14 +114,13 @@ def _executor_kind() -> str:
     return "process"
 
 
-def _classify_slurm(job_id: str, request: StopRequest, delay_s: float) -> str:
+def _classify_slurm(job_id: str, request: StopRequest, delay_s: float) -> str | None:
     """Measured on Slurm 22.05 (docs/slurm.md): a preemption sets PreemptTime and moves EndTime to the
     end of the grace time; the time-limit warning leaves EndTime about ``delay_s`` (+ up to 30 s) ahead;
     at the time-limit kill Reason is TimeLimit; ``scancel`` moves EndTime to now with Reason None."""
     fields = slurm_job_fields(job_id)
     if fields is None:
-        log.warning("scontrol gave no answer for job %s; calling the stop a preemption", job_id)
-        return "preempted"
+        return None  # the caller judges by the time limit
     if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
         return "preempted"
     if request.signum == signal.SIGTERM:

@@ -371,7 +371,8 @@ class Session:
         if request is None:
             return "preempted"
         signal_delay_s = float(self.data.launch.get("signal_delay_s", 120))
-        return self.plan.context.classify(request, signal_delay_s)
+        time_min = self.data.launch.get("time_min")
+        return self.plan.context.classify(request, signal_delay_s, float(time_min) * 60 if time_min else None)
 
     # -- closing ------------------------------------------------------------------------------------
 
