@@ -211,3 +211,22 @@ def test_a_checkpoint_from_another_run_stops_the_job(workdir: Path, finished_run
     assert f"belongs to run '{theirs['run_uid']}'" in result.stderr
     assert tree_digest(finished_run / "checkpoints") == checkpoints
     assert manifest(finished_run)["status"] == "failed"
+
+
+def test_wandb_group_tags_job_type_and_notes_reach_every_process_of_the_run(workdir: Path) -> None:
+    """Flags (or the WANDB_* variables W&B honours, read once at creation) reach wandb.init in every
+    segment, read back from the offline .wandb files; a --resume may change them."""
+    run_dir = workdir / "run"
+    env = {"WANDB_RUN_GROUP": "from-env", "WANDB_NOTES": "notes from the environment"}
+    first = cli("submit", *FAST, "--executor", "debug", "--steps", "20", "--run-dir", str(run_dir), "--preemptions",
+                "1", "--wandb-tags", "a", "b", "--wandb-job-type", "train", cwd=workdir, **env)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    resumed = cli("submit", "--resume", str(run_dir), "--steps", "30", "--wandb-group", "ablation",
+                  cwd=workdir)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    segments = [s for s in wandb_history(run_dir) if s.run_id]
+    assert len(segments) == 3
+    for segment in segments[:2]:
+        assert (segment.group, segment.job_type, segment.tags) == ("from-env", "train", ("a", "b"))
+        assert segment.notes == "notes from the environment"
+    assert (segments[2].group, segments[2].tags) == ("ablation", ("a", "b"))  # changed on --resume, rest kept

@@ -142,6 +142,10 @@ class WandbSegment:
     summary: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
     preempting: bool = False
+    group: str | None = None
+    job_type: str | None = None
+    tags: tuple[str, ...] = ()
+    notes: str | None = None
 
 
 def _keys(item: _Item) -> list[str]:
@@ -231,6 +235,10 @@ def read_segment(path: str | Path) -> WandbSegment:
         summary=summary,
         exit_code=exit_code,
         preempting=preempting,
+        group=(run.run_group or None) if run else None,
+        job_type=(run.job_type or None) if run else None,
+        tags=tuple(run.tags) if run else (),
+        notes=(run.notes or None) if run else None,
     )
 
 
