@@ -76,7 +76,7 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(straight: Path
     run_dir = workdir / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trm_cluster.submit", *TWO_RANKS, "--wait", "--run-dir", str(run_dir),
-         "--step-delay-s", "0.02"],
+         "--step-delay-s", "0.02", "--no-wandb"],
         cwd=workdir, env=clean_env(TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="30"), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

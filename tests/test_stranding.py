@@ -58,7 +58,7 @@ def test_usr2_again_and_again_during_the_hand_over_still_requeues(workdir: Path)
     it and the run stayed "requeued" with no process. Here USR2 keeps coming every 10 ms until the
     process is gone, so every moment of that window is hit."""
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02")
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--no-wandb")
     pid = _open_segment_pid(run_dir)
     while not manifest(run_dir)["checkpoints"]:
         time.sleep(0.05)

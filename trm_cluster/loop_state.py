@@ -90,8 +90,12 @@ class RegisteredState:
                     f"run.restore({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
                     "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
                 )
-        self.state_dict()  # refuse what a checkpoint could not hold now, not at the first save
-        self.rank_state_dict()
+        # Refuse what a checkpoint could not hold now, not at the first save. Not a DataLoader's state:
+        # a StatefulDataLoader with workers starts them to answer state_dict(), and the iterator the
+        # loop then makes can wait forever on those workers (seen with torchdata 0.11).
+        for name, obj in {**self.objects, **self.per_rank}.items():
+            if name not in self.unsaved and not isinstance(obj, torch.utils.data.DataLoader):
+                check_loadable(_state_of(obj), name)
 
     def state_dict(self) -> dict[str, Any]:
         return self._states(self.objects)
