@@ -13,10 +13,12 @@ process's own (with two DataLoader workers, one batch of each)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,17 +55,21 @@ class Doctor:
 
 
 @pytest.fixture
-def doctor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Doctor:
-    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+def doctor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Doctor]:
+    # A short TMPDIR: DataLoader workers hand tensors over through an AF_UNIX socket made in TMPDIR,
+    # whose path may not pass 107 bytes (pytest-xdist's tmp_path is deep enough to pass it).
+    cwd, tmp = tmp_path / "cwd", Path(tempfile.mkdtemp(prefix="doctor-", dir="/tmp"))
     cwd.mkdir()
-    tmp.mkdir()
     for key in list(os.environ):
         if key.startswith(("WANDB_", "SUBMITIT_", "SLURM_")):
             monkeypatch.delenv(key)
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("TMPDIR", str(tmp))  # the runs' too, as a doctor started with TMPDIR=tmp gives them
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # tempfile caches the directory it found first
-    return Doctor(cwd, tmp, capsys)
+    yield Doctor(cwd, tmp, capsys)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _script(path: Path, body: str) -> Path:
