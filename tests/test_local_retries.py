@@ -17,7 +17,8 @@ PREEMPTIONS = 7  # one more than submitit's controller reruns a task
 def test_seven_preemptions_on_the_local_executor_complete(workdir: Path) -> None:
     run_dir = workdir / "run"
     steps = 2 * PREEMPTIONS + 1  # the fewest steps a rehearsal of 7 preemptions allows
-    args = ("--preset", "regression", "--no-wandb", "--executor", "local", "--wait")  # 8 processes: no wandb-core
+    # 8 processes: no wandb-core for each
+    args = ("--preset", "regression", "--no-wandb", "--executor", "local", "--wait")
     args += ("--preemptions", str(PREEMPTIONS), "--steps", str(steps), "--run-dir", str(run_dir))
     result = cli("submit", *args, cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
