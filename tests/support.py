@@ -200,3 +200,34 @@ def _journal(payload: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int | No
     if isinstance(journal, Mapping):
         return list(journal["rows"]), int(journal["complete_above"])
     return list(journal), None
+
+
+BOOKKEEPING_CONFIG = {"run": {"steps": 10}, "job": {}}
+
+
+def new_run(run_dir: Path, max_requeues: int = 3) -> Any:
+    """A real, fresh run manifest (``RunManifest``; no segment, no checkpoint) for bookkeeping tests."""
+    from trm_cluster.manifest import ManifestData, RunManifest, WandbInfo, config_hash
+
+    manifest = RunManifest(run_dir)
+    manifest.create(
+        ManifestData(
+            name=run_dir.name, run_uid="uid", workload="m:W", config=BOOKKEEPING_CONFIG,
+            config_hash=config_hash(BOOKKEEPING_CONFIG), total_steps=10,
+            wandb=WandbInfo(project="p", entity=None, run_id="abcd1234", mode="offline"),
+            max_requeues=max_requeues,
+        )
+    )  # fmt: skip
+    return manifest
+
+
+def this_process() -> Any:
+    """The ``JobContext`` of this (test) process, as a directly called job sees itself."""
+    import socket
+    import time
+
+    from trm_cluster.environment import JobContext
+
+    return JobContext(
+        "process", str(os.getpid()), None, 0, socket.gethostname(), os.getpid(), 0, 1, time.time()
+    )

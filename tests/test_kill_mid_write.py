@@ -6,6 +6,7 @@ version, an unpublished checkpoint is deleted, and the resumed run ends bit-iden
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,22 +36,30 @@ def _temps(directory: Path, name: str) -> list[Path]:
     return list(directory.glob(f".{name}.*.tmp"))
 
 
-def _kill_when(run_dir: Path, pause: str, ready: Callable[[], bool], cwd: Path) -> None:
-    """Train with ``pause`` in force and SIGKILL the process (debug executor: the trainer) once ready()."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trm_cluster.submit", *FAST, "--run-dir", str(run_dir)],
-        cwd=cwd, env=clean_env(**{PAUSE_ENV: pause}), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr and proc.stderr.read()}"
-            assert time.monotonic() < deadline, "the write to kill never started"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert wait_for_writers([proc.pid]) == []
+def _kill_inside(run_dir: Path, pause: str, inside: Callable[[], bool], cwd: Path) -> None:
+    """Train with ``pause`` (``name:seconds``) in force; SIGKILL the process (debug executor: the trainer)
+    once frozen (SIGSTOP) with inside() true. The pause is a window: one missed (a starved poller) is
+    tried again in a new run with a 4x longer one, so a slow machine makes this slower, never red."""
+    name, seconds = pause.rsplit(":", 1)
+    for attempt in range(3):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trm_cluster.submit", *FAST, "--run-dir", str(run_dir)], cwd=cwd,
+            env=clean_env(**{PAUSE_ENV: f"{name}:{float(seconds) * 4**attempt}"}), stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            while not inside() and proc.poll() is None:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGSTOP)  # frozen: what inside() sees now is what the kill leaves
+            caught, ended = inside(), proc.poll()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert wait_for_writers([proc.pid]) == []
+        assert ended in (None, 0), f"the run failed (exit code {ended}) before the write to kill"
+        if caught:
+            return
+    pytest.fail(f"never caught the process inside the paused write ({pause}, 3 runs)")
 
 
 def _resume_and_check(run_dir: Path, cwd: Path, reference: Path) -> None:
@@ -70,7 +79,9 @@ def _resume_and_check(run_dir: Path, cwd: Path, reference: Path) -> None:
 def test_killed_while_writing_a_checkpoint(workdir: Path, reference: Path) -> None:
     run_dir = workdir / "run"
     checkpoints = run_dir / "checkpoints"
-    _kill_when(run_dir, "step_000000150:60", lambda: bool(_temps(checkpoints, "step_000000150.pt")), workdir)
+    _kill_inside(
+        run_dir, "step_000000150:600", lambda: bool(_temps(checkpoints, "step_000000150.pt")), workdir
+    )
     assert [c["step"] for c in manifest(run_dir)["checkpoints"]] == [50, 100]  # 150 never published
     assert not (checkpoints / "step_000000150.pt").exists()
     _resume_and_check(run_dir, workdir, reference)
@@ -80,12 +91,13 @@ def test_killed_while_writing_the_manifest(workdir: Path, reference: Path) -> No
     """Killed while publishing checkpoint 150: the file is whole on disk, but the manifest never named it."""
     run_dir = workdir / "run"
     written = run_dir / "checkpoints" / "step_000000150.pt"
-    _kill_when(
-        run_dir,
-        "manifest.json:1.5",
-        lambda: written.exists() and bool(_temps(run_dir, "manifest.json")),
-        workdir,
-    )
+
+    def publishing_150() -> bool:  # the manifest write after checkpoint 150's file is its publication
+        if not (written.exists() and _temps(run_dir, "manifest.json")):
+            return False
+        return 150 not in [c["step"] for c in manifest(run_dir)["checkpoints"]]
+
+    _kill_inside(run_dir, "manifest.json:1.5", publishing_150, workdir)
     assert [c["step"] for c in manifest(run_dir)["checkpoints"]] == [50, 100]  # the old manifest, intact
     assert written.exists() and _temps(run_dir, "manifest.json")
     _resume_and_check(run_dir, workdir, reference)

@@ -88,7 +88,7 @@ def test_sigkill_then_resume_closes_segment_as_killed_and_never_logs_a_step_twic
     proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
     pid = _wait_for_segment(run_dir, min_step=0)
     _wait_for_checkpoint(run_dir, 100)
-    time.sleep(0.5)  # log a few steps past the checkpoint before dying
+    _wait_for_printed_step(proc, run_dir, 110)  # rows 101..110 logged past the checkpoint before dying
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, out + err  # the job died: --wait reports failure
@@ -98,8 +98,12 @@ def test_sigkill_then_resume_closes_segment_as_killed_and_never_logs_a_step_twic
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
-    assert data["segments"][1]["start_step"] == data["segments"][0]["end_step"] >= 100
-    assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))
+    resume_step = data["segments"][1]["start_step"]
+    assert resume_step == data["segments"][0]["end_step"] >= 100
+    first = assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))[0]
+    # the case this test is named after was reached: the killed segment's W&B file holds steps past the
+    # checkpoint the resume starts from, which the resumed process then must not log again
+    assert max(first.steps) > resume_step, (max(first.steps), resume_step)
 
 
 def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(workdir: Path) -> None:
@@ -159,6 +163,21 @@ def _wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 120) -> None
     raise TimeoutError(f"no checkpoint at step {step}")
 
 
+def _printed_step(run_dir: Path) -> int:
+    """The last step the open segment's job printed (after logging its row; 0 before any)."""
+    log = run_dir / "logs" / f"{manifest(run_dir)['segments'][-1]['job_id']}_0_log.out"
+    lines = log.read_text().split("\n")[:-1] if log.exists() else []  # whole lines only
+    steps = [int(line.split()[2].split("/")[0]) for line in lines if line.startswith("[trm_cluster] step ")]
+    return steps[-1] if steps else 0
+
+
+def _wait_for_printed_step(proc: subprocess.Popen[str], run_dir: Path, step: int) -> None:
+    """Until the job printed ``step`` (its W&B row logged): an event, however slow the machine."""
+    while _printed_step(run_dir) < step:
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()}"
+        time.sleep(0.02)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -208,7 +227,7 @@ def test_wandb_core_killed_by_sigterm_does_not_stop_training_or_lose_rows(workdi
     assert cores, "no wandb-core child found"
     for core in cores:
         os.kill(core, signal.SIGTERM)
-    time.sleep(0.5)  # the job logs a few rows into the void
+    _wait_for_printed_step(proc, run_dir, _printed_step(run_dir) + 5)  # the job logs a few rows into the void
     os.kill(pid, signal.SIGUSR2)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err

@@ -8,8 +8,10 @@ failure): the next process closes it as ``killed``, at the last moment known to 
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from datetime import datetime
+from pathlib import Path
 
 from .environment import JobContext
 from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
@@ -68,16 +70,42 @@ def refuse_if_alive(segment: Segment, context: JobContext) -> None:
     """Refuse to train a run whose open segment's process still lives on this host."""
     if segment.host != context.host or segment.pid == context.pid:
         return
+    if _still_running(segment):
+        raise ManifestError(
+            f"run is already being trained by pid {segment.pid} on {segment.host} (segment {segment.index}); "
+            "refusing to train it twice"
+        )
+
+
+START_SLACK_S = 1.0
+"""How much later than the segment's ``start_time`` its process may seem to have started (``/proc``
+counts in clock ticks from boot; the segment is opened seconds after its process started)."""
+
+
+def _still_running(segment: Segment) -> bool:
+    """Whether the segment's own process is alive: its pid exists, is no zombie, is ours (same uid) and
+    started before the segment did. A pid reused by a later process, or by another user's, is not it
+    (counted as alive, it would strand the run: every requeue on this node refused). Without ``/proc``
+    only the pid and the uid (``PermissionError``) can tell."""
     try:
         os.kill(segment.pid, 0)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        pass
-    raise ManifestError(
-        f"run is already being trained by pid {segment.pid} on {segment.host} (segment {segment.index}); "
-        "refusing to train it twice"
-    )
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process
+        return False
+    try:
+        owner = os.stat(f"/proc/{segment.pid}").st_uid
+        fields = Path(f"/proc/{segment.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        return not os.path.isdir("/proc")  # no /proc: the pid exists; /proc without it: it just ended
+    state, ticks = fields[0], int(fields[19])
+    started = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    if state in ("Z", "X") or owner != os.geteuid():
+        return False
+    try:
+        opened = datetime.fromisoformat(segment.start_time).timestamp()
+    except ValueError:
+        return True  # an unreadable start time: the pid, alive and ours, is all we know
+    return started <= opened + START_SLACK_S
 
 
 def close_segment(

@@ -1,0 +1,46 @@
+"""A SIGKILLed trainer's wandb-core lives on for a moment, flushing into its .wandb file: the next
+process must read the W&B watermark only once it is gone (``WandbTracker.start(killed=...)``)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import wandb  # noqa: F401  # imported here, not in start(): its import outlasts the writer, hiding a skipped wait
+from support import new_run
+
+from trm_cluster import wandb_files  # the same: start() imports it before the wait
+from trm_cluster.manifest import Segment, utc_now
+from trm_cluster.tracking import WandbTracker
+
+WRITER = """
+import sys, time
+with open(sys.argv[1], "a") as out:
+    for row in range(20):  # ~1 s of rows, then the last flush, then exit
+        print(row, file=out, flush=True)
+        time.sleep(0.05)
+    print("flushed", file=out, flush=True)
+"""
+
+
+def test_start_waits_until_a_killed_processs_wandb_core_is_gone(tmp_path: Path) -> None:
+    trainer = subprocess.Popen(["true"])
+    trainer.wait()  # the killed trainer: its pid is dead, its segment open
+    core = tmp_path / "wandb-core"  # what wandb_files.live_writers recognizes: argv[0] wandb-core*, --pid
+    core.symlink_to(sys.executable)
+    rows = tmp_path / "rows"
+    writer = subprocess.Popen([str(core), "-c", WRITER, str(rows), "--pid", str(trainer.pid)])
+    try:
+        assert wandb_files.live_writers([trainer.pid]) == [writer.pid]
+        data = new_run(tmp_path / "run").read()
+        data.wandb.mode = "disabled"
+        killed = Segment(0, "1", None, 0, socket.gethostname(), trainer.pid, "local", utc_now(), 0)
+        tracker = WandbTracker.start(data, tmp_path / "run", quiet=True, killed=killed)
+        assert writer.poll() is not None, "start() returned while the killed process's wandb-core wrote"
+        assert rows.read_text().endswith("19\nflushed\n")
+        tracker.finish(preempting=False)
+    finally:
+        writer.kill()
+        writer.wait()
