@@ -98,6 +98,35 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(straight: Path
     assert_same_state(_rank_part(straight, 1), _rank_part(run_dir, 1), ignore=RANK_IDENTITY)
 
 
+def test_a_frozen_rank_does_not_hold_the_job_forever(workdir: Path) -> None:
+    """A rank stopped by SIGSTOP never answers and never exits by itself: rank 0's next collective times
+    out (``TRM_CLUSTER_COLLECTIVE_TIMEOUT_S``), it records the failure, and the controller then ends the
+    frozen rank as ``srun --kill-on-bad-exit`` would. Nothing is left running. (No ``--wait``: the job
+    must end by itself, as it does on Slurm.)"""
+    run_dir = workdir / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", *TWO_RANKS, "--run-dir", str(run_dir), "--steps", "100000",
+         "--step-delay-s", "0.02", "--no-wandb"],
+        cwd=workdir, env=clean_env(TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="5", TRM_CLUSTER_KILL_ON_BAD_EXIT_S="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rank0 = _wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
+    controller = int(manifest(run_dir)["launch"]["job_id"])
+    (rank1,) = [pid for pid in _task_pids(controller) if pid != rank0]
+    os.kill(rank1, signal.SIGSTOP)
+    try:  # the controller (a child of submit, gone by now) holds the pipes until it ends
+        out, err = proc.communicate(timeout=300)
+    finally:
+        frozen = _running(rank1)
+        if frozen:
+            os.kill(rank1, signal.SIGKILL)
+    assert not frozen and not _running(controller)
+    assert "ending the 1 left (as srun --kill-on-bad-exit)" in err, out + err
+    failed = manifest(run_dir)
+    assert failed["status"] == "failed" and failed["segments"][0]["end_reason"] == "failed"
+    assert "stalled" in failed["segments"][0]["message"]
+
+
 def test_another_number_of_ranks_is_refused_then_allowed(straight: Path, workdir: Path) -> None:
     run_dir = workdir / "copy"
     subprocess.run(["cp", "-r", str(straight), str(run_dir)], check=True)
@@ -118,6 +147,14 @@ def test_another_number_of_ranks_is_refused_then_allowed(straight: Path, workdir
     assert {"world_size": [2, 1]} in [c["changes"] for c in data["config_changes"]]
     # the W&B config of the new segment says so, as for any other change made on resume
     assert wandb_history(run_dir)[-1].config.get("world_size_modified") is True
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def _task_pids(controller: int) -> list[int]:

@@ -45,6 +45,8 @@ def test_dry_run_prints_the_sbatch_script_and_writes_nothing(workdir: Path) -> N
     ]:  # fmt: skip
         assert line in out, line
     assert f"{workdir}/runs/x/logs/%j_0_log.out" in out
+    (srun,) = [line for line in out.splitlines() if line.startswith("srun ")]
+    assert "--kill-on-bad-exit=1" in srun.split()  # two tasks (one per GPU): a failed rank ends the step
     assert '"steps": 77' in out
     assert not (workdir / "runs").exists()
 

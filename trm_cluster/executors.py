@@ -126,6 +126,8 @@ def slurm_parameters(options: ExecutorOptions) -> dict[str, Any]:
         "constraint": options.constraint,
     }
     params = {k: v for k, v in params.items() if v is not None}
+    if options.nodes * options.tasks > 1:  # a failed rank ends the step: a frozen peer cannot hold the job
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if options.sbatch:
         params["additional_parameters"] = options.extra_sbatch()
     return params
@@ -150,19 +152,9 @@ def make_executor(kind: str, options: ExecutorOptions, folder: Path) -> submitit
     raise ValueError(f"unknown executor {kind!r} (auto, slurm, local, debug)")
 
 
-LOCAL_CONTROLLER = (
-    "import pathlib, sys; from submitit.local.local import Controller; "
-    "Controller(pathlib.Path(sys.argv[1])).run(max_retry=sys.maxsize)"
-)
-"""The local controller process: submitit's ``python -m submitit.local._local FOLDER`` without its cap.
-
-submitit's entry point runs ``Controller.run()`` with its default ``max_retry=6``, so a task that requeues
-(exit code 144) a seventh time is not rerun and the run ends ``requeued`` where Slurm would requeue it
-again. Everything else is submitit's Controller: the tasks, their logs, USR2 before the time limit, SIGINT
-then SIGKILL at it, the job id (this process's pid). A task exiting with any other code is not rerun;
-timeouts are bounded by the manifest's requeue budget, preemptions are not (as on Slurm). Inline code
-rather than a module of ours: ``-m trm_cluster...`` would import the package (torch, wandb) into a process
-that lives as long as the job."""
+LOCAL_CONTROLLER = Path(__file__).with_name("local_controller.py")
+"""The local controller process's script (see its docstring): submitit's Controller with Slurm's requeue
+count and ``srun --kill-on-bad-exit``."""
 
 
 class LocalExecutor(submitit.LocalExecutor):
@@ -216,7 +208,12 @@ def start_controller(
         CUDA_VISIBLE_DEVICES=cuda_devices,
         SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
     )
-    controller = [sys.executable, "-c", LOCAL_CONTROLLER, str(folder)]
+    controller = [
+        sys.executable,
+        "-P",
+        str(LOCAL_CONTROLLER),
+        str(folder),
+    ]  # -P: not trm_cluster/ on sys.path
     if setup:  # the controller then takes the shell's pid as the job id, as submitit's does
         return subprocess.Popen(" && ".join([*setup, shlex.join(controller)]), shell=True, env=env)
     return subprocess.Popen(controller, env=env)
