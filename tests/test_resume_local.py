@@ -21,6 +21,7 @@ from support import (
     cli,
     manifest,
     status_json,
+    wandb_history,
 )
 
 from trm_cluster.tracking import FINISH_TIMEOUT_ENV, finish_timeout_s
@@ -85,10 +86,11 @@ def test_sigterm_saves_at_the_next_step_and_requeues(workdir: Path) -> None:
 
 def test_sigkill_then_resume_closes_segment_as_killed_and_never_logs_a_step_twice(workdir: Path) -> None:
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
+    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", "--steps", "300",
+                  "--checkpoint-every", "100")  # fmt: skip
     pid = _wait_for_segment(run_dir, min_step=0)
     _wait_for_checkpoint(run_dir, 100)
-    _wait_for_printed_step(proc, run_dir, 110)  # rows 101..110 logged past the checkpoint before dying
+    ahead = _freeze_with_wandb_ahead_of_the_checkpoint(proc, pid, run_dir)
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, out + err  # the job died: --wait reports failure
@@ -99,11 +101,30 @@ def test_sigkill_then_resume_closes_segment_as_killed_and_never_logs_a_step_twic
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
     resume_step = data["segments"][1]["start_step"]
-    assert resume_step == data["segments"][0]["end_step"] >= 100
-    first = assert_one_continuous_wandb_run(run_dir, list(range(1, 201)))[0]
+    assert resume_step == data["segments"][0]["end_step"] == ahead[1]
+    first = assert_one_continuous_wandb_run(run_dir, list(range(1, 301)))[0]
     # the case this test is named after was reached: the killed segment's W&B file holds steps past the
     # checkpoint the resume starts from, which the resumed process then must not log again
-    assert max(first.steps) > resume_step, (max(first.steps), resume_step)
+    assert max(first.steps) >= ahead[0] > resume_step
+
+
+def _freeze_with_wandb_ahead_of_the_checkpoint(
+    proc: subprocess.Popen[str], pid: int, run_dir: Path
+) -> tuple[int, int]:
+    """Until the trainer's W&B file holds a step past its newest checkpoint (wandb-core writes its file
+    late, by tens of steps on a loaded machine); then freeze the trainer (SIGSTOP), so that no checkpoint
+    can follow, and return (W&B step on disk, checkpoint step)."""
+    while True:
+        assert proc.poll() is None, f"the run ended first: {proc.communicate()}"
+        checkpoint = manifest(run_dir)["checkpoints"][-1]["step"]
+        segments = wandb_history(run_dir)
+        logged = max(segments[-1].steps, default=0) if segments else 0
+        if logged > checkpoint:
+            os.kill(pid, signal.SIGSTOP)
+            if manifest(run_dir)["checkpoints"][-1]["step"] == checkpoint:
+                return logged, checkpoint
+            os.kill(pid, signal.SIGCONT)  # a checkpoint was published meanwhile: look again
+        time.sleep(0.05)
 
 
 def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(workdir: Path) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +62,27 @@ def test_a_forked_child_neither_dies_nor_acts_on_the_signal(worker_init: bool) -
         assert signals.request is None  # the parent was not asked to stop
     finally:
         signals.restore()
+
+
+STARTING_JOB = """
+import os, signal
+import trm_cluster  # what unpickling the job imports first, before submitit installs its handlers
+os.kill(os.getpid(), signal.SIGUSR2)  # a preemption while the job's modules still import
+os.kill(os.getpid(), signal.SIGTERM)
+from trm_cluster.signals import StopSignals
+stops = StopSignals()
+stops.install()  # the loop's own handlers: the early request is now the loop's
+print(stops.request.name if stops.request else None)
+"""
+
+
+def test_a_stop_signal_while_a_job_starts_is_kept_for_its_first_step_boundary(tmp_path: Path) -> None:
+    """In a submitit job (``SUBMITIT_FOLDER`` set) the package defers USR2/TERM from its import on, so a
+    signal before submitit's handlers exist neither kills the task unrequeued nor is lost; outside a job
+    the package leaves the default action alone (here: the process dies of the signal)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUBMITIT_")}
+    job = subprocess.run([sys.executable, "-c", STARTING_JOB], env={**env, "SUBMITIT_FOLDER": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (job.returncode, job.stdout.strip()) == (0, "SIGUSR2"), job.stderr
+    plain = subprocess.run([sys.executable, "-c", STARTING_JOB], env=env, capture_output=True, timeout=120)
+    assert plain.returncode == -signal.SIGUSR2

@@ -13,6 +13,7 @@ imports a submodule does not pay for torch and the rest.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ __all__ = [
     "session",
 ]
 __version__ = "0.1.0"
+
+if "SUBMITIT_FOLDER" in os.environ:  # a submitit job importing its modules: a stop signal must not kill it
+    from .signals import defer_at_startup
+
+    defer_at_startup()
 
 
 def __getattr__(name: str) -> Any:

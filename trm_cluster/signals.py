@@ -35,6 +35,32 @@ class StopRequest:
         return signal.Signals(self.signum).name
 
 
+STARTUP: list[StopRequest] = []
+"""A stop request that arrived while the job's process was still starting (see :func:`defer_at_startup`)."""
+
+
+def defer_at_startup() -> None:
+    """Record stop signals that arrive while a submitit job's process imports its modules.
+
+    submitit installs its handlers only after it has unpickled the job, which imports the job's modules
+    (torch, wandb: seconds, many on a loaded node). A preemption or time-limit signal in that window
+    would meet the default action, "terminate": the task dies unrequeued and Slurm marks the job FAILED.
+    Called when the package is imported inside a job; :meth:`StopSignals.install` takes the request over,
+    so the job saves and requeues at its first step boundary. Only handlers still at the default change.
+    """
+    for signum in dict.fromkeys((preempt_signal(), signal.SIGTERM)):
+        try:
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, _record_at_startup)
+        except ValueError:  # imported outside the main thread: only the main thread sets handlers
+            return
+
+
+def _record_at_startup(signum: int, frame: FrameType | None) -> None:
+    if not STARTUP:
+        STARTUP.append(StopRequest(signum, time.time()))
+
+
 class StopSignals:
     """Record stop requests (the preemption signal and SIGTERM) instead of acting on them."""
 
@@ -49,6 +75,8 @@ class StopSignals:
         self._owner_pid = os.getpid()
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._record)
+        if STARTUP and self.request is None:  # the signal that came while the process was starting
+            self.request = STARTUP.pop()
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
