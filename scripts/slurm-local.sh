@@ -16,6 +16,8 @@
 #   TRM_SLURM_GRACE_TIME     GraceTime of the preemptible `gpu` partition, seconds (default 30)
 #   TRM_SLURM_CRED_EXPIRE    munge cred_expire, seconds; a requeued job restarts after this + 1 s (default 10)
 #   TRM_SLURM_WAIT_S         bound on each wait during start/stop, seconds (default 60)
+#   TRM_SLURM_NODES          node names on this host (default 1: the host's own name). N > 1: nodes n1..nN,
+#                            one slurmd each (`slurmd -N`), n2.. listening on PORT_BASE+4.. ; for --nodes N jobs
 set -euo pipefail
 
 DIR=${TRM_SLURM_DIR:-/tmp/trm-slurm}
@@ -23,6 +25,7 @@ PORT_BASE=${TRM_SLURM_PORT_BASE:-6817}
 GRACE_TIME=${TRM_SLURM_GRACE_TIME:-30}
 CRED_EXPIRE=${TRM_SLURM_CRED_EXPIRE:-10}
 WAIT_S=${TRM_SLURM_WAIT_S:-60}
+NODES=${TRM_SLURM_NODES:-1}
 CLUSTER=trm
 
 CTLD_PORT=$PORT_BASE
@@ -55,6 +58,19 @@ declare -A LOGFILE=(
   [munged]=$LOG/munged.log [mariadbd]=$LOG/mariadbd.log [slurmdbd]=$LOG/slurmdbd.log
   [slurmctld]=$LOG/slurmctld.log [slurmd]=$LOG/slurmd.log
 )
+# Several node names: one slurmd per node, "slurmd@nI" (binary slurmd), with %n (node name) in its files.
+SLURMDS=(slurmd)
+if [[ $NODES != 1 ]]; then
+  [[ $NODES =~ ^[1-9][0-9]?$ ]] || { printf 'slurm-local: ERROR: TRM_SLURM_NODES=%s is not 1-99\n' "$NODES" >&2; exit 2; }
+  DAEMONS=(munged mariadbd slurmdbd slurmctld)
+  SLURMDS=()
+  for ((i = 1; i <= NODES; i++)); do
+    SLURMDS+=("slurmd@n$i")
+    PIDFILE[slurmd@n$i]=$RUN/slurmd-n$i.pid
+    LOGFILE[slurmd@n$i]=$LOG/slurmd-n$i.log
+  done
+  DAEMONS+=("${SLURMDS[@]}")
+fi
 
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 
@@ -73,7 +89,7 @@ proc_live() {
 
 # pid_of NAME -> prints the pid if the pidfile names a live process running that daemon's binary.
 pid_of() {
-  local name=$1 file=${PIDFILE[$1]} pid exe
+  local name=${1%@*} file=${PIDFILE[$1]} pid exe
   [[ -s $file ]] || return 1
   pid=$(tr -dc '0-9' <"$file")
   [[ -n $pid ]] && proc_live "$pid" || return 1
@@ -184,6 +200,23 @@ write_config() {
   [[ $node_line == NodeName=* ]] || die "unexpected output from 'slurmd -C': $node_line"
   local node=${node_line%% *}
   node=${node#NodeName=}
+  local spool=$DIR/state/slurmd slurmd_pid=${PIDFILE[slurmd]} slurmd_log=${LOGFILE[slurmd]}
+  local node_lines="$node_line Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN" gres_nodes=$node
+  NODE_NAMES=("$node")
+  if ((NODES > 1)); then
+    # One host, several node names: each slurmd (`slurmd -N nI`) has its own port and files (%n).
+    spool=$DIR/state/slurmd-%n slurmd_pid=$RUN/slurmd-%n.pid slurmd_log=$LOG/slurmd-%n.log
+    node_lines= gres_nodes=n[1-$NODES] NODE_NAMES=()
+    local i port
+    for ((i = 1; i <= NODES; i++)); do
+      port=$SLURMD_PORT
+      ((i == 1)) || port=$((PORT_BASE + 2 + i))
+      node_lines+="NodeName=n$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$port ${node_line#* } Gres=gpu:2 State=UNKNOWN"$'\n'
+      NODE_NAMES+=("n$i")
+      mkdir -p "$DIR/state/slurmd-n$i"
+    done
+    node_lines=${node_lines%$'\n'}
+  fi
 
   mkdir -p "$DIR" "$ETC" "$RUN" "$LOG" "$MUNGE_DIR" "$MUNGE_SOCK_DIR" "$GPU_DIR" \
     "$DIR/state/slurmctld" "$DIR/state/slurmd"
@@ -208,11 +241,11 @@ CredType=cred/munge
 # cred_expire: a requeued job waits cred_expire + 1 s before it can start again (default 120).
 AuthInfo=socket=$MUNGE_SOCK,cred_expire=$CRED_EXPIRE
 StateSaveLocation=$DIR/state/slurmctld
-SlurmdSpoolDir=$DIR/state/slurmd
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=${PIDFILE[slurmctld]}
-SlurmdPidFile=${PIDFILE[slurmd]}
+SlurmdPidFile=$slurmd_pid
 SlurmctldLogFile=${LOGFILE[slurmctld]}
-SlurmdLogFile=${LOGFILE[slurmd]}
+SlurmdLogFile=$slurmd_log
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$ETC/plugstack.conf
@@ -241,7 +274,7 @@ AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$MUNGE_SOCK
 JobCompType=jobcomp/none
 GresTypes=gpu
-$node_line Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN
+$node_lines
 PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE_TIME
 PartitionName=urgent Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
@@ -249,7 +282,7 @@ EOF
 
   cat >"$ETC/gres.conf" <<EOF
 AutoDetect=off
-NodeName=$node Name=gpu File=$GPU_DIR/nvidia[0-1]
+NodeName=$gres_nodes Name=gpu File=$GPU_DIR/nvidia[0-1]
 EOF
   : >"$ETC/plugstack.conf"
 
@@ -278,7 +311,7 @@ EOF
   )
   chmod 600 "$ETC/slurmdbd.conf"
   write_env
-  NODE=$node
+  NODE=$(IFS=,; echo "${NODE_NAMES[*]}")
 }
 
 # ---------------------------------------------------------------------------------------------- daemons
@@ -352,29 +385,44 @@ start_slurmctld() {
 }
 
 start_slurmd() {
-  alive slurmd && return 0
-  rm -f "${PIDFILE[slurmd]}"
-  slurmd -f "$CONF" </dev/null >>"${LOGFILE[slurmd]}" 2>&1 || fail_start "slurmd did not start"
+  local d args
+  for d in "${SLURMDS[@]}"; do
+    alive "$d" && continue
+    args=(-f "$CONF")
+    [[ $d == *@* ]] && args+=(-N "${d#*@}")
+    rm -f "${PIDFILE[$d]}"
+    slurmd "${args[@]}" </dev/null >>"${LOGFILE[$d]}" 2>&1 || fail_start "$d did not start"
+  done
 }
 
-node_state() { sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | head -n 1; }
+all_slurmds_alive() {
+  local d
+  for d in "${SLURMDS[@]}"; do alive "$d" || return 1; done
+}
+
+node_state() { sinfo -h -N -n "${1:-$NODE}" -o '%T' 2>/dev/null | head -n 1; }
 
 node_up() {
   # idle, or busy with jobs recovered from a previous run; never down/drained/not responding (`*`).
-  [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]
+  [[ $(node_state "$1") =~ ^(idle|mixed|allocated|completing)$ ]]
 }
 
 wait_node() {
-  local deadline=$((SECONDS + WAIT_S)) resumed=0 st
-  while ! node_up; do
-    alive slurmd || fail_start "slurmd exited (node state: $(node_state))"
-    st=$(node_state)
+  local n
+  for n in "${NODE_NAMES[@]}"; do wait_one_node "$n"; done
+}
+
+wait_one_node() {
+  local node=$1 deadline=$((SECONDS + WAIT_S)) resumed=0 st
+  while ! node_up "$node"; do
+    all_slurmds_alive || fail_start "slurmd exited (node state: $(node_state "$node"))"
+    st=$(node_state "$node")
     # A node left down/drained by an earlier run: slurmd is up and registered, so resume it once.
     if ((!resumed)) && [[ $st =~ ^(down|drained|draining)$ ]] && ((SECONDS + WAIT_S - deadline > 5)); then
-      scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true
+      scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true
       resumed=1
     fi
-    ((SECONDS < deadline)) || fail_start "node $NODE is '$st', not idle, after ${WAIT_S}s"
+    ((SECONDS < deadline)) || fail_start "node $node is '$st', not idle, after ${WAIT_S}s"
     sleep 0.2
   done
 }
@@ -396,7 +444,8 @@ cmd_start() {
   start_slurmctld
   start_slurmd
   wait_node
-  say "started in $((SECONDS - t0))s: node $NODE is $(node_state); logs in $LOG"
+  local states=$(for n in "${NODE_NAMES[@]}"; do node_state "$n"; done | sort -u | paste -sd/)
+  say "started in $((SECONDS - t0))s: node $NODE is $states; logs in $LOG"
   sinfo >&2
   say "use it with: eval \"\$($0 env)\"   (or: source $ENV_FILE)"
   cat "$ENV_FILE"
@@ -433,7 +482,7 @@ cmd_stop() {
     return 0
   fi
   # Cancel this private cluster's jobs so that no job steps outlive slurmd.
-  if alive slurmctld && alive slurmd; then
+  if alive slurmctld && all_slurmds_alive; then
     local jobs
     jobs=$(squeue -h -o '%A' 2>/dev/null | tr '\n' ' ')
     if [[ -n ${jobs// /} ]]; then
@@ -445,7 +494,7 @@ cmd_stop() {
   fi
   say "stopping (TRM_SLURM_DIR=$DIR)"
   local d
-  for d in slurmd slurmctld slurmdbd mariadbd munged; do stop_daemon "$d"; done
+  for d in "${SLURMDS[@]}" slurmctld slurmdbd mariadbd munged; do stop_daemon "$d"; done
   say "stopped"
 }
 

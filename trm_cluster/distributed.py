@@ -17,6 +17,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
+import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,33 @@ def collective_timeout_s() -> float:
                     DEFAULT_COLLECTIVE_TIMEOUT_S)  # fmt: skip
         return DEFAULT_COLLECTIVE_TIMEOUT_S
     return value
+
+
+def master_address(node: str) -> str:
+    """Where rank 0 listens: the first node's name when it resolves, else Slurm's ``NodeAddr`` for it.
+
+    submitit takes the name from SLURM_JOB_NODELIST, but a Slurm node name need not be a host name
+    (``NodeName=n1 NodeAddr=10.0.0.7``; two node names on one host): then every rank would retry a
+    name that cannot resolve until the collective timeout.
+    """
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except (socket.gaierror, UnicodeError):
+        pass
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "node", "-o", node], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("master node %r does not resolve and scontrol failed: %s", node, error)
+        return node
+    found = re.search(r"\bNodeAddr=(\S+)", shown.stdout)
+    if not found:
+        log.warning("master node %r does not resolve and Slurm has no NodeAddr for it", node)
+        return node
+    log.info("master node %r does not resolve: using its Slurm NodeAddr %s", node, found.group(1))
+    return found.group(1)
 
 
 @dataclass
@@ -72,7 +102,10 @@ class Ranks:
             return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
         import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        env = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
+        os.environ["MASTER_ADDR"] = master_address(env.master_addr)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
