@@ -449,7 +449,9 @@ class Session:
             )
             message += "another rank may have died or stalled)"
         try:
-            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", message)
+            in_loop = self._state in ("looping", "done") and not isinstance(error, UsageError | StateError)
+            step = self.step if in_loop and not killed else None  # only these may be retried (retries.py)
+            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", message, step)
         except Exception as manifest_error:  # the original error matters more
             log.error("could not record the failure in the manifest: %s", manifest_error)
 

@@ -79,6 +79,8 @@ class Segment:
     signal: str | None = None
     message: str | None = None
     wandb_dir: str | None = None
+    failed_step: int | None = None
+    """The step whose exception ended this segment (None: it did not fail inside the loop)."""
 
 
 @dataclass

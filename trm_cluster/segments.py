@@ -141,16 +141,30 @@ def close_segment(
         return allowed
 
 
-def fail_segment(manifest: RunManifest, index: int, reason: str, error: BaseException | str) -> None:
-    """Close the segment as failed (or killed); the manifest must say so even if this process dies."""
-    message = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
+TRACEBACK_LINES = 12
+"""How much of a failure's traceback the manifest keeps: its last lines, where the cause is named."""
+
+
+def fail_segment(
+    manifest: RunManifest, index: int, reason: str, error: BaseException | str, step: int | None = None
+) -> None:
+    """Close the segment as failed (or killed); the manifest must say so even if this process dies.
+
+    ``step``: the step whose exception this is (a failure inside the loop, which may be retried)."""
+    message = error if isinstance(error, str) else traceback_tail(error)
     with manifest.update() as data:
         segment = data.segments[index]
         if segment.end_reason is None:
             segment.end_time, segment.end_step, segment.end_reason = utc_now(), data.step, reason
             segment.message = message[-2000:]
+            segment.failed_step = step
         if data.status != "requeued":
             data.status = "failed"
+
+
+def traceback_tail(error: BaseException) -> str:
+    lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
+    return "\n".join(lines[-TRACEBACK_LINES:])
 
 
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:
