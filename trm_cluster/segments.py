@@ -7,6 +7,7 @@ failure): the next process closes it as ``killed``, at the last moment known to 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -16,6 +17,8 @@ from pathlib import Path
 from .environment import JobContext
 from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
 from .signals import StopRequest
+
+log = logging.getLogger(__name__)
 
 
 def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | None = None) -> Segment:
@@ -165,6 +168,17 @@ def fail_segment(
 def traceback_tail(error: BaseException) -> str:
     lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
     return "\n".join(lines[-TRACEBACK_LINES:])
+
+
+def record_failed_save(manifest: RunManifest, index: int, step: int, error: BaseException) -> None:
+    """Note a checkpoint that could not be written on the open segment (best effort: the disk may be full)."""
+    note = f"checkpoint at step {step} not written: {type(error).__name__}: {error}"
+    try:
+        with manifest.update() as data:
+            segment = data.segments[index]
+            segment.message = (f"{segment.message}\n{note}" if segment.message else note)[-2000:]
+    except (OSError, ManifestError) as manifest_error:
+        log.error("could not record the failed checkpoint in the manifest either: %s", manifest_error)
 
 
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:
