@@ -31,7 +31,7 @@ def fsync_directory(directory: Path) -> None:
 @contextlib.contextmanager
 def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
     """Yield a file to write; on clean exit it atomically becomes ``target``; on error it vanishes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -45,6 +45,20 @@ def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(target.parent)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose new folders no group or other user can write, whatever the umask (a
+    world-writable run folder would let anyone swap a checkpoint or the manifest)."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            folder.mkdir()  # 0o777 less the umask; then never group or world write
+            folder.chmod(folder.stat().st_mode & 0o7777 & ~0o022)
 
 
 def stale_temp_files(target: Path) -> list[Path]:

@@ -47,6 +47,9 @@ class ExecutorOptions:
     """Seconds before the time limit at which the job is warned (USR2): longer than a save takes."""
     max_requeues: int = 20
     """Requeues after a time limit before the run gives up; preemptions are not counted."""
+    max_failures: int = 3
+    """Tries of one step: an exception in a step is retried from the last checkpoint until the same
+    step has failed this many times in a row; then the run stops as failed (1: never retried)."""
     allow_world_size_change: bool = False
     """Resume with another number of ranks than the checkpoint's: model and optimizer are restored, the
     per-rank RNG streams re-derived (recorded as a config change; no longer an exact continuation)."""
@@ -79,6 +82,8 @@ class ExecutorOptions:
             raise ValueError(
                 "the debug executor runs one process (in this one); use --executor local for ranks"
             )
+        if self.max_failures < 1:
+            raise ValueError(f"--max-failures must be >= 1, got {self.max_failures}")
         if self.max_requeues < 0:
             raise ValueError(f"--max-requeues must be >= 0, got {self.max_requeues}")
         for item in self.sbatch:

@@ -25,6 +25,7 @@ import submitit
 from .environment import JobContext
 from .loop_session import Session
 from .manifest import RunManifest
+from .retries import after_failure
 from .session_plan import EXIT_STOPPED, SegmentEnded, SegmentOutcome, SessionPlan, stop_after_from_env
 from .signals import StopSignals, preempt_signal
 from .state import seed_everything
@@ -63,6 +64,10 @@ class SegmentedJob(submitit.helpers.Checkpointable):
                 return self.run_segment(plan)
             except SegmentEnded as ended:
                 outcome, signals = ended.outcome, ended.signals
+            except Exception:
+                if not self._retry_after_failure(context):
+                    raise
+                continue  # the next segment, in this process, from the newest checkpoint
             if outcome.rehearsed:  # the requeued process (this object, pickled again) rehearses the rest
                 self.preempt_at = self.preempt_at[1:]
             self._after_stop(outcome, context, signals)
@@ -70,6 +75,23 @@ class SegmentedJob(submitit.helpers.Checkpointable):
     def run_segment(self, plan: SessionPlan) -> dict[str, Any]:
         """Run one segment; return the run's summary when it completes (a stop raises SegmentEnded)."""
         raise NotImplementedError
+
+    def _retry_after_failure(self, context: JobContext) -> bool:
+        """Whether a step that raised is tried again (retries.py); rank 0 of a single-rank run decides.
+
+        With several ranks the failure ends the job (their process group cannot be rebuilt in place)."""
+        if context.world_size > 1 or not RunManifest(self.run_dir).exists():
+            return False
+        data = RunManifest(self.run_dir).read()
+        if (
+            not data.segments
+            or data.segments[-1].end_reason != "failed"
+            or data.segments[-1].pid != context.pid
+        ):
+            return False  # this process never opened a segment (refused start): nothing to retry
+        decision = after_failure(self.run_dir)
+        _say(False, decision.console_line(self.run_dir))
+        return decision.retry
 
     def _after_stop(self, outcome: SegmentOutcome, context: JobContext, signals: StopSignals) -> None:
         if not context.is_rank_zero:  # rank 0 requeues the job (every task of it); the others just leave

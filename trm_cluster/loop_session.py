@@ -37,7 +37,7 @@ from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
 from .manifest import ManifestData, ManifestError, RunManifest, Segment
 from .rehearsal import PreemptionInjector
-from .segments import close_segment, fail_segment, open_segment, record_wandb_started
+from .segments import close_segment, fail_segment, open_segment, record_failed_save, record_wandb_started
 from .session_plan import (
     EXIT_STOPPED,
     RUN_DIR_ENV,
@@ -284,7 +284,7 @@ class Session:
             if not self.plan.quiet:
                 self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
-            self._save()
+            self._save_or_report()
 
     # -- logging ------------------------------------------------------------------------------------
 
@@ -345,13 +345,32 @@ class Session:
         if self.step >= self.total_steps and shared is not None:
             self._final_digest = weights_sha256(shared["model"])
 
+    def _save_or_report(self) -> bool:
+        """A periodic or stop-time save whose write fails (disk full, quota: OSError) is reported in the log
+        and the manifest, not fatal: the write is atomic and was never published, so the previous
+        checkpoint and the manifest are intact; training goes on, and a stop requeues from the last good
+        checkpoint. (Several ranks: raised, a rank that fails alone cannot leave the others waiting.)"""
+        try:
+            self._save()
+        except OSError as error:
+            if self.ranks.distributed:
+                raise
+            log.error("checkpoint at step %d not written (%s); the last good one is kept", self.step, error)
+            record_failed_save(self.manifest, self.segment.index, self.step, error)
+            return False
+        return True
+
     def _save_if_unsaved(self) -> None:
         if self._saved_step != self.step:
             self._save()
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
-        self._save_if_unsaved()  # 1. the full state, every rank's part durable, at this boundary
+        saved = (
+            self._saved_step == self.step or self._save_or_report()
+        )  # 1. the full state, every rank's part
+        if not saved:  # the write failed: the next process resumes from the last good checkpoint
+            self.step = self.manifest.read().step
         request = self._signals.request  # 2. read once: a signal during the save still means "stop"
         reason, requeue = "preempted", False
         if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
@@ -449,7 +468,9 @@ class Session:
             )
             message += "another rank may have died or stalled)"
         try:
-            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", message)
+            in_loop = self._state in ("looping", "done") and not isinstance(error, UsageError | StateError)
+            step = self.step if in_loop and not killed else None  # only these may be retried (retries.py)
+            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", message, step)
         except Exception as manifest_error:  # the original error matters more
             log.error("could not record the failure in the manifest: %s", manifest_error)
 

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import filelock
 
-from .atomic import atomic_write_bytes, stale_temp_files
+from .atomic import atomic_write_bytes, make_private_dirs, stale_temp_files
+from .manifest_schema import SchemaError, check, check_paths
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -79,6 +80,8 @@ class Segment:
     signal: str | None = None
     message: str | None = None
     wandb_dir: str | None = None
+    failed_step: int | None = None
+    """The step whose exception ended this segment (None: it did not fail inside the loop)."""
 
 
 @dataclass
@@ -182,17 +185,21 @@ class RunManifest:
             )
         try:
             data = ManifestData.from_dict(raw)
+            check(data)
+            check_paths(data)
         except (TypeError, KeyError) as error:
             raise ManifestError(
                 f"{self.path} is corrupt (bad field: {error}); refusing to touch it"
             ) from None
+        except SchemaError as error:
+            raise ManifestError(f"{self.path} is corrupt ({error}); refusing to touch it") from None
         if config_hash(data.config) != data.config_hash:
             raise ManifestError(f"{self.path} is corrupt (config does not match config_hash)")
         return data
 
     def create(self, data: ManifestData) -> None:
         """Write the first manifest; refuse if a run already lives here."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.run_dir)
         with self._locked():
             if self.path.exists():
                 raise ManifestError(f"{self.run_dir} already holds a run; use --resume {self.run_dir}")

@@ -7,6 +7,7 @@ failure): the next process closes it as ``killed``, at the last moment known to 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -16,6 +17,8 @@ from pathlib import Path
 from .environment import JobContext
 from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
 from .signals import StopRequest
+
+log = logging.getLogger(__name__)
 
 
 def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | None = None) -> Segment:
@@ -141,16 +144,41 @@ def close_segment(
         return allowed
 
 
-def fail_segment(manifest: RunManifest, index: int, reason: str, error: BaseException | str) -> None:
-    """Close the segment as failed (or killed); the manifest must say so even if this process dies."""
-    message = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
+TRACEBACK_LINES = 12
+"""How much of a failure's traceback the manifest keeps: its last lines, where the cause is named."""
+
+
+def fail_segment(
+    manifest: RunManifest, index: int, reason: str, error: BaseException | str, step: int | None = None
+) -> None:
+    """Close the segment as failed (or killed); the manifest must say so even if this process dies.
+
+    ``step``: the step whose exception this is (a failure inside the loop, which may be retried)."""
+    message = error if isinstance(error, str) else traceback_tail(error)
     with manifest.update() as data:
         segment = data.segments[index]
         if segment.end_reason is None:
             segment.end_time, segment.end_step, segment.end_reason = utc_now(), data.step, reason
             segment.message = message[-2000:]
+            segment.failed_step = step
         if data.status != "requeued":
             data.status = "failed"
+
+
+def traceback_tail(error: BaseException) -> str:
+    lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
+    return "\n".join(lines[-TRACEBACK_LINES:])
+
+
+def record_failed_save(manifest: RunManifest, index: int, step: int, error: BaseException) -> None:
+    """Note a checkpoint that could not be written on the open segment (best effort: the disk may be full)."""
+    note = f"checkpoint at step {step} not written: {type(error).__name__}: {error}"
+    try:
+        with manifest.update() as data:
+            segment = data.segments[index]
+            segment.message = (f"{segment.message}\n{note}" if segment.message else note)[-2000:]
+    except (OSError, ManifestError) as manifest_error:
+        log.error("could not record the failed checkpoint in the manifest either: %s", manifest_error)
 
 
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:

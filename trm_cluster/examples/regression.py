@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,10 @@ class RegressionConfig:
     """Sleep per step, to make a tiny run last long enough to rehearse signals against."""
     eval_delay_s: float = 0.0
     """Sleep per evaluation, to rehearse a kill during a slow final evaluation."""
+    fail_at_step: int = -1
+    """Raise at the start of this step (0-based), to rehearse a crash in the step; -1: never."""
+    fail_once_marker: str = ""
+    """With fail_at_step: fail only while this file does not exist (it is created on failing): once."""
 
 
 class EpochSampler(Sampler[int]):
@@ -108,6 +113,12 @@ class RegressionTrainer:
         return stages[min(step // max(self.config.stage_steps, 1), len(stages) - 1)]
 
     def train_step(self, step: int) -> Mapping[str, float]:
+        if step == self.config.fail_at_step:
+            marker = Path(self.config.fail_once_marker) if self.config.fail_once_marker else None
+            if marker is None or not marker.exists():
+                if marker is not None:
+                    marker.touch()
+                raise RuntimeError(f"rehearsed failure at step {step}")
         inputs, targets = (t[self.rank :: self.world_size].to(self.device) for t in self._next_batch())
         noisy = targets + self.noise(step) * torch.randn_like(targets)  # global RNG: restored by the job
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
