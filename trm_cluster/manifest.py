@@ -103,6 +103,19 @@ class ConfigChange:
 
 
 @dataclass
+class ForkOrigin:
+    """The run a fork started from (``submit --fork``): which one, at which step, and what changed."""
+
+    run_dir: str
+    name: str
+    run_uid: str
+    wandb_run_id: str
+    step: int
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+    """Dotted key -> [parent's value, the fork's value]."""
+
+
+@dataclass
 class ManifestData:
     name: str
     run_uid: str
@@ -124,6 +137,8 @@ class ManifestData:
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
     config_changes: list[ConfigChange] = field(default_factory=list)
     requeues: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "preempted": 0})
+    forked_from: ForkOrigin | None = None
+    """Set when the run was forked from another run's checkpoint (older manifests: absent)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,6 +150,8 @@ class ManifestData:
         data["segments"] = [Segment(**s) for s in data.get("segments", [])]
         data["checkpoints"] = [CheckpointRecord(**c) for c in data.get("checkpoints", [])]
         data["config_changes"] = [ConfigChange(**c) for c in data.get("config_changes", [])]
+        if data.get("forked_from") is not None:
+            data["forked_from"] = ForkOrigin(**data["forked_from"])
         return cls(**data)
 
     @property
