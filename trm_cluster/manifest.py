@@ -79,6 +79,20 @@ class Segment:
     signal: str | None = None
     message: str | None = None
     wandb_dir: str | None = None
+    # goodput (all optional: older manifests lack them)
+    process_start_time: str | None = None
+    """When the process began (before imports): startup runs from here to the first step."""
+    first_step_time: str | None = None
+    """When the segment's first step was done."""
+    save_s: float | None = None
+    """Seconds spent saving checkpoints in this segment (a killed one: up to its last heartbeat)."""
+    stop_save_s: float | None = None
+    """Seconds of the save made when the segment stopped (time limit, preemption, completion)."""
+    last_seen_step: int | None = None
+    """A killed segment: the last step its heartbeat reported (the steps above end_step are recomputed)."""
+    last_seen_time: str | None = None
+    recomputed_steps: int | None = None
+    """A killed segment: steps it trained past its last durable checkpoint, trained again by the next."""
 
 
 @dataclass

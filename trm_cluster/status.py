@@ -14,6 +14,8 @@ import tyro
 
 from . import overview
 from .digest import weights_sha256
+from .goodput import Goodput, goodput
+from .goodput import render as render_goodput
 from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
 
 
@@ -41,6 +43,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "checkpoints": [vars(c) for c in data.checkpoints],
         "config_changes": [vars(c) for c in data.config_changes],
         "weights_sha256": _latest_weights_digest(run_dir, data),
+        "forked_from": vars(data.forked_from) if data.forked_from else None,
+        "goodput": goodput(data).as_dict(),
     }
 
 
@@ -78,6 +82,10 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"config change at step {change['at_step']}: {key}: {old!r} -> {new!r}")
     if status["weights_sha256"]:
         lines.append(f"weights sha256 {status['weights_sha256']}")
+    if status.get("forked_from"):
+        origin = status["forked_from"]
+        lines.append(f"forked from {origin['name']} (W&B {origin['wandb_run_id']}) at step {origin['step']}")
+    lines.append(render_goodput(Goodput.from_dict(status["goodput"])))
     return "\n".join(lines)
 
 
