@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support import clean_env, manifest, new_run, this_process
 
+from trm_cluster import plot
 from trm_cluster.goodput import goodput
 from trm_cluster.heartbeat import HEARTBEAT_NAME
 from trm_cluster.manifest import CheckpointRecord, ManifestData, RunManifest, Segment
@@ -111,6 +112,8 @@ def test_a_sigkilled_process_leaves_a_heartbeat_that_tells_the_next_one_what_it_
     assert killed.last_seen_step == beat["step"] and killed.recomputed_steps == beat["step"] >= 5
     g = goodput(RunManifest(run_dir).read())
     assert g.steps_recomputed == beat["step"] and g.lost_s > 0
+    (mark,) = [line for line in plot.run_figure(run_dir).axes[0].get_lines() if line.get_label() == "killed"]
+    assert mark.get_marker() == "X" and mark.get_ydata()[0] == 0  # at its durable step
     # nothing durable was trained: its training time is not useful time, it is lost
     assert g.segments[0].training_s == 0 and g.segments[0].lost_s == pytest.approx(
         beat["time"] - datetime.fromisoformat(killed.end_time or "").timestamp(), abs=0.01

@@ -27,6 +27,9 @@ class StatusArgs:
     """A run directory, or a folder whose subdirectories are runs (e.g. runs/)."""
     json: bool = False
     """Print machine-readable JSON instead of the summary."""
+    plot: Path | None = None
+    """Also draw the run's life (steps vs wall-clock per segment, queue gaps, ends, loss) into this
+    image file (.png, .svg, .pdf); for a folder of runs, one line per run."""
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
@@ -100,15 +103,35 @@ def _duration(segment: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(StatusArgs, args=argv, prog="python -m trm_cluster.status")
-    if not (args.run_dir / MANIFEST_NAME).exists() and overview.find_runs(args.run_dir):
-        return _folder_status(args.run_dir, as_json=args.json)
+    folder = not (args.run_dir / MANIFEST_NAME).exists() and bool(overview.find_runs(args.run_dir))
+    if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        print(f"trm-status: error: --plot {args.plot}: use a .png, .svg or .pdf file", file=sys.stderr)
+        return 2
+    if folder:
+        code = _folder_status(args.run_dir, as_json=args.json)
+        if args.plot is not None:
+            _draw(args.plot, args.run_dir, folder=True)
+        return code
     try:
         status = run_status(args.run_dir)
     except ManifestError as error:
         print(f"trm-status: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(status, indent=2) if args.json else render(status))
+    if args.plot is not None:
+        _draw(args.plot, args.run_dir, folder=False)
     return 0
+
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def _draw(path: Path, run_dir: Path, folder: bool) -> None:
+    from . import plot  # matplotlib only when a picture is asked for
+
+    runs = [d for d in overview.find_runs(run_dir) if not overview.summarize(d).error] if folder else []
+    plot.save(plot.folder_figure(runs) if folder else plot.run_figure(run_dir), path)
+    print(f"picture: {path}", file=sys.stderr)  # stderr: --json keeps stdout pure JSON
 
 
 def _folder_status(folder: Path, as_json: bool) -> int:
