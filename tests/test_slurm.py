@@ -25,6 +25,7 @@ from support import (
     clean_env,
     cli,
     manifest,
+    status_json,
     wandb_history,
 )
 
@@ -252,3 +253,29 @@ def test_two_ranks_stop_together_requeue_and_end_bit_identical(workdir: Path) ->
     rank1 = [load(r / p["file"], weights_only=True) for r, p in ((reference, expected), (run_dir, actual))]
     assert_same_state(*rank1, ignore=("meta.run_uid",))
     assert len(wandb_history(run_dir)) == 2  # rank 0 alone talks to W&B
+
+
+def test_status_shows_a_pending_jobs_live_state_then_its_accounting_record(workdir: Path) -> None:
+    """squeue while the job waits (its reason, time left), sacct once it left the queue. The job waits
+    for a begin time an hour away, so it holds no CPU beside the other tests."""
+    run_dir = workdir / "pending"
+    submit(workdir, run_dir, "--no-wandb", "--sbatch", "begin=now+1hour")
+    jid = job_id(run_dir)
+    try:
+        shown_json = status_json(run_dir, workdir)
+        queue = shown_json["queue"]
+        assert queue is not None, shown_json["queue_error"]
+        assert (queue["job_id"], queue["state"], queue["reason"], queue["source"]) == (
+            jid, "PENDING", "BeginTime", "squeue"
+        )  # fmt: skip
+        assert queue["time_left"] and queue["nodes"] is None
+        shown = cli("status", str(run_dir), cwd=workdir)
+        assert shown.returncode == 0 and f"slurm: job {jid} PENDING (BeginTime)" in shown.stdout
+    finally:
+        subprocess.run(["scancel", jid], env=clean_env(), check=False)
+    wait_for(lambda: not _squeue(jid), f"job {jid} to leave the queue", 60)
+    wait_for(
+        lambda: (status_json(run_dir, workdir)["queue"] or {}).get("source") == "sacct", "sacct's record", 60
+    )
+    queue = status_json(run_dir, workdir)["queue"]
+    assert queue["state"].startswith("CANCELLED") and queue["job_id"] == jid

@@ -113,6 +113,8 @@ def goodput(data: ManifestData, now: float | None = None) -> Goodput:
     for s in times:  # the gaps between one segment's last known moment and the next one's process start
         queue += max(0.0, s.start - accounted_until)
         accounted_until = max(accounted_until, (s.end if s.end is not None else s.start) + s.lost_s)
+    if not finished and not (data.segments and data.segments[-1].end_time is None):
+        queue += max(0.0, wall - accounted_until)  # between segments now (or never started): waiting
     busy = sum(s.startup_s + s.training_s + s.saving_s + s.lost_s for s in times)
     training = sum(s.training_s for s in times)
     return Goodput(

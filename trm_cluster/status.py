@@ -17,6 +17,7 @@ from .digest import weights_sha256
 from .goodput import Goodput, goodput
 from .goodput import render as render_goodput
 from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
+from .queue_state import QueueState, queue_state, run_job_id
 
 
 @dataclass
@@ -48,7 +49,17 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "weights_sha256": _latest_weights_digest(run_dir, data),
         "forked_from": vars(data.forked_from) if data.forked_from else None,
         "goodput": goodput(data).as_dict(),
+        **_queue(data),
     }
+
+
+def _queue(data: ManifestData) -> dict[str, Any]:
+    """A Slurm run's live job state (queue_state.py); nothing asked of Slurm for other executors."""
+    job_id = run_job_id(data.launch, data.segments)
+    if data.launch.get("executor") != "slurm" or job_id is None:
+        return {"queue": None, "queue_error": None}
+    state, why = queue_state(job_id)
+    return {"queue": state.as_dict() if state else None, "queue_error": why}
 
 
 def _latest_weights_digest(run_dir: Path, data: ManifestData) -> str | None:
@@ -89,6 +100,10 @@ def render(status: dict[str, Any]) -> str:
         origin = status["forked_from"]
         lines.append(f"forked from {origin['name']} (W&B {origin['wandb_run_id']}) at step {origin['step']}")
     lines.append(render_goodput(Goodput.from_dict(status["goodput"])))
+    if status.get("queue"):
+        lines.append(QueueState(**status["queue"]).render())
+    elif status.get("queue_error"):
+        lines.append(f"slurm: no answer ({status['queue_error']})")
     return "\n".join(lines)
 
 
