@@ -24,6 +24,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=runs,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    # progress lines carry the speed and the time left
+    progress = [line for line in done.stdout.splitlines() if line.startswith("[trm_cluster] step 25/30 ")]
+    assert len(progress) == 1 and " steps/s eta " in progress[0], done.stdout
     assert [s["end_reason"] for s in manifest(runs / "three")["segments"]] == [
         "preempted",
         "preempted",

@@ -33,6 +33,7 @@ from .checkpoint import CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
 from .distributed import Ranks
+from .goodput import clock
 from .heartbeat import SegmentClock
 from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
@@ -284,7 +285,10 @@ class Session:
             if row:
                 self._tracker.log(self._row_step(done), {**row, **self._progress(done)})
             if not self.plan.quiet:
-                self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
+                speed = self._progress(done)["trainer/steps_per_s"]
+                eta = f" eta {clock((self.total_steps - done) / speed)}" if speed > 0 else ""
+                self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row) +
+                          f" | {speed:.3g} steps/s{eta}")  # fmt: skip
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
             self._save()
         self._goodput.step_done(done)

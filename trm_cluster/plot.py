@@ -96,8 +96,9 @@ def traces(run_dir: Path, data: ManifestData) -> list[SegmentTrace]:
             ]  # fmt: skip
         if end_time is not None and segment.end_step is not None:
             points.append((end_time - created, segment.end_step))
-        points.sort()
-        trace.times, trace.steps = [p[0] for p in points], [p[1] for p in points]
+        points.sort(key=lambda p: (p[1], p[0]))  # by step: a row logged a moment before first_step_time
+        trace.steps = [p[1] for p in points]
+        trace.times = list(itertools.accumulate((p[0] for p in points), max))  # time never runs back
         result.append(trace)
     if not any(t.loss for t in result):
         _loss_from_journal(run_dir, data, result)
