@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from support import clean_env, cli, manifest, tree_digest
 
+from trm_cluster.goodput import goodput
 from trm_cluster.launch import preemption_steps
+from trm_cluster.manifest import RunManifest
 from trm_cluster.wandb_files import wait_for_writers
 
 FAST = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "debug")
@@ -44,6 +46,12 @@ def _kill_in_second_segment(runs: Path) -> None:
     assert wait_for_writers([proc.pid]) == []  # its wandb-core flushes and logs a moment longer
 
 
+def manifest_goodput(run_dir: Path) -> float:
+    share = goodput(RunManifest(run_dir).read()).goodput
+    assert share is not None
+    return share
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
@@ -65,12 +73,14 @@ def test_folder_overview_has_one_line_per_run_and_flags_the_broken_one(runs: Pat
     assert result.stderr.strip() == "trm-status: error: 1 of 3 runs unreadable"
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "RUN", "STATUS", "STEP", "DONE", "SEGS", "TIMEOUT", "PREEMPT", "KILLED", "STEPS/S", "ETA",
+        "RUN", "STATUS", "STEP", "DONE", "SEGS", "TIMEOUT", "PREEMPT", "KILLED", "STEPS/S", "ETA", "GOODPUT",
     ]  # fmt: skip
     table = {line.split()[0]: line.split() for line in lines[1:4]}
     assert table["broken"][1:] == ["unreadable"]
     assert table["done"][1:8] == ["completed", "20/20", "100%", "3", "0", "2", "0"]
     assert table["done"][9] == "-"  # nothing left to train
+    done_goodput = manifest_goodput(runs / "done")
+    assert table["done"][10] == f"{100 * done_goodput:.0f}%" and 0 < done_goodput < 1
     step = manifest(runs / "mid-run")["checkpoints"][-1]["step"]
     assert table["mid-run"][1:8] == ["running", f"{step}/400", f"{100 * step / 400:.0f}%", "2", "0", "1", "0"]
     assert table["mid-run"][9] != "-"

@@ -339,3 +339,29 @@ def test_two_nodes_on_one_host_stop_together_requeue_and_end_bit_identical(
     for rank in (0, 1):  # submitit's view of each task, from SLURM_NODEID and SLURM_PROCID, on both starts
         out = (run_dir / "logs" / f"{jid}_{rank}_log.out").read_text()
         assert out.count(f"node={rank}(2), global_rank={rank}(2)") == 2, out
+
+
+def test_status_shows_a_pending_jobs_live_state_then_its_accounting_record(workdir: Path) -> None:
+    """squeue while the job waits (its reason, time left), sacct once it left the queue. The job waits
+    for a begin time an hour away, so it holds no CPU beside the other tests. The status is read in this
+    process (real squeue and sacct calls; a subprocess per poll would import torch each time)."""
+    from trm_cluster.status import render, run_status
+
+    run_dir = workdir / "pending"
+    submit(workdir, run_dir, "--no-wandb", "--sbatch", "begin=now+1hour")
+    jid = job_id(run_dir)
+    try:
+        shown = run_status(run_dir)
+        queue = shown["queue"]
+        assert queue is not None, shown["queue_error"]
+        assert (queue["job_id"], queue["state"], queue["reason"], queue["source"]) == (
+            jid, "PENDING", "BeginTime", "squeue"
+        )  # fmt: skip
+        assert queue["time_left"] and queue["nodes"] is None
+        assert f"slurm: job {jid} PENDING (BeginTime)" in render(shown)
+    finally:
+        subprocess.run(["scancel", jid], env=clean_env(), check=False)
+    wait_for(lambda: not _squeue(jid), f"job {jid} to leave the queue", 60)
+    wait_for(lambda: (run_status(run_dir)["queue"] or {}).get("source") == "sacct", "sacct's record", 60)
+    queue = run_status(run_dir)["queue"]
+    assert queue["state"].startswith("CANCELLED") and queue["job_id"] == jid

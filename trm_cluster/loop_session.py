@@ -33,6 +33,8 @@ from .checkpoint import CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
 from .distributed import Ranks
+from .goodput import clock
+from .heartbeat import SegmentClock
 from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
 from .manifest import ManifestData, ManifestError, RunManifest, Segment
@@ -125,6 +127,7 @@ class Session:
             self.segment: Segment = self.data.segments[-1]
             self.total_steps = self.data.total_steps
             self.store = CheckpointStore(self.manifest, keep_last=self.config.keep_checkpoints)
+            self._goodput = SegmentClock(self.manifest, self.segment.index, enabled=self.ranks.is_main)
             if self.ranks.is_main:
                 self.store.remove_orphans()
             self._window = LogWindow(self.config.log_reduce)
@@ -282,9 +285,13 @@ class Session:
             if row:
                 self._tracker.log(self._row_step(done), {**row, **self._progress(done)})
             if not self.plan.quiet:
-                self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
+                speed = self._progress(done)["trainer/steps_per_s"]
+                eta = f" eta {clock((self.total_steps - done) / speed)}" if speed > 0 else ""
+                self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row) +
+                          f" | {speed:.3g} steps/s{eta}")  # fmt: skip
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
             self._save_or_report()
+        self._goodput.step_done(done)
 
     # -- logging ------------------------------------------------------------------------------------
 
@@ -338,9 +345,10 @@ class Session:
             shared.setdefault("model", {})
         rank_state: dict[str, Any] = getattr(self._source, "rank_state_dict", dict)()
         tracking = {"journal": self._tracker.journal(), "window": self._window.state_dict()}
-        save_step(
-            self.store, self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps
-        )
+        with self._goodput.saving():
+            save_step(
+                self.store, self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps
+            )
         self._saved_step = self.step
         if self.step >= self.total_steps and shared is not None:
             self._final_digest = weights_sha256(shared["model"])
@@ -366,9 +374,10 @@ class Session:
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
-        saved = (
-            self._saved_step == self.step or self._save_or_report()
-        )  # 1. the full state, every rank's part
+        saved_before = self._goodput.save_s
+        # 1. the full state, every rank's part durable, at this boundary
+        saved = self._saved_step == self.step or self._save_or_report()
+        stop_save_s = self._goodput.save_s - saved_before
         if not saved:  # the write failed: the next process resumes from the last good checkpoint
             self.step = self.manifest.read().step
         request = self._signals.request  # 2. read once: a signal during the save still means "stop"
@@ -377,8 +386,9 @@ class Session:
             reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
             self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
             requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
-                self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step
-            )
+                self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
+                save_s=self._goodput.save_s, stop_save_s=stop_save_s,
+            )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
         self.ranks.close()
@@ -437,8 +447,9 @@ class Session:
         if self.ranks.is_main:
             self._tracker.finish(preempting=False)
             close_segment(
-                self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step
-            )
+                self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
+                save_s=self._goodput.save_s, stop_save_s=self._goodput.last_save_s,
+            )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
         self.ranks.barrier()
         self.ranks.close()

@@ -82,6 +82,20 @@ class Segment:
     wandb_dir: str | None = None
     failed_step: int | None = None
     """The step whose exception ended this segment (None: it did not fail inside the loop)."""
+    # goodput (all optional: older manifests lack them)
+    process_start_time: str | None = None
+    """When the process began (before imports): startup runs from here to the first step."""
+    first_step_time: str | None = None
+    """When the segment's first step was done."""
+    save_s: float | None = None
+    """Seconds spent saving checkpoints in this segment (a killed one: up to its last heartbeat)."""
+    stop_save_s: float | None = None
+    """Seconds of the save made when the segment stopped (time limit, preemption, completion)."""
+    last_seen_step: int | None = None
+    """A killed segment: the last step its heartbeat reported (the steps above end_step are recomputed)."""
+    last_seen_time: str | None = None
+    recomputed_steps: int | None = None
+    """A killed segment: steps it trained past its last durable checkpoint, trained again by the next."""
 
 
 @dataclass
@@ -106,6 +120,19 @@ class ConfigChange:
 
 
 @dataclass
+class ForkOrigin:
+    """The run a fork started from (``submit --fork``): which one, at which step, and what changed."""
+
+    run_dir: str
+    name: str
+    run_uid: str
+    wandb_run_id: str
+    step: int
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+    """Dotted key -> [parent's value, the fork's value]."""
+
+
+@dataclass
 class ManifestData:
     name: str
     run_uid: str
@@ -127,6 +154,8 @@ class ManifestData:
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
     config_changes: list[ConfigChange] = field(default_factory=list)
     requeues: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "preempted": 0})
+    forked_from: ForkOrigin | None = None
+    """Set when the run was forked from another run's checkpoint (older manifests: absent)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +167,8 @@ class ManifestData:
         data["segments"] = [Segment(**s) for s in data.get("segments", [])]
         data["checkpoints"] = [CheckpointRecord(**c) for c in data.get("checkpoints", [])]
         data["config_changes"] = [ConfigChange(**c) for c in data.get("config_changes", [])]
+        if data.get("forked_from") is not None:
+            data["forked_from"] = ForkOrigin(**data["forked_from"])
         return cls(**data)
 
     @property

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .goodput import goodput
 from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
 
 
@@ -31,6 +32,8 @@ class RunSummary:
     """Training speed over the segments (queue time excluded)."""
     eta_s: float | None = None
     """Training time left at that speed (queue waits come on top)."""
+    goodput: float | None = None
+    """Training time over wall-clock time since creation (goodput.py)."""
     error: str | None = None
 
     @property
@@ -62,6 +65,7 @@ def summarize(run_dir: Path) -> RunSummary:
         killed=sum(s.end_reason in ("killed", "failed") for s in data.segments),
         steps_per_s=speed,
         eta_s=remaining / speed if speed and data.status != "completed" else None,
+        goodput=goodput(data).goodput,
     )
 
 
@@ -96,12 +100,24 @@ def as_json(summaries: list[RunSummary]) -> list[dict[str, object]]:
 
 
 def render(summaries: list[RunSummary]) -> str:
-    header = ("RUN", "STATUS", "STEP", "DONE", "SEGS", "TIMEOUT", "PREEMPT", "KILLED", "STEPS/S", "ETA")
-    rows = [header]
+    header = (
+        "RUN",
+        "STATUS",
+        "STEP",
+        "DONE",
+        "SEGS",
+        "TIMEOUT",
+        "PREEMPT",
+        "KILLED",
+        "STEPS/S",
+        "ETA",
+        "GOODPUT",
+    )
+    rows: list[tuple[str, ...]] = [header]
     for s in summaries:
         name = Path(s.run_dir).name
         if s.error:
-            rows.append((name, "unreadable", "", "", "", "", "", "", "", ""))
+            rows.append((name, "unreadable", *[""] * (len(header) - 2)))
             continue
         rows.append(
             (
@@ -115,6 +131,7 @@ def render(summaries: list[RunSummary]) -> str:
                 str(s.killed),
                 f"{s.steps_per_s:.2f}" if s.steps_per_s else "-",
                 _clock(s.eta_s) if s.eta_s is not None else "-",
+                f"{100 * s.goodput:.0f}%" if s.goodput is not None else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -11,10 +11,11 @@ import logging
 import os
 import time
 import traceback
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .environment import JobContext
+from .heartbeat import read_beat
 from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
 from .signals import StopRequest
 
@@ -27,7 +28,7 @@ def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | 
         dangling = data.open_segment
         if dangling is not None:
             refuse_if_alive(dangling, context)
-            _close_as_killed(dangling, data)
+            _close_as_killed(dangling, data, manifest.run_dir)
         if total_steps is not None:
             data.total_steps = total_steps
         segment = Segment(
@@ -40,13 +41,14 @@ def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | 
             executor=context.executor,
             start_time=utc_now(),
             start_step=data.step,
+            process_start_time=_iso(context.started_at),
         )
         data.segments.append(segment)
         data.status = "running"
     return segment
 
 
-def _close_as_killed(dangling: Segment, data: ManifestData) -> None:
+def _close_as_killed(dangling: Segment, data: ManifestData, data_dir: Path | None = None) -> None:
     """A killed segment trained until its last durable checkpoint; what follows is a gap, not training.
 
     (The next process's start time would count the dead time, hours in a queue on Slurm, as training.)
@@ -60,6 +62,15 @@ def _close_as_killed(dangling: Segment, data: ManifestData) -> None:
     dangling.end_step = data.step
     dangling.end_reason = "killed"
     dangling.message = "process ended without closing its segment (SIGKILL, OOM, node failure?)"
+    beat = read_beat(data_dir, dangling.index) if data_dir is not None else None
+    if beat is not None:  # how far it got past the durable step: work the next process does again
+        dangling.last_seen_step, dangling.last_seen_time = beat.step, _iso(beat.time)
+        dangling.recomputed_steps = max(0, beat.step - data.step)
+        dangling.save_s = beat.save_s
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
 
 
 def _at_or_after(moment: str, start: str) -> bool:
@@ -112,15 +123,24 @@ def _still_running(segment: Segment) -> bool:
 
 
 def close_segment(
-    manifest: RunManifest, index: int, step: int, reason: str, request: StopRequest | None, durable_step: int
+    manifest: RunManifest,
+    index: int,
+    step: int,
+    reason: str,
+    request: StopRequest | None,
+    durable_step: int,
+    save_s: float | None = None,
+    stop_save_s: float | None = None,
 ) -> bool:
     """Close the segment with its reason; count the requeue; return whether a requeue is allowed.
 
-    Timeouts spend the per-submission budget (``max_requeues``); preemptions never do.
+    Timeouts spend the per-submission budget (``max_requeues``); preemptions never do. ``save_s``: the
+    segment's time spent saving; ``stop_save_s``: that of the save at the stop (for goodput).
     """
     with manifest.update() as data:
         segment = data.segments[index]
         segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
+        segment.save_s, segment.stop_save_s = save_s, stop_save_s
         segment.signal = request.name if request else None
         data.wandb.last_step = max(data.wandb.last_step, durable_step)
         if reason == "completed":
@@ -179,6 +199,12 @@ def record_failed_save(manifest: RunManifest, index: int, step: int, error: Base
             segment.message = (f"{segment.message}\n{note}" if segment.message else note)[-2000:]
     except (OSError, ManifestError) as manifest_error:
         log.error("could not record the failed checkpoint in the manifest either: %s", manifest_error)
+
+
+def record_first_step(manifest: RunManifest, index: int) -> None:
+    """The segment's first step is done: startup (imports, restore, W&B) ends here."""
+    with manifest.update() as data:
+        data.segments[index].first_step_time = utc_now()
 
 
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:

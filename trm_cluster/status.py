@@ -14,7 +14,10 @@ import tyro
 
 from . import overview
 from .digest import weights_sha256
+from .goodput import Goodput, goodput
+from .goodput import render as render_goodput
 from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
+from .queue_state import QueueState, queue_state, run_job_id
 
 
 @dataclass
@@ -25,6 +28,9 @@ class StatusArgs:
     """A run directory, or a folder whose subdirectories are runs (e.g. runs/)."""
     json: bool = False
     """Print machine-readable JSON instead of the summary."""
+    plot: Path | None = None
+    """Also draw the run's life (steps vs wall-clock per segment, queue gaps, ends, loss) into this
+    image file (.png, .svg, .pdf); for a folder of runs, one line per run."""
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
@@ -41,7 +47,19 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "checkpoints": [vars(c) for c in data.checkpoints],
         "config_changes": [vars(c) for c in data.config_changes],
         "weights_sha256": _latest_weights_digest(run_dir, data),
+        "forked_from": vars(data.forked_from) if data.forked_from else None,
+        "goodput": goodput(data).as_dict(),
+        **_queue(data),
     }
+
+
+def _queue(data: ManifestData) -> dict[str, Any]:
+    """A Slurm run's live job state (queue_state.py); nothing asked of Slurm for other executors."""
+    job_id = run_job_id(data.launch, data.segments)
+    if data.launch.get("executor") != "slurm" or job_id is None:
+        return {"queue": None, "queue_error": None}
+    state, why = queue_state(job_id)
+    return {"queue": state.as_dict() if state else None, "queue_error": why}
 
 
 def _latest_weights_digest(run_dir: Path, data: ManifestData) -> str | None:
@@ -78,6 +96,14 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"config change at step {change['at_step']}: {key}: {old!r} -> {new!r}")
     if status["weights_sha256"]:
         lines.append(f"weights sha256 {status['weights_sha256']}")
+    if status.get("forked_from"):
+        origin = status["forked_from"]
+        lines.append(f"forked from {origin['name']} (W&B {origin['wandb_run_id']}) at step {origin['step']}")
+    lines.append(render_goodput(Goodput.from_dict(status["goodput"])))
+    if status.get("queue"):
+        lines.append(QueueState(**status["queue"]).render())
+    elif status.get("queue_error"):
+        lines.append(f"slurm: no answer ({status['queue_error']})")
     return "\n".join(lines)
 
 
@@ -92,15 +118,35 @@ def _duration(segment: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(StatusArgs, args=argv, prog="python -m trm_cluster.status")
-    if not (args.run_dir / MANIFEST_NAME).exists() and overview.find_runs(args.run_dir):
-        return _folder_status(args.run_dir, as_json=args.json)
+    folder = not (args.run_dir / MANIFEST_NAME).exists() and bool(overview.find_runs(args.run_dir))
+    if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        print(f"trm-status: error: --plot {args.plot}: use a .png, .svg or .pdf file", file=sys.stderr)
+        return 2
+    if folder:
+        code = _folder_status(args.run_dir, as_json=args.json)
+        if args.plot is not None:
+            _draw(args.plot, args.run_dir, folder=True)
+        return code
     try:
         status = run_status(args.run_dir)
     except ManifestError as error:
         print(f"trm-status: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(status, indent=2) if args.json else render(status))
+    if args.plot is not None:
+        _draw(args.plot, args.run_dir, folder=False)
     return 0
+
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def _draw(path: Path, run_dir: Path, folder: bool) -> None:
+    from . import plot  # matplotlib only when a picture is asked for
+
+    runs = [d for d in overview.find_runs(run_dir) if not overview.summarize(d).error] if folder else []
+    plot.save(plot.folder_figure(runs) if folder else plot.run_figure(run_dir), path)
+    print(f"picture: {path}", file=sys.stderr)  # stderr: --json keeps stdout pure JSON
 
 
 def _folder_status(folder: Path, as_json: bool) -> int:

@@ -20,6 +20,7 @@ import tyro
 
 from .config import RunConfig
 from .executors import ExecutorOptions, resolve_kind, sbatch_script
+from .fork import ForkPoint, fork_run, fork_step, fork_wandb
 from .launch import (
     LOG_DIR,
     WandbOptions,
@@ -60,6 +61,9 @@ class SubmitArgs(Generic[JobT]):
     """Everything after --script-args (or after a bare --) goes to the script, as its own arguments."""
     resume: Path | None = None
     """Continue the run in this directory (same W&B run); flags given here override its config."""
+    fork: str | None = None
+    """RUN_DIR[@STEP]: start a NEW run (own directory and W&B run, W&B group: the parent's name) from
+    that run's checkpoint at STEP (default: its newest); flags given here override its config."""
     run_dir: Path | None = None
     """Directory of a new run (default: runs/<name>)."""
     name: str | None = None
@@ -106,19 +110,23 @@ def _main(argv: list[str]) -> int:
     early.add_argument("--resume", type=Path, default=None)
     early.add_argument("--script", type=Path, default=None)
     early.add_argument("--entry", default=None)
+    early.add_argument("--fork", default=None)
     known, _ = early.parse_known_args(argv)
-    if known.script or known.entry or (known.resume and is_script_run(known.resume)):
+    if known.fork and known.resume:
+        raise ValueError("--fork starts a new run and --resume continues one: pass only one of them")
+    known.source = ForkPoint.parse(known.fork).run_dir if known.fork else known.resume  # the defaults
+    if known.script or known.entry or (known.source and is_script_run(known.source)):
         return _script_main(argv, script_args, known)
     if script_args is not None:
         raise ValueError("--script-args (or --) passes arguments to a --script or --entry; this run has none")
 
-    workload, defaults, run_config = _defaults(known.preset, known.resume)
+    workload, defaults, run_config = _defaults(known.preset, known.source)
     args: SubmitArgs[Any] = tyro.cli(
         SubmitArgs[workload.config_type],  # type: ignore[name-defined]
         default=SubmitArgs(
             job=defaults,
             run=run_config,
-            executor=previous_executor_options(known.resume),
+            executor=previous_executor_options(known.source),
             preset=known.preset or DEFAULT_PRESET,
             resume=known.resume,
         ),
@@ -132,6 +140,8 @@ def _main(argv: list[str]) -> int:
     launch = _launch_record(args, kind)
     if args.resume is not None:
         return _resume(args, config, kind, launch)
+    if args.fork is not None:
+        return _fork(args, config, kind, launch)
     return _new(args, workload, config, kind, launch)
 
 
@@ -179,7 +189,7 @@ def _script_main(argv: list[str], script_args: list[str] | None, known: argparse
         default=SubmitArgs(
             job=NoJobConfig(),
             run=RunConfig(),
-            executor=previous_executor_options(known.resume),
+            executor=previous_executor_options(known.source),
             preset="",
             resume=known.resume,
         ),
@@ -191,6 +201,9 @@ def _script_main(argv: list[str], script_args: list[str] | None, known: argparse
     run_flags = explicit_run_flags(argv, args.run)
     dataclass_from_dict(RunConfig, run_flags).validate()
     launch = _launch_record(args, kind)
+    if args.fork is not None:
+        parent = RunManifest(ForkPoint.parse(args.fork).run_dir).read()
+        return _fork(args, resumed_script_config(parent.config, run_flags, script_args), kind, launch)
     if args.resume is not None:
         run_dir = args.resume.resolve()
         current = RunManifest(run_dir).read()
@@ -317,6 +330,30 @@ def _resume(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: di
     data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)}, _wandb_changes(args))
     _print_changes(data)
     return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
+
+
+def _fork(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: dict[str, Any]) -> int:
+    """A new run from another run's checkpoint (fork.py); the parent is only read."""
+    assert args.fork is not None
+    point = ForkPoint.parse(args.fork)
+    parent = RunManifest(point.run_dir).read()
+    name = args.name or f"{parent.name}-fork-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = (args.run_dir or point.run_dir.resolve().parent / name).resolve()
+    step = fork_step(point)
+    if args.dry_run:
+        return _dry_run(args, config, run_dir)
+    remaining = int(config["run"].get("steps", parent.total_steps)) - step
+    preempt_at = tuple(step + s for s in preemption_steps(args.preemptions, remaining, name))
+    mode = "disabled" if not args.wandb else (None if args.wandb_mode == "auto" else args.wandb_mode)
+    wandb = fork_wandb(
+        parent, mode=mode, project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group,
+        tags=args.wandb_tags, job_type=args.wandb_job_type, notes=args.wandb_notes,
+    )  # fmt: skip
+    launch = {**launch, "preempt_at": list(preempt_at)}
+    data = fork_run(point, run_dir, name, config, wandb, args.executor.max_requeues, launch)
+    print(f"forked from {parent.name} ({point.run_dir.resolve()}) at step {step}")
+    _print_changes(data)
+    return _submit_and_report(args, run_dir, kind, "allow", preempt_at)
 
 
 def _print_changes(data: ManifestData) -> None:

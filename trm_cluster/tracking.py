@@ -76,6 +76,10 @@ def change_annotations(data: ManifestData) -> dict[str, Any]:
             notes[f"{field}_change"] = f"{previous}; {described}" if previous else described
     if notes:
         notes["config_modified"] = True
+    origin = data.forked_from
+    if origin is not None:  # a fork: which run and step it branched from (its changes are listed above)
+        notes["forked_from"] = {"run": origin.name, "run_id": origin.wandb_run_id, "step": origin.step,
+                                "run_dir": origin.run_dir, "changes": sorted(origin.changes)}  # fmt: skip
     return notes
 
 

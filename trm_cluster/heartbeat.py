@@ -1,0 +1,96 @@
+"""A training process's heartbeat: its step and save time, a few times a minute, in ``heartbeat.json``.
+
+Why: a SIGKILLed process closes nothing. The next process reads the heartbeat to learn how far the dead
+one got past its last durable checkpoint (the steps it must recompute) and how long it spent saving, so
+``status`` can say what the kill cost. Not a durable record (no fsync): a lost heartbeat only makes the
+estimate conservative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .manifest import RunManifest, utc_now
+
+HEARTBEAT_NAME = "heartbeat.json"
+INTERVAL_S = 5.0
+"""At most one write per interval: a few hundred bytes, far below a step's cost."""
+
+
+@dataclass(frozen=True)
+class Beat:
+    segment: int
+    step: int
+    time: float
+    save_s: float
+
+
+class Heartbeat:
+    """Writes this segment's beats (rank 0 only), at most every :data:`INTERVAL_S` seconds."""
+
+    def __init__(self, run_dir: Path, segment: int, interval_s: float = INTERVAL_S) -> None:
+        self.path = Path(run_dir) / HEARTBEAT_NAME
+        self.segment = segment
+        self.interval_s = interval_s
+        self._last = -float("inf")
+
+    def beat(self, step: int, save_s: float, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        payload = {"segment": self.segment, "step": step, "time": now, "save_s": save_s}
+        tmp = self.path.with_name(f".{HEARTBEAT_NAME}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(payload))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a heartbeat is an estimate; training never stops for it
+
+
+def read_beat(run_dir: Path, segment: int) -> Beat | None:
+    """The last beat of ``segment``, if the heartbeat file is that segment's and readable."""
+    try:
+        raw: dict[str, Any] = json.loads((Path(run_dir) / HEARTBEAT_NAME).read_text())
+        beat = Beat(int(raw["segment"]), int(raw["step"]), float(raw["time"]), float(raw["save_s"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return beat if beat.segment == segment else None
+
+
+class SegmentClock:
+    """What one segment measures for goodput on rank 0: time saving, its first step, its heartbeat."""
+
+    def __init__(self, manifest: RunManifest, segment: int, enabled: bool) -> None:
+        self.manifest = manifest
+        self.segment = segment
+        self.enabled = enabled
+        self.save_s = 0.0
+        self.last_save_s: float | None = None
+        self._heartbeat = Heartbeat(manifest.run_dir, segment)
+        self._first_done = False
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_save_s = time.perf_counter() - started
+            self.save_s += self.last_save_s
+
+    def step_done(self, step: int) -> None:
+        if not self.enabled:
+            return
+        if not self._first_done:  # startup (imports, restore, W&B init, the first step) ends here
+            self._first_done = True
+            with self.manifest.update() as data:
+                data.segments[self.segment].first_step_time = utc_now()
+        self._heartbeat.beat(step, self.save_s)
