@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
+from .async_save import BackgroundSaver, snapshot_copy
 from .checkpoint import CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
@@ -50,7 +51,7 @@ from .session_plan import (
     standalone_plan,
 )
 from .signals import StopRequest, StopSignals
-from .snapshot import accept_world_size, load_step, rank_part, save_step
+from .snapshot import StagedStep, accept_world_size, load_step, rank_part, stage_step, write_step
 from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything, use_deterministic_kernels
 from .tracking import NullTracker, Tracker, WandbTracker
 from .workload import dataclass_from_dict
@@ -90,6 +91,8 @@ class Session:
         self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
         self._in_step = False
         self._saved_step = -1
+        self.saver = BackgroundSaver()
+        """The periodic saves written in the background, and their counts (``saver.stats``)."""
         self._final_digest: str | None = None
         self._restored_rng: str | None = None
         self._stopping = False
@@ -284,7 +287,15 @@ class Session:
             if not self.plan.quiet:
                 self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
-            self._save()
+            self._save(background=self._may_save_in_background(done))
+
+    def _may_save_in_background(self, done: int) -> bool:
+        """A periodic save of one rank, not the last step's, and no stop requested yet: those saves
+        are synchronous (a stop or the end needs the state durable before the segment closes; several
+        ranks write and publish together, with collectives that stay on the training thread)."""
+        if self.config.sync_checkpoints or self.ranks.distributed:
+            return False
+        return done < self.total_steps and self._signals.request is None
 
     # -- logging ------------------------------------------------------------------------------------
 
@@ -327,25 +338,40 @@ class Session:
 
     # -- saving and stopping: the requeue path --------------------------------------------------------
 
-    def _save(self) -> None:
-        """The full state of this step, every rank's part durable, then published (snapshot.py)."""
+    def _save(self, background: bool = False) -> None:
+        """The full state of this step, every rank's part durable, then published (snapshot.py).
+        ``background``: copied now, written and published by the writer thread (async_save.py)."""
         assert self._source is not None
+        began = time.perf_counter()
+        self.saver.begin()  # at most one save in flight: wait for the previous one (counted)
         shared = None
         if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
-            shared = capture(self._source.state_dict())
+            shared = self._source.state_dict()
+            shared = shared if background else capture(shared)
             if "model" not in shared and self._require_model:
                 raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
             shared.setdefault("model", {})
         rank_state: dict[str, Any] = getattr(self._source, "rank_state_dict", dict)()
         tracking = {"journal": self._tracker.journal(), "window": self._window.state_dict()}
-        save_step(
-            self.store, self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps
+        staged = stage_step(
+            self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps, not background
         )
         self._saved_step = self.step
+        if background:
+            copied = snapshot_copy({"rank": staged.rank_payload, "main": staged.main_payload})
+
+            def write() -> None:
+                state = copied.wait()
+                write_step(self.store, self.ranks, StagedStep(staged.step, state["rank"], state["main"]))
+
+            self.saver.start(write, began)
+            return
+        write_step(self.store, self.ranks, staged)
         if self.step >= self.total_steps and shared is not None:
             self._final_digest = weights_sha256(shared["model"])
 
     def _save_if_unsaved(self) -> None:
+        self.saver.wait()  # a save in flight is durable (or its error raised) before any other step
         if self._saved_step != self.step:
             self._save()
 
@@ -436,6 +462,10 @@ class Session:
         self.plan.summary = self.summary
 
     def _fail(self, error: BaseException) -> None:
+        try:
+            self.saver.wait()  # a save in flight is a valid checkpoint: let it become durable
+        except Exception as save_error:
+            log.error("the background save in flight failed too: %s", save_error)
         self._tracker.finish(preempting=False, failed=True)
         if hasattr(self, "ranks"):
             self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable
