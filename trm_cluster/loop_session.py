@@ -34,6 +34,7 @@ from .checkpoint import CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
 from .distributed import Ranks
+from .grace import finish_estimate_s, grace_warning
 from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
 from .manifest import ManifestData, ManifestError, RunManifest, Segment
@@ -92,6 +93,9 @@ class Session:
         self._in_step = False
         self._saved_step = -1
         self.saver = BackgroundSaver()
+        self.timings: dict[str, float] = {}
+        """What this process measured, in seconds (see Segment.timings); recorded when the segment closes."""
+        self._grace_checked = False
         """The periodic saves written in the background, and their counts (``saver.stats``)."""
         self._final_digest: str | None = None
         self._restored_rng: str | None = None
@@ -113,6 +117,8 @@ class Session:
             raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
         context = self.plan.context
+        entered = time.time()
+        self.timings["imports_s"] = max(entered - context.started_at, 0.0)  # process start to here
         try:
             self._before = self.manifest.read()  # as the previous process left it
             self.config = self._resolve_config(self._before)
@@ -135,6 +141,7 @@ class Session:
             self._fail(error)
             self._signals.restore()
             raise
+        self.timings["manifest_s"] = time.time() - entered
         self._state = "entered"
         return self
 
@@ -182,6 +189,7 @@ class Session:
         self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
         self._source, self._require_model = source, require_model
         journal: Any = ()
+        began = time.time()
         loaded = load_step(self.store, self.ranks, self.data.run_uid)
         if loaded is not None:
             payload = loaded.payload
@@ -210,6 +218,8 @@ class Session:
             saved_total = meta.get("total_steps")
             if saved_total is not None and int(saved_total) != self.total_steps:
                 self.total_steps_changed = (int(saved_total), self.total_steps)
+        loaded_at = time.time()
+        self.timings["load_s"] = loaded_at - began
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
         if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:
@@ -222,6 +232,7 @@ class Session:
             self._tracker = NullTracker(
                 self.data.wandb.last_step, journal if isinstance(journal, Mapping) else None
             )
+        self.timings["wandb_init_s"] = time.time() - loaded_at
         self._state = "restored"
         return self.step
 
@@ -251,6 +262,8 @@ class Session:
         self._clock = (time.time(), self.step)
         try:
             while self.step < self.total_steps and not self._stop_requested():
+                if "first_step_s" not in self.timings:  # process start to the first step
+                    self.timings["first_step_s"] = time.time() - self.plan.context.started_at
                 self._in_step = True
                 yield self.step
                 self._in_step = False
@@ -287,7 +300,11 @@ class Session:
             if not self.plan.quiet:
                 self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
+            if "step_s" not in self.timings:  # before the first save: steps (and evals) only
+                self.timings["step_s"] = (time.time() - self._clock[0]) / max(done - self._clock[1], 1)
             self._save(background=self._may_save_in_background(done))
+        if not self._grace_checked:
+            self._check_grace_window()
 
     def _may_save_in_background(self, done: int) -> bool:
         """A periodic save of one rank, not the last step's, and no stop requested yet: those saves
@@ -367,8 +384,33 @@ class Session:
             self.saver.start(write, began)
             return
         write_step(self.store, self.ranks, staged)
+        self.timings.setdefault("sync_save_s", time.perf_counter() - began)
         if self.step >= self.total_steps and shared is not None:
             self._final_digest = weights_sha256(shared["model"])
+
+    def _check_grace_window(self) -> None:
+        """Once the step and save times are known: warn (log, manifest) if a stop does not fit the
+        signal delay. A background save's write stands in for the final, synchronous one."""
+        if "sync_save_s" not in self.timings and self.saver.stats.write_s:
+            self.timings["sync_save_s"] = self.saver.stats.write_s[0]
+        if "step_s" not in self.timings or "sync_save_s" not in self.timings:
+            return
+        self._grace_checked = True
+        signal_delay_s = self.data.launch.get("signal_delay_s")
+        if (
+            not self.ranks.is_main
+            or signal_delay_s is None
+            or self.plan.context.executor not in ("slurm", "local")
+        ):
+            return
+        finish_s = finish_estimate_s(self.manifest.read().segments[:-1], self.data.wandb.mode)
+        warning = grace_warning(float(signal_delay_s), self.timings, finish_s)
+        if warning is None:
+            return
+        log.warning("%s", warning)
+        with self.manifest.update() as data:
+            data.segments[self.segment.index].warning = warning
+            data.segments[self.segment.index].timings = dict(self.timings)
 
     def _save_if_unsaved(self) -> None:
         self.saver.wait()  # a save in flight is durable (or its error raised) before any other step
@@ -382,10 +424,13 @@ class Session:
         reason, requeue = "preempted", False
         if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
             reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
+            finishing = time.time()
             self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
+            self.timings["finish_s"] = time.time() - finishing
             requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
-                self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step
-            )
+                self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
+                self.timings,
+            )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
         self.ranks.close()
@@ -442,10 +487,13 @@ class Session:
             self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
             self._save_if_unsaved()
         if self.ranks.is_main:
+            finishing = time.time()
             self._tracker.finish(preempting=False)
+            self.timings["finish_s"] = time.time() - finishing
             close_segment(
-                self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step
-            )
+                self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
+                self.timings,
+            )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
         self.ranks.barrier()
         self.ranks.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -109,14 +110,22 @@ def _still_running(segment: Segment) -> bool:
 
 
 def close_segment(
-    manifest: RunManifest, index: int, step: int, reason: str, request: StopRequest | None, durable_step: int
+    manifest: RunManifest,
+    index: int,
+    step: int,
+    reason: str,
+    request: StopRequest | None,
+    durable_step: int,
+    timings: Mapping[str, float] | None = None,
 ) -> bool:
-    """Close the segment with its reason; count the requeue; return whether a requeue is allowed.
-
-    Timeouts spend the per-submission budget (``max_requeues``); preemptions never do.
+    """Close the segment with its reason (and the process's measured ``timings``); count the requeue;
+    return whether a requeue is allowed. Timeouts spend the per-submission budget (``max_requeues``);
+    preemptions never do.
     """
     with manifest.update() as data:
         segment = data.segments[index]
+        if timings:
+            segment.timings = {**segment.timings, **timings}
         segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
         segment.signal = request.name if request else None
         data.wandb.last_step = max(data.wandb.last_step, durable_step)
