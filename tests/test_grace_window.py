@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from support import manifest, this_process
 
-from trm_cluster.grace import finish_estimate_s, grace_warning, needed_signal_delay_s
+from trm_cluster.grace import advice_from_history, finish_estimate_s, grace_warning, needed_signal_delay_s
 from trm_cluster.launch import WandbOptions, create_script_run
 from trm_cluster.loop_session import Session
 from trm_cluster.manifest import RunManifest
@@ -29,6 +29,16 @@ def test_a_stop_needs_one_step_the_final_save_and_the_finish_twice_over() -> Non
     ]
     assert finish_estimate_s(measured, "offline") == 9.0  # the slowest one measured
     assert finish_estimate_s([], "offline") == 5.0 and finish_estimate_s([], "disabled") == 0.0
+
+
+def test_a_resume_is_advised_from_the_slowest_step_and_save_of_the_runs_history() -> None:
+    segment = dataclasses.make_dataclass("S", ["timings"])
+    history = [segment({"step_s": 1.0, "sync_save_s": 4.0, "finish_s": 2.0}), segment({}),
+               segment({"step_s": 3.0, "sync_save_s": 2.0})]  # fmt: skip
+    advice = advice_from_history(history, "offline", signal_delay_s=10)
+    assert advice is not None and "use --signal-delay-s 18" in advice  # 2 x (3 + 4 + 2)
+    assert advice_from_history(history, "offline", signal_delay_s=18) is None
+    assert advice_from_history([segment({})], "offline", signal_delay_s=1) is None  # nothing measured
 
 
 def _train(run_dir: Path, signal_delay_s: int, steps: int) -> None:

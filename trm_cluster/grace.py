@@ -40,3 +40,13 @@ def grace_warning(signal_delay_s: float, timings: Mapping[str, float], finish_s:
         f"the final save {save_s:.2f} s and the W&B finish about {finish_s:.1f} s; with a {SAFETY:g}x "
         f"margin use --signal-delay-s {needed} (submit --resume RUN --signal-delay-s {needed})"
     )
+
+
+def advice_from_history(segments: Sequence[Any], wandb_mode: str, signal_delay_s: float) -> str | None:
+    """``submit --resume``'s advice: the warning for the slowest step and save the run's segments
+    measured, against the signal delay of the new submission (None: it fits, or nothing was measured)."""
+    measured = [s.timings for s in segments if {"step_s", "sync_save_s"} <= set(getattr(s, "timings", {}))]
+    if not measured:
+        return None
+    slowest = {key: max(t[key] for t in measured) for key in ("step_s", "sync_save_s")}
+    return grace_warning(signal_delay_s, slowest, finish_estimate_s(segments, wandb_mode))

@@ -300,8 +300,6 @@ class Session:
             if not self.plan.quiet:
                 self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row))
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
-            if "step_s" not in self.timings:  # before the first save: steps (and evals) only
-                self.timings["step_s"] = (time.time() - self._clock[0]) / max(done - self._clock[1], 1)
             self._save(background=self._may_save_in_background(done))
         if not self._grace_checked:
             self._check_grace_window()
@@ -359,6 +357,8 @@ class Session:
         """The full state of this step, every rank's part durable, then published (snapshot.py).
         ``background``: copied now, written and published by the writer thread (async_save.py)."""
         assert self._source is not None
+        if "step_s" not in self.timings and self.step > self._clock[1]:  # before the first save: steps only
+            self.timings["step_s"] = (time.time() - self._clock[0]) / (self.step - self._clock[1])
         began = time.perf_counter()
         self.saver.begin()  # at most one save in flight: wait for the previous one (counted)
         shared = None
