@@ -15,7 +15,8 @@ from support import REPO, clean_env
 FIGURES = [
     "step, regression: bare loop", "step, regression: through the job", "wrapper overhead, regression: job / bare",
     "wrapper overhead, regression: extra per step",
-    "save 1 MB: ours, synchronous", "save 1 MB: ours, background: stall", "save 1 MB: ours, background: total",
+    "save 1 MB: ours, synchronous", "save 1 MB: ours, background: stall",
+    "save 1 MB: ours, background: the copy within the stall", "save 1 MB: ours, background: total",
     "save 1 MB: plain torch.save", "save 1 MB: raw write + fsync", "save 1 MB: background stall / synchronous save",
     "save 1 MB: torch.save time / ours synchronous (throughput share)", "save 1 MB: raw write + fsync / ours synchronous",
     "load 1 MB: ours (sha256 verified)", "load 1 MB: plain torch.load", "load 1 MB: ours / torch.load",
