@@ -52,7 +52,7 @@ def measure(root: Path, megabytes: float, repeats: int) -> list[Figure]:
         saver.begin()
         staged = stage_step(ranks, next(steps), dict(state), {}, {}, data, 10**9, on_cpu=False)
         copy_began = time.perf_counter()
-        copied = snapshot_copy({"main": staged.main_payload})
+        copied = snapshot_copy({"main": staged.main_payload}, saver.buffers)
         copying.append(time.perf_counter() - copy_began)
         saver.start(
             lambda: write_step(store, ranks, StagedStep(staged.step, None, copied.wait()["main"])), began

@@ -13,7 +13,7 @@ import pytest
 import torch
 from support import manifest
 
-from trm_cluster.async_save import HOLD_ENV, BackgroundSaver
+from trm_cluster.async_save import HOLD_ENV, BackgroundSaver, snapshot_copy
 from trm_cluster.environment import JobContext
 from trm_cluster.launch import WandbOptions, create_script_run
 from trm_cluster.loop_session import Session
@@ -82,3 +82,18 @@ def test_a_request_while_a_save_is_in_flight_waits_and_a_failed_write_is_raised_
     with pytest.raises(OSError, match="No space left"):
         saver.begin()
     saver.begin()  # raised once: the saver is usable again
+
+
+def test_a_snapshot_reuses_the_previous_ones_host_memory_and_holds_the_new_values() -> None:
+    buffers: dict[tuple[object, ...], torch.Tensor] = {}
+    live = {"model": {"w": torch.arange(4.0)}, "optimizer": {"steps": [torch.ones(2, 3)]}}
+    first = snapshot_copy(live, buffers).wait()
+    live["model"]["w"].add_(10)  # the next step, in place
+    assert first["model"]["w"].tolist() == [0.0, 1.0, 2.0, 3.0]  # a copy, not the live tensor
+    second = snapshot_copy(live, buffers).wait()
+    assert second["model"]["w"].data_ptr() == first["model"]["w"].data_ptr()  # the same host memory
+    assert second["model"]["w"].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert second["model"]["w"].data_ptr() != live["model"]["w"].data_ptr()
+    live["optimizer"]["steps"][0] = torch.ones(3, 3)  # another shape: new memory
+    third = snapshot_copy(live, buffers).wait()
+    assert third["optimizer"]["steps"][0].shape == (3, 3) and len(buffers) == 2

@@ -62,45 +62,62 @@ class SnapshotCopy:
         return self.state
 
 
-def snapshot_copy(state: Any) -> SnapshotCopy:
+Buffers = dict[tuple[Any, ...], torch.Tensor]
+"""Host tensors kept from the previous snapshot, by their place in the state: copying into memory that
+is already mapped is several times faster than cloning (4x for 100 MB here), at the price of one
+checkpoint's worth of host memory held between saves."""
+
+
+def snapshot_copy(state: Any, buffers: Buffers | None = None) -> SnapshotCopy:
     """A copy of a nested state that later in-place changes (the next optimizer step) cannot reach.
 
-    CPU tensors are cloned now. CUDA tensors are copied into pinned host memory on a side stream; the
+    ``buffers``: the previous snapshot's host tensors, reused where shape and dtype match (only once
+    that snapshot is written: :meth:`BackgroundSaver.begin` waits for it). CPU tensors are copied now. CUDA tensors are copied into pinned host memory on a side stream; the
     training stream waits for those copies before its next kernel (so the next step cannot overwrite a
     tensor before it is copied) and the host does not wait at all. Containers are rebuilt, other
     mutable leaves deep-copied. (The CUDA branch has not run yet: no GPU was lent to the session that
     wrote it.)
     """
+    kept = buffers if buffers is not None else {}
     if not _holds_cuda(state):
-        return SnapshotCopy(_copy_tree(state, None), None)
+        return SnapshotCopy(_copy_tree(state, None, kept, ()), None)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        copied = _copy_tree(state, side)
+        copied = _copy_tree(state, side, kept, ())
         done = torch.cuda.Event()
         done.record(side)
     torch.cuda.current_stream().wait_event(done)
     return SnapshotCopy(copied, done)
 
 
-def _copy_tree(value: Any, side: torch.cuda.Stream | None) -> Any:
+def _copy_tree(value: Any, side: torch.cuda.Stream | None, kept: Buffers, path: tuple[Any, ...]) -> Any:
     if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-        if tensor.is_cuda and side is not None:
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            host.copy_(tensor, non_blocking=True)
-            tensor.record_stream(side)
-            return host
-        return tensor.to("cpu", copy=True)
+        return _copy_tensor(value.detach(), side, kept, path)
     if isinstance(value, Mapping):
-        return {key: _copy_tree(item, side) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_tree(item, side) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_copy_tree(item, side) for item in value)
+        return {key: _copy_tree(item, side, kept, (*path, key)) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_copy_tree(item, side, kept, (*path, i)) for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
     if isinstance(value, _IMMUTABLE):
         return value
     return copy.deepcopy(value)
+
+
+def _copy_tensor(
+    tensor: torch.Tensor, side: torch.cuda.Stream | None, kept: Buffers, path: tuple[Any, ...]
+) -> Any:
+    on_device = tensor.is_cuda and side is not None
+    host = kept.get(path)
+    if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype or tensor.is_sparse:
+        if tensor.is_sparse or (not on_device and not tensor.is_contiguous()):
+            return tensor.to("cpu", copy=True)
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=on_device)
+        kept[path] = host
+    host.copy_(tensor, non_blocking=on_device)
+    if on_device:
+        tensor.record_stream(side)  # type: ignore[arg-type]
+    return host
 
 
 def _holds_cuda(value: Any) -> bool:
@@ -118,6 +135,8 @@ class BackgroundSaver:
 
     def __init__(self) -> None:
         self.stats = SaveStats()
+        self.buffers: Buffers = {}
+        """The host memory of the previous snapshot, reused by the next (see :data:`Buffers`)."""
         self.waiting = threading.Event()
         """Set while a save request waits for the save in flight."""
         self._thread: threading.Thread | None = None

@@ -375,7 +375,9 @@ class Session:
         )
         self._saved_step = self.step
         if background:
-            copied = snapshot_copy({"rank": staged.rank_payload, "main": staged.main_payload})
+            copied = snapshot_copy(
+                {"rank": staged.rank_payload, "main": staged.main_payload}, self.saver.buffers
+            )
 
             def write() -> None:
                 state = copied.wait()
