@@ -93,10 +93,10 @@ class Session:
         self._in_step = False
         self._saved_step = -1
         self.saver = BackgroundSaver()
+        """The periodic saves written in the background, and their counts (``saver.stats``)."""
         self.timings: dict[str, float] = {}
         """What this process measured, in seconds (see Segment.timings); recorded when the segment closes."""
         self._grace_checked = False
-        """The periodic saves written in the background, and their counts (``saver.stats``)."""
         self._final_digest: str | None = None
         self._restored_rng: str | None = None
         self._stopping = False
@@ -364,7 +364,7 @@ class Session:
         shared = None
         if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
             shared = self._source.state_dict()
-            shared = shared if background else capture(shared)
+            shared = dict(shared) if background else capture(shared)  # never the trainer's own dict
             if "model" not in shared and self._require_model:
                 raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
             shared.setdefault("model", {})
