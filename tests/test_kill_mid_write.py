@@ -2,6 +2,8 @@
 
 Whatever is half-written must never be trusted or left to pile up: the manifest keeps its previous
 version, an unpublished checkpoint is deleted, and the resumed run ends bit-identical to one never killed.
+Periodic checkpoints are written in the background (async_save.py) and the reference run writes every one
+on the training thread (--sync-checkpoints): the resumed runs also show that both write the same state.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ FAST = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "debu
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same run, never killed."""
+    """The same run, never killed, with synchronous saves."""
     work = tmp_path_factory.mktemp("reference")
-    result = cli("submit", *FAST, "--run-dir", str(work / "run"), cwd=work)
+    result = cli("submit", *FAST, "--sync-checkpoints", "--run-dir", str(work / "run"), cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     return work / "run"
 
@@ -43,10 +45,11 @@ def _kill_inside(run_dir: Path, pause: str, inside: Callable[[], bool], cwd: Pat
     name, seconds = pause.rsplit(":", 1)
     for attempt in range(3):
         shutil.rmtree(run_dir, ignore_errors=True)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trm_cluster.submit", *FAST, "--run-dir", str(run_dir)], cwd=cwd,
-            env=clean_env(**{PAUSE_ENV: f"{name}:{float(seconds) * 4**attempt}"}), stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        with (cwd / "stdout.txt").open("w") as stdout:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "trm_cluster.submit", *FAST, "--run-dir", str(run_dir)], cwd=cwd,
+                env=clean_env(**{PAUSE_ENV: f"{name}:{float(seconds) * 4**attempt}"}), stdout=stdout,
+            )  # fmt: skip
         try:
             while not inside() and proc.poll() is None:
                 time.sleep(0.02)
@@ -62,13 +65,18 @@ def _kill_inside(run_dir: Path, pause: str, inside: Callable[[], bool], cwd: Pat
     pytest.fail(f"never caught the process inside the paused write ({pause}, 3 runs)")
 
 
+def _stdout(cwd: Path) -> str:
+    path = cwd / "stdout.txt"
+    return path.read_text() if path.exists() else ""
+
+
 def _resume_and_check(run_dir: Path, cwd: Path, reference: Path) -> None:
     resumed = cli("submit", "--resume", str(run_dir), "--executor", "debug", cwd=cwd)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["killed", "completed"]
     assert data["segments"][1]["start_step"] == 100
-    assert_same_training_state(reference, run_dir)
+    assert_same_training_state(reference, run_dir, ignore=("meta.config.run.sync_checkpoints",))
     assert not _temps(run_dir, "manifest.json") and not list((run_dir / "checkpoints").glob(".*.tmp"))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "step_000000100.pt", "step_000000150.pt", "step_000000200.pt",
@@ -77,11 +85,15 @@ def _resume_and_check(run_dir: Path, cwd: Path, reference: Path) -> None:
 
 
 def test_killed_while_writing_a_checkpoint(workdir: Path, reference: Path) -> None:
+    """Checkpoint 150 is written in the background: the process trains on to step 200 (where the next
+    save waits for it) while 150's write is paused, and is killed there."""
     run_dir = workdir / "run"
     checkpoints = run_dir / "checkpoints"
-    _kill_inside(
-        run_dir, "step_000000150:600", lambda: bool(_temps(checkpoints, "step_000000150.pt")), workdir
-    )
+
+    def writing_150_at_step_200() -> bool:
+        return bool(_temps(checkpoints, "step_000000150.pt")) and "step 200/200" in _stdout(workdir)
+
+    _kill_inside(run_dir, "step_000000150:600", writing_150_at_step_200, workdir)
     assert [c["step"] for c in manifest(run_dir)["checkpoints"]] == [50, 100]  # 150 never published
     assert not (checkpoints / "step_000000150.pt").exists()
     _resume_and_check(run_dir, workdir, reference)

@@ -17,6 +17,10 @@ class RunConfig:
     loop seeds itself)."""
     checkpoint_every: int = 200
     """Save every N steps (0: only when stopping and at the end)."""
+    sync_checkpoints: bool = False
+    """Write periodic checkpoints on the training thread. By default (one rank) they are copied at the
+    step boundary and written in the background; the save at a stop and at the end is always
+    synchronous, and so is every save of a multi-rank run."""
     keep_checkpoints: int = 3
     """Keep the newest K checkpoint files; older ones are deleted once a newer one is durable."""
     log_every: int = 10

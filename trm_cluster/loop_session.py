@@ -29,11 +29,13 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
+from .async_save import BackgroundSaver, snapshot_copy
 from .checkpoint import CheckpointStore, capture
 from .config import RunConfig
 from .digest import weights_sha256
 from .distributed import Ranks
 from .goodput import clock
+from .grace import finish_estimate_s, grace_warning
 from .heartbeat import SegmentClock
 from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
@@ -52,7 +54,7 @@ from .session_plan import (
     standalone_plan,
 )
 from .signals import StopRequest, StopSignals
-from .snapshot import accept_world_size, load_step, rank_part, save_step
+from .snapshot import StagedStep, accept_world_size, load_step, rank_part, stage_step, write_step
 from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything, use_deterministic_kernels
 from .tracking import NullTracker, Tracker, WandbTracker
 from .workload import dataclass_from_dict
@@ -92,6 +94,11 @@ class Session:
         self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
         self._in_step = False
         self._saved_step = -1
+        self.saver = BackgroundSaver()
+        """The periodic saves written in the background, and their counts (``saver.stats``)."""
+        self.timings: dict[str, float] = {}
+        """What this process measured, in seconds (see Segment.timings); recorded when the segment closes."""
+        self._grace_checked = False
         self._final_digest: str | None = None
         self._restored_rng: str | None = None
         self._stopping = False
@@ -112,6 +119,8 @@ class Session:
             raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
         context = self.plan.context
+        entered = time.time()
+        self.timings["imports_s"] = max(entered - context.started_at, 0.0)  # process start to here
         try:
             self._before = self.manifest.read()  # as the previous process left it
             self.config = self._resolve_config(self._before)
@@ -135,6 +144,7 @@ class Session:
             self._fail(error)
             self._signals.restore()
             raise
+        self.timings["manifest_s"] = time.time() - entered
         self._state = "entered"
         return self
 
@@ -182,6 +192,7 @@ class Session:
         self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
         self._source, self._require_model = source, require_model
         journal: Any = ()
+        began = time.time()
         loaded = load_step(self.store, self.ranks, self.data.run_uid)
         if loaded is not None:
             payload = loaded.payload
@@ -210,6 +221,8 @@ class Session:
             saved_total = meta.get("total_steps")
             if saved_total is not None and int(saved_total) != self.total_steps:
                 self.total_steps_changed = (int(saved_total), self.total_steps)
+        loaded_at = time.time()
+        self.timings["load_s"] = loaded_at - began
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
         if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:
@@ -222,6 +235,7 @@ class Session:
             self._tracker = NullTracker(
                 self.data.wandb.last_step, journal if isinstance(journal, Mapping) else None
             )
+        self.timings["wandb_init_s"] = time.time() - loaded_at
         self._state = "restored"
         return self.step
 
@@ -251,6 +265,8 @@ class Session:
         self._clock = (time.time(), self.step)
         try:
             while self.step < self.total_steps and not self._stop_requested():
+                if "first_step_s" not in self.timings:  # process start to the first step
+                    self.timings["first_step_s"] = time.time() - self.plan.context.started_at
                 self._in_step = True
                 yield self.step
                 self._in_step = False
@@ -290,8 +306,18 @@ class Session:
                 self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row) +
                           f" | {speed:.3g} steps/s{eta}")  # fmt: skip
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
-            self._save_or_report()
+            self._save_or_report(background=self._may_save_in_background(done))
         self._goodput.step_done(done)
+        if not self._grace_checked:
+            self._check_grace_window()
+
+    def _may_save_in_background(self, done: int) -> bool:
+        """A periodic save of one rank, not the last step's, and no stop requested yet: those saves
+        are synchronous (a stop or the end needs the state durable before the segment closes; several
+        ranks write and publish together, with collectives that stay on the training thread)."""
+        if self.config.sync_checkpoints or self.ranks.distributed:
+            return False
+        return done < self.total_steps and self._signals.request is None
 
     # -- logging ------------------------------------------------------------------------------------
 
@@ -334,32 +360,59 @@ class Session:
 
     # -- saving and stopping: the requeue path --------------------------------------------------------
 
-    def _save(self) -> None:
-        """The full state of this step, every rank's part durable, then published (snapshot.py)."""
+    def _save(self, background: bool = False) -> None:
+        """The full state of this step, every rank's part durable, then published (snapshot.py).
+        ``background``: copied now, written and published by the writer thread (async_save.py).
+        The time the loop waits for it counts as saving (goodput); a background write's does not."""
+        with self._goodput.saving():
+            self._save_now(background)
+
+    def _save_now(self, background: bool) -> None:
         assert self._source is not None
+        if "step_s" not in self.timings and self.step > self._clock[1]:  # before the first save: steps only
+            self.timings["step_s"] = (time.time() - self._clock[0]) / (self.step - self._clock[1])
+        began = time.perf_counter()
+        self.saver.begin()  # at most one save in flight: wait for the previous one (counted)
         shared = None
         if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
-            shared = capture(self._source.state_dict())
+            shared = self._source.state_dict()
+            shared = dict(shared) if background else capture(shared)  # never the trainer's own dict
             if "model" not in shared and self._require_model:
                 raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
             shared.setdefault("model", {})
         rank_state: dict[str, Any] = getattr(self._source, "rank_state_dict", dict)()
         tracking = {"journal": self._tracker.journal(), "window": self._window.state_dict()}
-        with self._goodput.saving():
-            save_step(
-                self.store, self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps
-            )
+        staged = stage_step(
+            self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps, not background
+        )
         self._saved_step = self.step
+        if background:
+            copied = snapshot_copy(
+                {"rank": staged.rank_payload, "main": staged.main_payload}, self.saver.buffers
+            )
+
+            def write() -> None:
+                state = copied.wait()
+                write_step(self.store, self.ranks, StagedStep(staged.step, state["rank"], state["main"]))
+
+            self.saver.start(write, began)
+            return
+        write_step(self.store, self.ranks, staged)
+        self.timings.setdefault("sync_save_s", time.perf_counter() - began)
         if self.step >= self.total_steps and shared is not None:
             self._final_digest = weights_sha256(shared["model"])
 
-    def _save_or_report(self) -> bool:
+    def _save_or_report(self, background: bool = False) -> bool:
         """A periodic or stop-time save whose write fails (disk full, quota: OSError) is reported in the log
         and the manifest, not fatal: the write is atomic and was never published, so the previous
         checkpoint and the manifest are intact; training goes on, and a stop requeues from the last good
-        checkpoint. (Several ranks: raised, a rank that fails alone cannot leave the others waiting.)"""
+        checkpoint. (Several ranks: raised, a rank that fails alone cannot leave the others waiting.) A
+        background write's failure surfaces here too: at the next save, or when the stop joins it."""
         try:
-            self._save()
+            if background:
+                self._save(background=True)
+            else:
+                self._save_if_unsaved()  # joins a save in flight first
         except OSError as error:
             if self.ranks.distributed:
                 raise
@@ -368,7 +421,33 @@ class Session:
             return False
         return True
 
+    def _check_grace_window(self) -> None:
+        """Once the step and save times are known: warn (log, manifest) if a stop does not fit the
+        signal delay. A background save's write stands in for the final, synchronous one."""
+        if "sync_save_s" not in self.timings and self.saver.stats.write_s:
+            self.timings["sync_save_s"] = self.saver.stats.write_s[0]
+        if "step_s" not in self.timings or "sync_save_s" not in self.timings:
+            return
+        self._grace_checked = True
+        signal_delay_s = self.data.launch.get("signal_delay_s")
+        if (
+            not self.ranks.is_main
+            or signal_delay_s is None
+            or self.plan.context.executor not in ("slurm", "local")
+        ):
+            return
+        finish_s = finish_estimate_s(self.manifest.read().segments[:-1], self.data.wandb.mode)
+        warning = grace_warning(float(signal_delay_s), self.timings, finish_s)
+        if warning is None:
+            return
+        log.warning("%s", warning)
+        with self.manifest.update() as data:
+            data.segments[self.segment.index].warning = warning
+            data.segments[self.segment.index].timings = dict(self.timings)
+
     def _save_if_unsaved(self) -> None:
+        with self._goodput.saving():
+            self.saver.wait()  # a save in flight is durable (or its error raised) before any other step
         if self._saved_step != self.step:
             self._save()
 
@@ -376,7 +455,7 @@ class Session:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
         saved_before = self._goodput.save_s
         # 1. the full state, every rank's part durable, at this boundary
-        saved = self._saved_step == self.step or self._save_or_report()
+        saved = self._save_or_report()  # a save in flight joined, then this step's, if not yet saved
         stop_save_s = self._goodput.save_s - saved_before
         if not saved:  # the write failed: the next process resumes from the last good checkpoint
             self.step = self.manifest.read().step
@@ -384,10 +463,12 @@ class Session:
         reason, requeue = "preempted", False
         if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
             reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
+            finishing = time.time()
             self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
+            self.timings["finish_s"] = time.time() - finishing
             requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
                 self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
-                save_s=self._goodput.save_s, stop_save_s=stop_save_s,
+                save_s=self._goodput.save_s, stop_save_s=stop_save_s, timings=self.timings,
             )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
@@ -445,10 +526,12 @@ class Session:
             self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
             self._save_if_unsaved()
         if self.ranks.is_main:
+            finishing = time.time()
             self._tracker.finish(preempting=False)
+            self.timings["finish_s"] = time.time() - finishing
             close_segment(
                 self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
-                save_s=self._goodput.save_s, stop_save_s=self._goodput.last_save_s,
+                save_s=self._goodput.save_s, stop_save_s=self._goodput.last_save_s, timings=self.timings,
             )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
         self.ranks.barrier()
@@ -466,6 +549,10 @@ class Session:
         self.plan.summary = self.summary
 
     def _fail(self, error: BaseException) -> None:
+        try:
+            self.saver.wait()  # a save in flight is a valid checkpoint: let it become durable
+        except Exception as save_error:
+            log.error("the background save in flight failed too: %s", save_error)
         self._tracker.finish(preempting=False, failed=True)
         if hasattr(self, "ranks"):
             self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable

@@ -96,6 +96,11 @@ class Segment:
     last_seen_time: str | None = None
     recomputed_steps: int | None = None
     """A killed segment: steps it trained past its last durable checkpoint, trained again by the next."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds this process measured (grace.py): its start (imports_s, manifest_s, load_s, wandb_init_s,
+    first_step_s), a step (step_s), a save (save_s, sync_save_s) and the W&B finish (finish_s)."""
+    warning: str | None = None
+    """A warning about the run's settings seen by this process (a grace window too short)."""
 
 
 @dataclass

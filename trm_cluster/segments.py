@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,14 +132,18 @@ def close_segment(
     durable_step: int,
     save_s: float | None = None,
     stop_save_s: float | None = None,
+    timings: Mapping[str, float] | None = None,
 ) -> bool:
     """Close the segment with its reason; count the requeue; return whether a requeue is allowed.
 
     Timeouts spend the per-submission budget (``max_requeues``); preemptions never do. ``save_s``: the
-    segment's time spent saving; ``stop_save_s``: that of the save at the stop (for goodput).
+    segment's time spent saving; ``stop_save_s``: that of the save at the stop (for goodput);
+    ``timings``: what the process measured of its start, a step, a save and the W&B finish (grace.py).
     """
     with manifest.update() as data:
         segment = data.segments[index]
+        if timings:
+            segment.timings = {**segment.timings, **timings}
         segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
         segment.save_s, segment.stop_save_s = save_s, stop_save_s
         segment.signal = request.name if request else None

@@ -4,7 +4,9 @@ Every rank has its own part (its RNG streams and the state registered as per-ran
 position); the shared state (model, optimizer, schedule...) is the same on every rank and is written
 once, by rank 0. Rank 0's own part rides in the main file (so a one-rank checkpoint is one file);
 rank r's goes to ``step_N.rankR.pt``. The checkpoint is published in the manifest, by rank 0, only
-after every part is durable: a checkpoint that the manifest names is always complete.
+after every part is durable: a checkpoint that the manifest names is always complete. A save is
+staged (:func:`stage_step`, at the step boundary) and then written (:func:`write_step`): both on the
+training thread for a synchronous save, the write on async_save's writer thread for a background one.
 
 Loading: rank 0 picks the newest valid checkpoint (falling back past bad ones), every rank loads the
 same step, each with its own part.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import CheckpointError, CheckpointStore, LoadedCheckpoint, capture
@@ -22,6 +25,69 @@ from .manifest import ConfigChange, ManifestData, RunManifest, utc_now
 from .state import capture_rng
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagedStep:
+    """A step's state as it is written: this rank's part, and on rank 0 the full main payload."""
+
+    step: int
+    rank_payload: dict[str, Any] | None
+    """Rank r > 0: ``{"rng", "rank_state", "meta"}`` for ``step_N.rankR.pt``; None on rank 0."""
+    main_payload: dict[str, Any] | None
+    """Rank 0: ``{"model", "trainer", "rng", "rank_state", "tracking", "meta"}``; None elsewhere."""
+
+
+def stage_step(
+    ranks: Ranks,
+    step: int,
+    shared: Mapping[str, Any] | None,
+    rank_state: Mapping[str, Any],
+    tracking: Mapping[str, Any],
+    data: ManifestData,
+    total_steps: int,
+    on_cpu: bool = True,
+) -> StagedStep:
+    """What :func:`write_step` writes, taken at the step boundary (the RNG streams now).
+    ``shared`` is needed on rank 0 only: ``{"model": weights, ...rest}``. ``on_cpu=False`` leaves the
+    tensors where they are, for a background save that copies them itself (async_save.snapshot_copy)."""
+    take = capture if on_cpu else _as_is
+    part = {"rng": take(capture_rng()), "rank_state": take(dict(rank_state))}
+    if not ranks.is_main:
+        meta = {"step": step, "rank": ranks.rank, "run_uid": data.run_uid}
+        return StagedStep(step, {**part, "meta": meta}, None)
+    assert shared is not None
+    state = dict(shared)
+    model = state.pop("model")
+    meta = {
+        "format": 1,
+        "step": step,
+        "total_steps": total_steps,
+        "world_size": ranks.world_size,
+        "run_uid": data.run_uid,
+        "run_name": data.name,
+        "workload": data.workload,
+        "config": data.config,
+        "saved_at": utc_now(),
+    }
+    payload = {"model": model, "trainer": state, **part, "tracking": dict(tracking), "meta": meta}
+    return StagedStep(step, None, payload)
+
+
+def _as_is(state: Any) -> Any:
+    return state
+
+
+def write_step(store: CheckpointStore, ranks: Ranks, staged: StagedStep) -> None:
+    """Write this rank's part (rank 0: the main file), then rank 0 publishes once every part is durable.
+    Collective with several ranks: every rank calls it for the same step, on its training thread."""
+    record = None
+    if staged.rank_payload is not None:
+        record = store.write_part(staged.step, ranks.rank, staged.rank_payload)
+    parts = ranks.gather(record)  # also: every part is durable once rank 0 has them all
+    if staged.main_payload is not None:
+        store.save(staged.step, staged.main_payload, parts=[p for p in parts if p is not None])
+    ranks.barrier()  # published: no rank runs ahead of a checkpoint that is not in the manifest yet
 
 
 def save_step(
@@ -34,32 +100,8 @@ def save_step(
     data: ManifestData,
     total_steps: int,
 ) -> None:
-    """Write this rank's part (and, on rank 0, the shared state, the W&B journal and the meta), then
-    publish. ``shared`` is needed on rank 0 only: ``{"model": weights, ...rest}``."""
-    part = {"rng": capture(capture_rng()), "rank_state": capture(dict(rank_state))}
-    record = None
-    if not ranks.is_main:
-        meta = {"step": step, "rank": ranks.rank, "run_uid": data.run_uid}
-        record = store.write_part(step, ranks.rank, {**part, "meta": meta})
-    parts = ranks.gather(record)  # also: every part is durable once rank 0 has them all
-    if ranks.is_main:
-        assert shared is not None
-        state = dict(shared)
-        model = state.pop("model")
-        meta = {
-            "format": 1,
-            "step": step,
-            "total_steps": total_steps,
-            "world_size": ranks.world_size,
-            "run_uid": data.run_uid,
-            "run_name": data.name,
-            "workload": data.workload,
-            "config": data.config,
-            "saved_at": utc_now(),
-        }
-        payload = {"model": model, "trainer": state, **part, "tracking": dict(tracking), "meta": meta}
-        store.save(step, payload, parts=[p for p in parts if p is not None])
-    ranks.barrier()  # published: no rank runs ahead of a checkpoint that is not in the manifest yet
+    """Stage and write a step's state now, on the training thread (the synchronous save)."""
+    write_step(store, ranks, stage_step(ranks, step, shared, rank_state, tracking, data, total_steps))
 
 
 def load_step(store: CheckpointStore, ranks: Ranks, run_uid: str) -> LoadedCheckpoint | None:

@@ -86,6 +86,8 @@ def render(status: dict[str, Any]) -> str:
             f"{s['end_step'] if s['end_step'] is not None else '?'}  {_duration(s):>8}  "
             f"{s['end_reason'] or 'running'}{' (' + s['signal'] + ')' if s['signal'] else ''}"
         )
+        if s.get("warning"):
+            lines.append(f"       warning: {s['warning']}")
     lines.append("checkpoints:")
     for c in status["checkpoints"]:
         lines.append(

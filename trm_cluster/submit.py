@@ -21,6 +21,7 @@ import tyro
 from .config import RunConfig
 from .executors import ExecutorOptions, resolve_kind, sbatch_script
 from .fork import ForkPoint, fork_run, fork_step, fork_wandb
+from .grace import advice_from_history
 from .launch import (
     LOG_DIR,
     WandbOptions,
@@ -329,6 +330,9 @@ def _resume(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: di
     preempt_at = tuple(current + s for s in preemption_steps(args.preemptions, remaining, str(run_dir)))
     data = resume_run(run_dir, config, {**launch, "preempt_at": list(preempt_at)}, _wandb_changes(args))
     _print_changes(data)
+    advice = advice_from_history(data.segments, data.wandb.mode, args.executor.signal_delay_s)
+    if advice is not None and kind in ("slurm", "local"):
+        print(f"warning: from this run's measured history: {advice}")
     return _submit_and_report(args, run_dir, kind, "must" if args.wandb_must_resume else "allow", preempt_at)
 
 

@@ -1,0 +1,52 @@
+"""Is the grace window long enough? What a stop needs, from what this run measured.
+
+A stop signal (``--signal-delay-s`` before the time limit, or a preemption's grace time) must leave room
+for the step in progress, the final (synchronous) save and the W&B finish. The session measures all
+three; when the window is smaller than their sum times :data:`SAFETY`, it warns once, at the first
+save whose time it knows, with the value to use, in the job's log and in the manifest (``status``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SAFETY = 2.0
+"""A stop must fit twice over: saves on a shared file system and W&B's finish vary a lot."""
+DEFAULT_FINISH_S = {"disabled": 0.0, "offline": 5.0, "online": 30.0}
+"""The W&B finish assumed until a segment of the run has measured one."""
+
+
+def needed_signal_delay_s(step_s: float, save_s: float, finish_s: float) -> int:
+    """The smallest ``--signal-delay-s`` that fits a stop :data:`SAFETY` times over (whole seconds)."""
+    return max(1, math.ceil(SAFETY * (step_s + save_s + finish_s)))
+
+
+def finish_estimate_s(segments: Sequence[Any], wandb_mode: str) -> float:
+    """The slowest W&B finish an earlier segment measured, else a default for the mode."""
+    measured = [s.timings["finish_s"] for s in segments if "finish_s" in getattr(s, "timings", {})]
+    return max(measured) if measured else DEFAULT_FINISH_S.get(wandb_mode, 30.0)
+
+
+def grace_warning(signal_delay_s: float, timings: Mapping[str, float], finish_s: float) -> str | None:
+    """The warning when ``signal_delay_s`` cannot fit a stop; None when it can."""
+    step_s, save_s = timings["step_s"], timings["sync_save_s"]
+    needed = needed_signal_delay_s(step_s, save_s, finish_s)
+    if signal_delay_s >= needed:
+        return None
+    return (
+        f"--signal-delay-s {signal_delay_s:g} is too short for a stop here: a step takes {step_s:.2f} s, "
+        f"the final save {save_s:.2f} s and the W&B finish about {finish_s:.1f} s; with a {SAFETY:g}x "
+        f"margin use --signal-delay-s {needed} (submit --resume RUN --signal-delay-s {needed})"
+    )
+
+
+def advice_from_history(segments: Sequence[Any], wandb_mode: str, signal_delay_s: float) -> str | None:
+    """``submit --resume``'s advice: the warning for the slowest step and save the run's segments
+    measured, against the signal delay of the new submission (None: it fits, or nothing was measured)."""
+    measured = [s.timings for s in segments if {"step_s", "sync_save_s"} <= set(getattr(s, "timings", {}))]
+    if not measured:
+        return None
+    slowest = {key: max(t[key] for t in measured) for key in ("step_s", "sync_save_s")}
+    return grace_warning(signal_delay_s, slowest, finish_estimate_s(segments, wandb_mode))
