@@ -328,15 +328,17 @@ def _has_step_delay(preset: str) -> bool:
     return any(f.name == "step_delay_s" for f in dataclasses.fields(config_type))
 
 
-def summary(tally: Tally, verdicts: list[Verdict], run_dir: Path) -> tuple[bool, str]:
+def summary(tally: Tally, verdicts: list[Verdict], run_dir: Path, requested: int) -> tuple[bool, str]:
     recomputed, lost = step_accounting(run_dir)
     failed = [v for v in verdicts if not v.ok]
     ok = not failed and lost == 0 and not tally.stranded
     kinds = ", ".join(f"{k} {tally.hits[k]}" for k in KINDS if tally.hits[k])
+    landed = sum(tally.hits.values())
+    asked = f" of {requested} asked: the run completed first" if landed < requested else ""
     segments = len(RunManifest(run_dir).read().segments)
     checks = ", ".join(f"{v.name} {'ok' if v.ok else 'FAILED'}" for v in verdicts)
     line = (
-        f"chaos {'PASS' if ok else 'FAIL'}: {sum(tally.hits.values())} hits ({kinds}); {tally.resumes} resumes, "
+        f"chaos {'PASS' if ok else 'FAIL'}: {sum(tally.hits.values())} hits{asked} ({kinds}); {tally.resumes} resumes, "
         f"{segments} segments, {recomputed} steps recomputed after kills, {lost} steps lost to USR2/TERM, "
         f"{len(tally.stranded)} stranded; {checks}"
     )
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos FAIL: {error}", file=sys.stderr)
         return 1
     verdicts = verify(driver.run_dir, driver.reference, driver.tally.processes)
-    ok, line = summary(driver.tally, verdicts, driver.run_dir)
+    ok, line = summary(driver.tally, verdicts, driver.run_dir, args.hits)
     for verdict in verdicts:
         print(f"  {verdict.name}: {'ok' if verdict.ok else 'FAILED'} ({verdict.detail})")
     for stranded in driver.tally.stranded:
