@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.environment import JobContext
+from trm_cluster.environment import JobContext, slurm_job_fields
 from trm_cluster.signals import StopRequest
 
 NOW = 1_780_000_000.0  # the moment the signal arrived; every time in the line is relative to it
@@ -104,3 +104,48 @@ def test_a_failing_scontrol_judges_by_the_time_limit(
     with caplog.at_level(logging.WARNING, logger="trm_cluster.environment"):
         assert context.classify(StopRequest(signal.SIGUSR2, NOW), DELAY_S, limit_s) == reason
     assert "scontrol gave no answer for job 4242" in caplog.text
+
+
+def _without(line: str, field: str) -> str:
+    return " ".join(token for token in line.split() if not token.startswith(f"{field}="))
+
+
+WARNING_LINE = job_line("RUNNING", "None", 78)  # the time-limit warning (see above)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        # a PreemptTime that says "none" in another way, or no such field (another Slurm version), is no
+        # preemption: the end time decides
+        (WARNING_LINE.replace("PreemptTime=None", "PreemptTime=Unknown"), "timeout"),
+        (WARNING_LINE.replace("PreemptTime=None", "PreemptTime="), "timeout"),
+        (_without(WARNING_LINE, "PreemptTime"), "timeout"),
+        # no end time to judge by: a USR2 is a preemption (never spends the budget)
+        (_without(_without(WARNING_LINE, "PreemptTime"), "EndTime"), "preempted"),
+        (WARNING_LINE.replace(f"EndTime={slurm_time(78)}", "EndTime=Unknown"), "preempted"),
+        # the edge: an end exactly the signal delay plus Slurm's 60 s slack away is still the time limit's
+        (job_line("RUNNING", "None", DELAY_S + 60), "timeout"),
+        (job_line("RUNNING", "None", DELAY_S + 61), "preempted"),
+    ],
+)
+def test_missing_or_unknown_times_in_the_line_and_the_edge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, reason: str
+) -> None:
+    (tmp_path / "job.txt").write_text(line + "\n")
+    install_scontrol(tmp_path, monkeypatch, f'cat "{tmp_path}/job.txt"\n')
+    assert classify(signal.SIGUSR2) == reason
+
+
+def test_the_fields_of_the_line_keep_values_that_hold_an_equals_sign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "job.txt").write_text(job_line("RUNNING", "None", 78) + "\n")
+    install_scontrol(
+        tmp_path, monkeypatch, f'[ "$*" = "show job -o 4242" ] || exit 2\ncat "{tmp_path}/job.txt"\n'
+    )
+    fields = slurm_job_fields("4242")
+    assert (
+        fields is not None and fields["TRES"] == "cpu=1,node=1,billing=1" and fields["JobState"] == "RUNNING"
+    )
+    assert fields["Power"] == "" and slurm_job_fields("4343") is None  # scontrol fails: no fields
