@@ -6,6 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -149,3 +152,88 @@ def test_the_fields_of_the_line_keep_values_that_hold_an_equals_sign(
         fields is not None and fields["TRES"] == "cpu=1,node=1,billing=1" and fields["JobState"] == "RUNNING"
     )
     assert fields["Power"] == "" and slurm_job_fields("4343") is None  # scontrol fails: no fields
+
+
+LOCAL_TASK = {  # what submitit's local executor gives task 1 of 2 (submitit/local/local.py)
+    "SUBMITIT_EXECUTOR": "local",
+    "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1",
+    "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+    "SUBMITIT_LOCAL_TIMEOUT_S": "300", "SUBMITIT_LOCAL_SIGNAL_DELAY_S": "30",
+}  # fmt: skip
+
+
+@pytest.fixture
+def no_scheduler(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in [k for k in os.environ if k.startswith(("SUBMITIT_", "SLURM_"))]:
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_a_local_task_knows_its_rank_array_index_and_restart(no_scheduler: pytest.MonkeyPatch) -> None:
+    for key, value in {**LOCAL_TASK, "SLURM_ARRAY_TASK_ID": "3", "SLURM_RESTART_COUNT": "2"}.items():
+        no_scheduler.setenv(key, value)
+    context = JobContext.detect()
+    assert (context.executor, context.job_id, context.global_rank, context.world_size) == (
+        "local",
+        "4242",
+        1,
+        2,
+    )
+    assert (context.local_rank, context.array_index, context.restart_count) == (1, 3, 2)
+    assert (context.host, context.pid, context.is_rank_zero) == (socket.gethostname(), os.getpid(), False)
+
+
+def test_a_process_called_directly_is_its_own_job(no_scheduler: pytest.MonkeyPatch) -> None:
+    no_scheduler.setenv("SLURM_RESTART_COUNT", "")  # set but empty: no restart
+    context = JobContext.detect()
+    assert (context.executor, context.job_id, context.global_rank, context.world_size) == (
+        "process",
+        str(os.getpid()),
+        0,
+        1,
+    )
+    assert (context.local_rank, context.array_index, context.restart_count, context.is_rank_zero) == (
+        0, None, 0, True
+    )  # fmt: skip
+    assert context.classify(StopRequest(signal.SIGUSR2, NOW), DELAY_S) == "preempted"  # no scheduler to ask
+
+
+@pytest.mark.parametrize(
+    ("after_s", "environment", "reason"),
+    [  # timeout 300 s, signal 30 s before it, 2 s of slack for imports: a timeout from 268 s on
+        (267.5, LOCAL_TASK, "preempted"),
+        (268.0, LOCAL_TASK, "timeout"),
+        (10_000.0, {}, "preempted"),  # no timeout known: never a timeout
+        (297.5, {"SUBMITIT_LOCAL_TIMEOUT_S": "300"}, "preempted"),  # no delay known: signalled at the limit
+        (298.0, {"SUBMITIT_LOCAL_TIMEOUT_S": "300"}, "timeout"),
+    ],
+)
+def test_a_local_stop_is_a_timeout_from_the_signal_time_on(
+    no_scheduler: pytest.MonkeyPatch, after_s: float, environment: dict[str, str], reason: str
+) -> None:
+    for key, value in environment.items():
+        no_scheduler.setenv(key, value)
+    context = JobContext(
+        executor="local", job_id="4242", array_index=None, restart_count=0, host="node1", pid=1,
+        global_rank=0, world_size=1, started_at=NOW,
+    )  # fmt: skip
+    assert context.classify(StopRequest(signal.SIGUSR2, NOW + after_s), DELAY_S) == reason
+
+
+CHILD = """
+import sys, time
+first_line = time.time()
+while time.time() < first_line + 0.3:  # a gap: the start must come from /proc, not from "now"
+    pass
+from trm_cluster.environment import JobContext
+print(first_line, JobContext.detect().started_at)
+"""
+
+
+def test_a_process_knows_when_it_started(no_scheduler: pytest.MonkeyPatch) -> None:
+    """The local executor times its signal from the task's start, and imports take seconds: the start is
+    the process's own (from /proc), before its first line ran, not the moment it asked."""
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True).stdout
+    first_line, started_at = map(float, out.split())
+    assert before - 0.05 <= started_at <= first_line + 0.05  # /proc counts in 10 ms clock ticks
