@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from support import new_run, this_process
 
+from trm_cluster.environment import JobContext
 from trm_cluster.manifest import CheckpointRecord, ManifestError, Segment, utc_now
-from trm_cluster.segments import open_segment, refuse_if_alive
+from trm_cluster.segments import close_segment, open_segment, refuse_if_alive
 
 HOST = socket.gethostname()
 
@@ -147,3 +148,28 @@ def test_a_checkpoint_time_that_does_not_parse_is_not_the_killed_segments(tmp_pa
         ]
     open_segment(manifest, this_process())
     assert manifest.read().segments[0].end_time == _at(2)
+
+
+def test_a_segment_records_where_its_process_runs_and_when_it_began(tmp_path: Path) -> None:
+    manifest = new_run(tmp_path)
+    with manifest.update() as data:
+        data.status = "requeued"
+    context = JobContext("slurm", "77", 4, 2, "node9", 4242, 0, 1, 0.0)
+    before = datetime.now(UTC)
+    open_segment(manifest, context, total_steps=30)
+    data = manifest.read()
+    (segment,) = data.segments
+    assert (segment.job_id, segment.array_index, segment.restart_count) == ("77", 4, 2)
+    assert (segment.host, segment.pid, segment.executor, segment.start_step) == ("node9", 4242, "slurm", 0)
+    assert before <= datetime.fromisoformat(segment.start_time) <= datetime.now(UTC)
+    assert (data.status, data.total_steps) == ("running", 30)
+
+
+def test_a_requeue_of_a_reason_the_manifest_never_counted_starts_its_count_at_one(tmp_path: Path) -> None:
+    """A manifest written before preemptions were counted holds only the timeouts."""
+    manifest = new_run(tmp_path)
+    with manifest.update() as data:
+        data.requeues = {"timeout": 0}
+    segment = open_segment(manifest, this_process())
+    assert close_segment(manifest, segment.index, 1, "preempted", None, durable_step=1)
+    assert manifest.read().requeues == {"timeout": 0, "preempted": 1}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.environment import JobContext, slurm_job_fields
+from trm_cluster.environment import JobContext, _executor_kind, slurm_job_fields
 from trm_cluster.signals import StopRequest
 
 NOW = 1_780_000_000.0  # the moment the signal arrived; every time in the line is relative to it
@@ -172,7 +172,9 @@ def no_scheduler(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_a_local_task_knows_its_rank_array_index_and_restart(no_scheduler: pytest.MonkeyPatch) -> None:
     for key, value in {**LOCAL_TASK, "SLURM_ARRAY_TASK_ID": "3", "SLURM_RESTART_COUNT": "2"}.items():
         no_scheduler.setenv(key, value)
+    before = time.time()
     context = JobContext.detect()
+    assert _booted_at() <= context.started_at < before  # this process started before the test did
     assert (context.executor, context.job_id, context.global_rank, context.world_size) == (
         "local",
         "4242",
@@ -185,7 +187,9 @@ def test_a_local_task_knows_its_rank_array_index_and_restart(no_scheduler: pytes
 
 def test_a_process_called_directly_is_its_own_job(no_scheduler: pytest.MonkeyPatch) -> None:
     no_scheduler.setenv("SLURM_RESTART_COUNT", "")  # set but empty: no restart
+    before = time.time()
     context = JobContext.detect()
+    assert _booted_at() <= context.started_at < before
     assert (context.executor, context.job_id, context.global_rank, context.world_size) == (
         "process",
         str(os.getpid()),
@@ -196,6 +200,42 @@ def test_a_process_called_directly_is_its_own_job(no_scheduler: pytest.MonkeyPat
         0, None, 0, True
     )  # fmt: skip
     assert context.classify(StopRequest(signal.SIGUSR2, NOW), DELAY_S) == "preempted"  # no scheduler to ask
+
+
+def _booted_at() -> float:
+    return time.time() - float(Path("/proc/uptime").read_text().split()[0])
+
+
+def test_a_debug_job_is_its_own_rank_zero_and_its_stop_a_preemption(no_scheduler: pytest.MonkeyPatch) -> None:
+    no_scheduler.setenv("SUBMITIT_EXECUTOR", "debug")
+    no_scheduler.setenv("SUBMITIT_DEBUG_JOB_ID", "777")
+    context = JobContext.detect()
+    assert (context.executor, context.job_id, context.global_rank, context.world_size) == (
+        "debug",
+        "777",
+        0,
+        1,
+    )
+    assert context.classify(StopRequest(signal.SIGUSR2, NOW), DELAY_S) == "preempted"
+
+
+@pytest.mark.parametrize(
+    ("names", "executor"),
+    [
+        ((), "process"),
+        (("SLURM_JOB_ID",), "process"),  # an sbatch script of the user's own runs the job directly
+        (("SUBMITIT_FOLDER",), "process"),
+        (("SLURM_JOB_ID", "SUBMITIT_FOLDER"), "slurm"),
+        (("SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_FOLDER"), "local"),
+        (("SUBMITIT_DEBUG_JOB_ID", "SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID", "SUBMITIT_FOLDER"), "debug"),
+    ],
+)
+def test_the_executor_is_told_by_the_variables_submitit_sets(
+    no_scheduler: pytest.MonkeyPatch, names: tuple[str, ...], executor: str
+) -> None:
+    for name in names:
+        no_scheduler.setenv(name, "1")
+    assert _executor_kind() == executor
 
 
 @pytest.mark.parametrize(
