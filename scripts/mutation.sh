@@ -31,9 +31,18 @@ if [[ "${1:-}" == --survivors ]]; then  # mutmut reruns every mutant it is given
 fi
 if [[ "${1:-}" != --scores ]]; then
   start=$SECONDS
-  mutmut run "${args[@]}" | tr '\r' '\n' | grep -v -e '^ *$' -e 'Generating mutants' -e 'Running stats' \
-    -e 'Running clean tests' -e 'Running forced fail test' | tail -n 5 || true
-  echo "mutmut run: $((SECONDS - start)) s"
+  status=0
+  mutmut run "${args[@]}" >mutants/run.log 2>&1 || status=$?
+  # mutmut redraws its progress line with \r: keep the lines that say something
+  tr '\r' '\n' <mutants/run.log | grep -v -e '^ *$' -e '^[^ ]* *Generating mutants' -e '^[^ ]* *Running stats' \
+    -e '^[^ ]* *Running clean tests' -e '^[^ ]* *Running forced fail test' -e '^[^ ]* [0-9]*/[0-9]* ' \
+    | tail -n 8 || true
+  echo "mutmut run: $((SECONDS - start)) s, exit status $status (whole output: $work/mutants/run.log)"
+  if [[ $status -ne 0 ]]; then  # e.g. a fast test failed unmutated ("failed to collect stats"): nothing was tested
+    tr '\r' '\n' <mutants/run.log | grep -v -e '^ *$' -e '^[^ ]* *Running ' | tail -n 40 >&2
+    echo "mutmut failed (exit status $status); see above" >&2
+    exit "$status"
+  fi
 fi
 
 mutmut results --all true >mutants/results.txt
@@ -56,5 +65,11 @@ for module, c in sorted(counts.items()):
     score = f"{100 * killed / checked:.0f}%" if checked else "-"
     unchecked = f"  ({c['not checked']} not checked yet)" if c["not checked"] else ""
     print(f"{module:26} {killed:6} {checked - killed:5} {score:>6}{unchecked}")
-print("\nnot killed:\n" + "\n".join(left) if left else "\nevery mutant killed")
+unchecked = sum(c["not checked"] for c in counts.values())
+if left:
+    print("\nnot killed:\n" + "\n".join(left))
+elif unchecked:
+    print(f"\nnothing survived so far; {unchecked} mutants not checked yet")
+else:
+    print("\nevery mutant killed")
 PY

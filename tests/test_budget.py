@@ -67,7 +67,9 @@ def test_completed_and_cancelled_segments_are_never_requeued_nor_counted(tmp_pat
     data = cancelled.read()
     assert data.status == "failed" and data.requeues == {"timeout": 0, "preempted": 0}
     assert data.segments[0].end_reason == "killed" and data.segments[0].signal == "SIGTERM"
-    assert "cancelled" in str(data.segments[0].message)
+    assert data.segments[0].message == (
+        "cancelled (SIGTERM that was neither a time limit nor a preemption); not requeued"
+    )
     completed = new_run(tmp_path / "completed", max_requeues=5)
     assert _segments(completed, ["preempted", "completed"]) == [True, False]
     data = completed.read()

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,9 @@ def make_manifest(run_dir: Path) -> RunManifest:
     return manifest
 
 
-def _bump(run_dir: str, writer: int, times: int) -> None:
+def _bump(run_dir: str, writer: int, times: int, ready: Any) -> None:
     manifest = RunManifest(Path(run_dir))
+    ready.wait()  # every writer imported and waiting: their updates overlap, whatever the machine's load
     for _ in range(times):
         with manifest.update() as data:
             data.launch["counter"] = data.launch.get("counter", 0) + 1
@@ -41,9 +43,10 @@ def _bump(run_dir: str, writer: int, times: int) -> None:
 
 def test_concurrent_writer_processes_lose_no_update(tmp_path: Path) -> None:
     make_manifest(tmp_path)
-    writers, times = 6, 40
+    writers, times = 4, 15
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_bump, args=(str(tmp_path), w, times)) for w in range(writers)]
+    ready = context.Barrier(writers)
+    processes = [context.Process(target=_bump, args=(str(tmp_path), w, times, ready)) for w in range(writers)]
     for p in processes:
         p.start()
     for p in processes:

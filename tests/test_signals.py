@@ -19,11 +19,15 @@ def test_records_the_first_request_and_counts_repeats() -> None:
     signals.install()
     try:
         assert signals.request is None
+        before = time.time()
         os.kill(os.getpid(), signal.SIGUSR2)
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGUSR2)
         time.sleep(0.01)
         assert signals.request is not None and signals.request.name == "SIGUSR2"
+        assert (
+            before <= signals.request.received_at <= time.time()
+        )  # when it came: the stop's reason needs it
         assert signals.repeats == 2
     finally:
         signals.restore()

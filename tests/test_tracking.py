@@ -144,7 +144,7 @@ def test_start_opens_the_manifests_run_with_its_settings_and_replays_the_journal
     run_dir = tmp_path / "run"
     data = _with_changes(new_run(run_dir).read(), (4, {"run.steps": [10, 20]}))
     data.wandb.mode, data.wandb.group, data.wandb.tags = "offline", "g", ["a", "b"]
-    data.wandb.job_type, data.wandb.notes = "train", "why"
+    data.wandb.job_type, data.wandb.notes, data.wandb.entity = "train", "why", "team"
     rows = [{"step": step, "metrics": {"x": float(step)}} for step in (1, 2, 3)]
     tracker = WandbTracker.start(
         data, run_dir, quiet=True, journal={"rows": rows, "complete_above": 0}, resume_step=2
@@ -155,6 +155,7 @@ def test_start_opens_the_manifests_run_with_its_settings_and_replays_the_journal
     wandb.teardown()
     (segment,) = [read_segment(path) for path in find_segments(run_dir)]
     assert (segment.run_id, segment.project, segment.resume, segment.steps) == ("abcd1234", "p", True, [1, 2])
+    assert segment.entity == "team"
     assert (segment.group, segment.tags, segment.job_type, segment.notes) == ("g", ("a", "b"), "train", "why")
     assert segment.config["run"] == {"steps": 10} and segment.config["steps_modified"] is True
     assert (segment.exit_code, segment.preempting, tracker.durable_step) == (0, False, 2)
