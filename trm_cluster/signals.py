@@ -8,11 +8,13 @@ kept so the job can hand over to submitit's requeue path once the state is safel
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -77,6 +79,7 @@ class StopSignals:
             self._previous[signum] = signal.signal(signum, self._record)
         if STARTUP and self.request is None:  # the signal that came while the process was starting
             self.request = STARTUP.pop()
+        _end_term_ignoring_children_at_exit()
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -97,6 +100,42 @@ class StopSignals:
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """Use as a DataLoader ``worker_init_fn``: workers must neither die of USR2 nor act on it."""
+    """Use as a DataLoader ``worker_init_fn``: workers must neither die of USR2 nor act on it.
+
+    Such a worker also outlives multiprocessing's own end of daemon children at exit (SIGTERM, then a
+    join forever); :meth:`StopSignals.install` registers their SIGKILL at exit instead."""
     for signum in (preempt_signal(), signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _end_term_ignoring_children_at_exit() -> None:
+    """Register (once) the SIGKILL at exit of this process's daemon children that ignore SIGTERM.
+
+    multiprocessing ends daemon children at exit with SIGTERM and then joins them: a DataLoader worker
+    that ignores SIGTERM (:func:`ignore_stop_signals`) and whose iterator was never shut down would make
+    the exiting trainer wait forever. atexit runs the hooks registered last first, so this runs before
+    multiprocessing's own (registered when it was imported)."""
+    if not _EXIT_HOOK:
+        _EXIT_HOOK.append(True)
+        atexit.register(_kill_term_ignoring_daemon_children)
+
+
+def _kill_term_ignoring_daemon_children() -> None:
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon and child.pid is not None and _ignores_sigterm(child.pid):
+            child.kill()
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except (OSError, ValueError):
+        pass
+    return False
