@@ -54,7 +54,9 @@ def test_a_full_disk_keeps_the_last_good_checkpoint_and_a_stop_still_requeues_fr
         marker, seen = workdir / f"{name}.stopped", workdir / f"{name}.seen.json"
         if name == "reference":
             marker.touch()  # never fills the disk, never stopped
-        result = cli("submit", "--script", str(script), "--executor", "debug", "--no-wandb", "--run-dir",
+        # synchronous saves: the script looks at the manifest right after checkpoint 100's save returns (a
+        # background write's failure is reported at the next save or at the stop, see test_async_checkpoint)
+        result = cli("submit", "--script", str(script), "--executor", "debug", "--no-wandb", "--sync-checkpoints", "--run-dir",
                      str(workdir / name), "--", str(marker), str(workdir / f"{name}.pt"), str(seen),
                      cwd=workdir)  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
