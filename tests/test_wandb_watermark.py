@@ -33,6 +33,9 @@ def test_steps_at_or_below_the_watermark_are_skipped(tmp_path: Path, offline_run
     for step in (9, 10, 11, 12):
         tracker.log(step, {"x": float(step)})
     tracker.finish(preempting=False)
+    # run.finish() only publishes inform_finish (wandb 0.31): wandb-core closes the .wandb file later.
+    # Ending the service waits for that, as the end of a process does.
+    wandb.teardown()
     (segment,) = [read_segment(path) for path in find_segments(tmp_path)]
     assert segment.steps == [11, 12] and [row["x"] for row in segment.history] == [11.0, 12.0]
     assert tracker.skipped == 2 and tracker.durable_step == 12
