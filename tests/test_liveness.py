@@ -1,4 +1,4 @@
-"""Is the process of a run's open segment still training? (``segments.refuse_if_alive``, real processes)
+"""Is the process of a run's open segment still training on this host? (``lease.is_alive``, real processes)
 
 A requeue that lands on the same node finds the dead segment's pid maybe reused: by a later process,
 or by another user's. Counted as alive, it would refuse every requeue there (a stranded run). The old
@@ -22,8 +22,9 @@ import pytest
 from support import new_run, this_process
 
 from trm_cluster.environment import JobContext
+from trm_cluster.lease import take_over_or_refuse
 from trm_cluster.manifest import CheckpointRecord, ManifestError, Segment, utc_now
-from trm_cluster.segments import close_segment, open_segment, refuse_if_alive
+from trm_cluster.segments import close_segment, open_segment
 
 HOST = socket.gethostname()
 
@@ -45,7 +46,7 @@ def _process(**options: Any) -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-REFUSED = r"by pid {pid} on {host} \(segment 3\); refusing to train it twice"
+REFUSED = r"by pid {pid} on {host} \(job 7, segment 3\); refusing to train it twice"
 
 
 @pytest.mark.parametrize("name", ["sleep", "sl) (eep"])  # /proc/PID/stat shows the name in parentheses
@@ -55,13 +56,14 @@ def test_the_live_process_that_opened_the_segment_is_refused(tmp_path: Path, nam
     with _process(executable=program) as trainer:  # started, then its segment opened
         for start_time in (utc_now(), "not a time"):  # an unreadable start: the live pid decides
             with pytest.raises(ManifestError, match=REFUSED.format(pid=trainer.pid, host=HOST)):
-                refuse_if_alive(_segment(trainer.pid, start_time), this_process())
-        refuse_if_alive(_segment(trainer.pid, utc_now(), host="elsewhere"), this_process())  # not this pid
+                take_over_or_refuse(_segment(trainer.pid, start_time), this_process(), None)
         # the check only looked: the trainer dies of this SIGTERM, not of a signal the check sent (a pending
         # lower-numbered one, SIGHUP or SIGINT, would be delivered first)
         trainer.terminate()
         assert trainer.wait() == -signal.SIGTERM
-    refuse_if_alive(_segment(os.getpid(), utc_now()), this_process())  # in-process requeue: our own segment
+    take_over_or_refuse(
+        _segment(os.getpid(), utc_now()), this_process(), None
+    )  # in-process requeue: our own segment
 
 
 def test_a_pid_reused_by_a_later_process_does_not_strand_the_run(tmp_path: Path) -> None:
@@ -79,10 +81,10 @@ def test_a_pid_reused_by_a_later_process_does_not_strand_the_run(tmp_path: Path)
 def test_another_users_process_is_not_the_segments() -> None:
     if os.geteuid() == 0:
         with _process(user=65534) as foreign:  # nobody's, started before the segment
-            refuse_if_alive(_segment(foreign.pid, utc_now()), this_process())
+            take_over_or_refuse(_segment(foreign.pid, utc_now()), this_process(), None)
     else:  # not root: init is another user's process (the fallback, PermissionError, says so too)
         assert os.stat("/proc/1").st_uid != os.geteuid(), "needs root or an init of another user"
-        refuse_if_alive(_segment(1, utc_now()), this_process())
+        take_over_or_refuse(_segment(1, utc_now()), this_process(), None)
 
 
 @pytest.mark.parametrize("name", ["sleep", "sl) (eep"])
@@ -91,12 +93,12 @@ def test_a_dead_or_unreaped_process_is_not_the_segments(tmp_path: Path, name: st
     program.symlink_to(shutil.which("sleep") or "/bin/sleep")
     with _process() as dead:
         segment = _segment(dead.pid, utc_now())
-    refuse_if_alive(segment, this_process())
+    take_over_or_refuse(segment, this_process(), None)
     with _process(executable=program) as zombie:
         segment = _segment(zombie.pid, utc_now())
         zombie.kill()
         os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: still in /proc
-        refuse_if_alive(segment, this_process())
+        take_over_or_refuse(segment, this_process(), None)
 
 
 def _at(minutes: float) -> str:

@@ -342,7 +342,8 @@ def test_two_nodes_on_one_host_stop_together_requeue_and_end_bit_identical(
 
 
 def test_status_shows_a_pending_jobs_live_state_then_its_accounting_record(workdir: Path) -> None:
-    """squeue while the job waits (its reason, time left), sacct once it left the queue. The job waits
+    """squeue while the job waits (its reason, time left), sacct once it left the queue; a --resume while
+    it waits is refused with the scancel to use (a second job would train the run twice). The job waits
     for a begin time an hour away, so it holds no CPU beside the other tests. The status is read in this
     process (real squeue and sacct calls; a subprocess per poll would import torch each time)."""
     from trm_cluster.status import render, run_status
@@ -359,6 +360,14 @@ def test_status_shows_a_pending_jobs_live_state_then_its_accounting_record(workd
         )  # fmt: skip
         assert queue["time_left"] and queue["nodes"] is None
         assert f"slurm: job {jid} PENDING (BeginTime)" in render(shown)
+        before = (run_dir / "manifest.json").read_bytes()
+        again = cli("submit", "--resume", str(run_dir), *SLURM, cwd=workdir)  # squeue: the job still waits
+        assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stdout + again.stderr
+        assert (
+            f"run is still active (job {jid}" in again.stderr
+            and f"cancel it first with: scancel {jid}" in again.stderr
+        )
+        assert (run_dir / "manifest.json").read_bytes() == before  # refused before any sbatch
     finally:
         subprocess.run(["scancel", jid], env=clean_env(), check=False)
     wait_for(lambda: not _squeue(jid), f"job {jid} to leave the queue", 60)

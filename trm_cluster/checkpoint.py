@@ -19,6 +19,7 @@ from typing import IO, Any
 import torch
 
 from .atomic import atomic_writer
+from .lease import ensure_held
 from .manifest import CheckpointRecord, RunManifest, utc_now
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ class LoadedCheckpoint:
 class CheckpointStore:
     """The ``checkpoints/`` folder of one run, published through its manifest."""
 
-    def __init__(self, manifest: RunManifest, keep_last: int) -> None:
+    def __init__(self, manifest: RunManifest, keep_last: int, holder: int | None = None) -> None:
+        """``holder``: the segment that writes; a publish after its lease was taken over is refused."""
         self.manifest = manifest
+        self.holder = holder
         self.run_dir = manifest.run_dir
         self.directory = self.run_dir / CHECKPOINT_DIR
         self.keep_last = keep_last
@@ -122,6 +125,8 @@ class CheckpointStore:
 
     def publish(self, record: CheckpointRecord) -> None:
         with self.manifest.update() as data:
+            if self.holder is not None:
+                ensure_held(data, self.holder)  # never prune (delete) the files of the run's new holder
             data.checkpoints = [c for c in data.checkpoints if c.step != record.step] + [record]
             data.checkpoints.sort(key=lambda c: c.step)
             dropped, data.checkpoints = (

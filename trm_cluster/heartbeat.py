@@ -2,8 +2,9 @@
 
 Why: a SIGKILLed process closes nothing. The next process reads the heartbeat to learn how far the dead
 one got past its last durable checkpoint (the steps it must recompute) and how long it spent saving, so
-``status`` can say what the kill cost. Not a durable record (no fsync): a lost heartbeat only makes the
-estimate conservative.
+``status`` can say what the kill cost; and a process of another host reads it to tell a live holder of
+the run's lease from a dead one (lease.py). Not a durable record (no fsync): a lost heartbeat only makes
+the estimate conservative.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .lease import ensure_held
 from .manifest import RunManifest, utc_now
 
 HEARTBEAT_NAME = "heartbeat.json"
@@ -41,11 +43,12 @@ class Heartbeat:
         self.interval_s = interval_s
         self._last = -float("inf")
 
-    def beat(self, step: int, save_s: float, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self._last < self.interval_s:
-            return
-        self._last = now
+    def due(self) -> bool:
+        """Whether the interval since the last beat has passed."""
+        return time.time() - self._last >= self.interval_s
+
+    def beat(self, step: int, save_s: float) -> None:
+        self._last = now = time.time()
         payload = {"segment": self.segment, "step": step, "time": now, "save_s": save_s}
         tmp = self.path.with_name(f".{HEARTBEAT_NAME}.{os.getpid()}.tmp")
         try:
@@ -68,13 +71,15 @@ def read_beat(run_dir: Path, segment: int) -> Beat | None:
 class SegmentClock:
     """What one segment measures for goodput on rank 0: time saving, its first step, its heartbeat."""
 
-    def __init__(self, manifest: RunManifest, segment: int, enabled: bool) -> None:
+    def __init__(
+        self, manifest: RunManifest, segment: int, enabled: bool, beat_every_s: float = INTERVAL_S
+    ) -> None:
         self.manifest = manifest
         self.segment = segment
         self.enabled = enabled
         self.save_s = 0.0
         self.last_save_s: float | None = None
-        self._heartbeat = Heartbeat(manifest.run_dir, segment)
+        self._heartbeat = Heartbeat(manifest.run_dir, segment, beat_every_s)
         self._first_done = False
 
     @contextlib.contextmanager
@@ -92,5 +97,10 @@ class SegmentClock:
         if not self._first_done:  # startup (imports, restore, W&B init, the first step) ends here
             self._first_done = True
             with self.manifest.update() as data:
+                ensure_held(data, self.segment)
                 data.segments[self.segment].first_step_time = utc_now()
+        elif self._heartbeat.due():  # a few times a minute: still the run's holder? (lease.py)
+            ensure_held(self.manifest.read(), self.segment)  # never beat over the new holder's heartbeat
+        else:
+            return
         self._heartbeat.beat(step, self.save_s)

@@ -235,9 +235,12 @@ def _refuse_if_active(data: ManifestData) -> None:
         return
     last = data.segments[-1] if data.segments else None
     job_id = last.job_id if last else data.launch.get("job_id")
-    if job_id and _job_alive(str(job_id), data.launch.get("executor", ""), last.host if last else None):
+    executor = data.launch.get("executor", "")
+    if job_id and _job_alive(str(job_id), executor, last.host if last else None):
+        cancel = f"scancel {job_id}" if executor == "slurm" else f"kill {job_id} (its local controller)"
         raise ManifestError(
-            f"run is still active (job {job_id}, status {data.status}); wait for it or cancel it before --resume"
+            f"run is still active (job {job_id}, status {data.status}): a --resume now would train it twice; "
+            f"wait for the job to end, or cancel it first with: {cancel}"
         )
 
 

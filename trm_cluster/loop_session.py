@@ -135,7 +135,9 @@ class Session:
             self.data: ManifestData = self.manifest.read()
             self.segment: Segment = self.data.segments[-1]
             self.total_steps = self.data.total_steps
-            self.store = CheckpointStore(self.manifest, keep_last=self.config.keep_checkpoints)
+            self.store = CheckpointStore(
+                self.manifest, self.config.keep_checkpoints, holder=self.segment.index
+            )
             self._goodput = SegmentClock(self.manifest, self.segment.index, enabled=self.ranks.is_main)
             if self.ranks.is_main:
                 self.store.remove_orphans()

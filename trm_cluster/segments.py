@@ -8,8 +8,6 @@ failure): the next process closes it as ``killed``, at the last moment known to 
 from __future__ import annotations
 
 import logging
-import os
-import time
 import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from .environment import JobContext
 from .heartbeat import read_beat
+from .lease import LeaseLost, ensure_held, take_over_or_refuse
 from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
 from .signals import StopRequest
 
@@ -24,11 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | None = None) -> Segment:
-    """Close a dangling segment as killed, refuse if its process still runs here, open this one."""
+    """Take over a dangling segment's lease (closing it as killed) or refuse (lease.py); open this one."""
     with manifest.update() as data:
         dangling = data.open_segment
         if dangling is not None:
-            refuse_if_alive(dangling, context)
+            beat = read_beat(manifest.run_dir, dangling.index)
+            notice = take_over_or_refuse(dangling, context, beat.time if beat else None)
+            if notice:
+                log.warning("%s", notice)
             _close_as_killed(dangling, data, manifest.run_dir)
         if total_steps is not None:
             data.total_steps = total_steps
@@ -81,48 +83,6 @@ def _at_or_after(moment: str, start: str) -> bool:
         return False
 
 
-def refuse_if_alive(segment: Segment, context: JobContext) -> None:
-    """Refuse to train a run whose open segment's process still lives on this host."""
-    if segment.host != context.host or segment.pid == context.pid:
-        return
-    if _still_running(segment):
-        raise ManifestError(
-            f"run is already being trained by pid {segment.pid} on {segment.host} (segment {segment.index}); "
-            "refusing to train it twice"
-        )
-
-
-START_SLACK_S = 1.0
-"""How much later than the segment's ``start_time`` its process may seem to have started (``/proc``
-counts in clock ticks from boot; the segment is opened seconds after its process started)."""
-
-
-def _still_running(segment: Segment) -> bool:
-    """Whether the segment's own process is alive: its pid exists, is no zombie, is ours (same uid) and
-    started before the segment did. A pid reused by a later process, or by another user's, is not it
-    (counted as alive, it would strand the run: every requeue on this node refused). Without ``/proc``
-    only the pid and the uid (``PermissionError``) can tell."""
-    try:
-        os.kill(segment.pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or another user's process
-        return False
-    try:
-        owner = os.stat(f"/proc/{segment.pid}").st_uid
-        fields = Path(f"/proc/{segment.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        return not os.path.isdir("/proc")  # no /proc: the pid exists; /proc without it: it just ended
-    state, ticks = fields[0], int(fields[19])
-    started = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    if state in ("Z", "X") or owner != os.geteuid():
-        return False
-    try:
-        opened = datetime.fromisoformat(segment.start_time).timestamp()
-    except ValueError:
-        return True  # an unreadable start time: the pid, alive and ours, is all we know
-    return started <= opened + START_SLACK_S
-
-
 def close_segment(
     manifest: RunManifest,
     index: int,
@@ -141,6 +101,7 @@ def close_segment(
     ``timings``: what the process measured of its start, a step, a save and the W&B finish (grace.py).
     """
     with manifest.update() as data:
+        ensure_held(data, index)
         segment = data.segments[index]
         if timings:
             segment.timings = {**segment.timings, **timings}
@@ -181,6 +142,7 @@ def fail_segment(
     ``step``: the step whose exception this is (a failure inside the loop, which may be retried)."""
     message = error if isinstance(error, str) else traceback_tail(error)
     with manifest.update() as data:
+        ensure_held(data, index)
         segment = data.segments[index]
         if segment.end_reason is None:
             segment.end_time, segment.end_step, segment.end_reason = utc_now(), data.step, reason
@@ -200,8 +162,11 @@ def record_failed_save(manifest: RunManifest, index: int, step: int, error: Base
     note = f"checkpoint at step {step} not written: {type(error).__name__}: {error}"
     try:
         with manifest.update() as data:
+            ensure_held(data, index)
             segment = data.segments[index]
             segment.message = (f"{segment.message}\n{note}" if segment.message else note)[-2000:]
+    except LeaseLost:
+        raise
     except (OSError, ManifestError) as manifest_error:
         log.error("could not record the failed checkpoint in the manifest either: %s", manifest_error)
 
@@ -209,10 +174,12 @@ def record_failed_save(manifest: RunManifest, index: int, step: int, error: Base
 def record_first_step(manifest: RunManifest, index: int) -> None:
     """The segment's first step is done: startup (imports, restore, W&B) ends here."""
     with manifest.update() as data:
+        ensure_held(data, index)
         data.segments[index].first_step_time = utc_now()
 
 
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:
     with manifest.update() as data:
+        ensure_held(data, index)
         data.wandb.started = True
         data.segments[index].wandb_dir = segment_dir
