@@ -231,3 +231,11 @@ def this_process() -> Any:
     return JobContext(
         "process", str(os.getpid()), None, 0, socket.gethostname(), os.getpid(), 0, 1, time.time()
     )
+
+
+def fuzz_examples(n: int) -> Any:
+    """Hypothesis settings of the fuzz tests: ``n`` examples, no per-example deadline (each example may
+    start a command and read a run; the machine is shared and slow)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from support import new_run, tree_digest
+from support import fuzz_examples, new_run, tree_digest
 
 from trm_cluster import chaos, status, submit
 
@@ -53,7 +53,7 @@ def existing_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_examples(60)
 @given(data=st.data())
 def test_any_arguments_give_a_result_or_one_clear_error_and_change_nothing(
     existing_run: Path, data: st.DataObject

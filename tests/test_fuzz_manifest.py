@@ -16,17 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from support import new_run, tree_digest
+from support import fuzz_examples, new_run, tree_digest
 
 from trm_cluster import status, submit, sync
 from trm_cluster.manifest import CheckpointRecord, ManifestError, RunManifest, Segment
-
-
-def examples(n: int) -> Any:
-    return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
 
 JSON = st.recursive(
     st.none()
@@ -122,7 +117,7 @@ def assert_commands_answer_in_one_line(run_dir: Path) -> None:
     assert tree_digest(run_dir) == before
 
 
-@examples(40)
+@fuzz_examples(40)
 @given(data=st.data())
 def test_a_field_replaced_by_any_json_value_is_read_well_typed_or_refused(
     valid_manifest: dict[str, Any], data: st.DataObject
@@ -137,7 +132,23 @@ def test_a_field_replaced_by_any_json_value_is_read_well_typed_or_refused(
         assert_commands_answer_in_one_line(run_dir)
 
 
-@examples(15)
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("segments", 0, "\r"), 1),  # an unknown key holding a line break: the error stayed one line?
+        (("config_changes",), {}),  # an empty object where a list belongs was read as an empty list
+        (("checkpoints",), "ab"),
+    ],
+)
+def test_what_the_fuzzing_found_stays_refused_in_one_line(
+    valid_manifest: dict[str, Any], path: tuple[Any, ...], value: Any
+) -> None:
+    with run_holding(json.dumps(replaced(valid_manifest, path, value))) as run_dir:
+        assert not read_or_refuse(run_dir)
+        assert_commands_answer_in_one_line(run_dir)
+
+
+@fuzz_examples(15)
 @given(cut=st.integers(min_value=0))
 def test_a_truncated_manifest_is_refused(valid_manifest: dict[str, Any], cut: int) -> None:
     text = json.dumps(valid_manifest, indent=2)
@@ -146,7 +157,7 @@ def test_a_truncated_manifest_is_refused(valid_manifest: dict[str, Any], cut: in
         assert_commands_answer_in_one_line(run_dir)
 
 
-@examples(40)
+@fuzz_examples(40)
 @given(version=st.integers(-(2**64), 2**64) | JSON)
 def test_an_unknown_schema_version_is_refused(valid_manifest: dict[str, Any], version: Any) -> None:
     changed = {**valid_manifest, "schema_version": version}
@@ -155,7 +166,7 @@ def test_an_unknown_schema_version_is_refused(valid_manifest: dict[str, Any], ve
         assert readable == (type(version) is int and version <= 1)
 
 
-@examples(20)
+@fuzz_examples(20)
 @given(where=st.sampled_from(["checkpoint", "part", "wandb"]), path=ESCAPING)
 def test_a_path_leaving_the_run_directory_is_refused(
     valid_manifest: dict[str, Any], where: str, path: str

@@ -35,6 +35,12 @@ class ManifestError(RuntimeError):
     """A manifest that is missing, corrupt, too new, or locked for too long."""
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a corrupt manifest's key or value must not break the
+    one-line error (a ``\\r`` or ``\\n`` inside a field name once did)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -169,9 +175,9 @@ class ManifestData:
     def from_dict(cls, raw: dict[str, Any]) -> ManifestData:
         data = dict(raw)
         data["wandb"] = WandbInfo(**data["wandb"])
-        data["segments"] = [Segment(**s) for s in data.get("segments", [])]
-        data["checkpoints"] = [CheckpointRecord(**c) for c in data.get("checkpoints", [])]
-        data["config_changes"] = [ConfigChange(**c) for c in data.get("config_changes", [])]
+        data["segments"] = [Segment(**s) for s in _listed(data, "segments")]
+        data["checkpoints"] = [CheckpointRecord(**c) for c in _listed(data, "checkpoints")]
+        data["config_changes"] = [ConfigChange(**c) for c in _listed(data, "config_changes")]
         if data.get("forked_from") is not None:
             data["forked_from"] = ForkOrigin(**data["forked_from"])
         return cls(**data)
@@ -186,6 +192,14 @@ class ManifestData:
         if self.segments and self.segments[-1].end_reason is None:
             return self.segments[-1]
         return None
+
+
+def _listed(raw: dict[str, Any], key: str) -> list[Any]:
+    """A list field as written (an object or a string is not read as the list of its keys or letters)."""
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise TypeError(f"{key} must be a list")
+    return value
 
 
 class RunManifest:
@@ -225,10 +239,12 @@ class RunManifest:
             check_paths(data)
         except (TypeError, KeyError) as error:
             raise ManifestError(
-                f"{self.path} is corrupt (bad field: {error}); refusing to touch it"
+                f"{self.path} is corrupt (bad field: {printable(str(error))}); refusing to touch it"
             ) from None
         except SchemaError as error:
-            raise ManifestError(f"{self.path} is corrupt ({error}); refusing to touch it") from None
+            raise ManifestError(
+                f"{self.path} is corrupt ({printable(str(error))}); refusing to touch it"
+            ) from None
         if config_hash(data.config) != data.config_hash:
             raise ManifestError(f"{self.path} is corrupt (config does not match config_hash)")
         return data
