@@ -22,7 +22,7 @@ from support import new_run
 from trm_cluster.checkpoint import CheckpointStore
 from trm_cluster.environment import JobContext
 from trm_cluster.heartbeat import Heartbeat, SegmentClock
-from trm_cluster.lease import LEASE_TIMEOUT_ENV, LeaseHeld, LeaseLost
+from trm_cluster.lease import LEASE_TIMEOUT_ENV, LeaseHeld, LeaseLost, ensure_held
 from trm_cluster.manifest import ManifestError, RunManifest, Segment
 from trm_cluster.segments import close_segment, fail_segment, open_segment
 
@@ -106,12 +106,13 @@ def test_the_schedulers_restart_of_the_same_job_takes_over_at_once(tmp_path: Pat
         open_segment(_held(tmp_path / "array", 3600, 1, array_index=0), _context(job_id="7", array_index=1))
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
 def test_a_lease_timeout_that_is_no_positive_number_is_refused_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    monkeypatch.setenv(LEASE_TIMEOUT_ENV, "soon")
+    monkeypatch.setenv(LEASE_TIMEOUT_ENV, value)
     with pytest.raises(
-        ManifestError, match=f"^{LEASE_TIMEOUT_ENV}='soon' is not a positive number of seconds$"
+        ManifestError, match=f"^{LEASE_TIMEOUT_ENV}='{value}' is not a positive number of seconds$"
     ):
         open_segment(_held(tmp_path, 3600, 1200), _context())
 
@@ -147,3 +148,9 @@ def test_a_holder_that_lost_its_lease_writes_nothing(tmp_path: Path, monkeypatch
     left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert set(files) <= set(left)  # the taker's checkpoint is still there (the stalled one's step 15
     # file is an orphan, never published: the next holder's start removes it)
+
+
+def test_a_manifest_whose_segments_are_gone_is_no_lease_either(tmp_path: Path) -> None:
+    """Replaced under a running holder (restored from a backup, say): it must stop, not crash."""
+    with pytest.raises(LeaseLost, match=r"^segment 0 lost its lease: another process"):
+        ensure_held(new_run(tmp_path).read(), 0)

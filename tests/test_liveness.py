@@ -157,7 +157,8 @@ def test_a_segment_records_where_its_process_runs_and_when_it_began(tmp_path: Pa
     with manifest.update() as data:
         data.status = "requeued"
     context = JobContext("slurm", "77", 4, 2, "node9", 4242, 0, 1, 0.0)
-    before = datetime.now(UTC)
+    now = datetime.now(UTC)
+    before = now.replace(microsecond=now.microsecond // 1000 * 1000)  # the manifest keeps milliseconds
     open_segment(manifest, context, total_steps=30)
     data = manifest.read()
     (segment,) = data.segments

@@ -88,10 +88,11 @@ def take_over_or_refuse(holder: Segment, context: JobContext, last_beat: float |
 
 
 def _same_job(holder: Segment, context: JobContext) -> bool:
-    """The scheduler's own restart of this job (the same job id and array element)."""
+    """Slurm's own restart of this job (the same job id and array element). (A local executor's restart
+    is on the same host, where the pid decides.)"""
     return (
-        context.executor in ("slurm", "local")
-        and holder.executor == context.executor
+        context.executor == "slurm"
+        and holder.executor == "slurm"
         and holder.job_id == context.job_id
         and holder.array_index == context.array_index
     )
