@@ -9,6 +9,7 @@ save whose time it knows, with the value to use, in the job's log and in the man
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,3 +51,37 @@ def advice_from_history(segments: Sequence[Any], wandb_mode: str, signal_delay_s
         return None
     slowest = {key: max(t[key] for t in measured) for key in ("step_s", "sync_save_s")}
     return grace_warning(signal_delay_s, slowest, finish_estimate_s(segments, wandb_mode))
+
+
+class GraceCheck:
+    """One segment's check, made once: the mean step time up to the first save, that save's time, then
+    (rank 0, on Slurm or local) the warning if a stop does not fit ``signal_delay_s``."""
+
+    def __init__(self, timings: dict[str, float], signal_delay_s: float | None, enabled: bool) -> None:
+        self.timings = timings
+        """The segment's measured times; ``step_s`` and ``sync_save_s`` are added here."""
+        self.signal_delay_s = signal_delay_s
+        self.enabled = enabled
+        self.done = False
+        self._since = (time.time(), 0)
+
+    def loop_started(self, step: int) -> None:
+        self._since = (time.time(), step)
+
+    def before_save(self, step: int) -> None:
+        """Before the first save: the steps so far are steps only (their mean is ``step_s``)."""
+        started, first = self._since
+        if "step_s" not in self.timings and step > first:
+            self.timings["step_s"] = (time.time() - started) / (step - first)
+
+    def check(self, save_s: float | None, earlier: Sequence[Any], wandb_mode: str) -> str | None:
+        """Once the step and save times are known: the warning (None: it fits, or not checked here).
+        ``earlier``: the run's previous segments (their slowest W&B finish)."""
+        if save_s is not None:
+            self.timings.setdefault("sync_save_s", save_s)
+        if self.done or "step_s" not in self.timings or "sync_save_s" not in self.timings:
+            return None
+        self.done = True
+        if not self.enabled or self.signal_delay_s is None:
+            return None
+        return grace_warning(self.signal_delay_s, self.timings, finish_estimate_s(earlier, wandb_mode))
