@@ -21,6 +21,7 @@ which hands over to the scheduler's requeue (job.py). The code after the loop ne
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -39,6 +40,7 @@ from .loop_state import RegisteredState, StateError
 from .manifest import ManifestData, ManifestError, RunManifest, Segment
 from .rehearsal import PreemptionInjector
 from .save_path import SavePath
+from .segment_timings import SegmentTimings
 from .segments import close_segment, fail_segment, open_segment, record_wandb_started
 from .session_plan import (
     EXIT_STOPPED,
@@ -55,7 +57,7 @@ from .signals import StopRequest, StopSignals
 from .snapshot import load_step, restore_step
 from .state import rng_fingerprint, use_deterministic_kernels
 from .step_log import StepLog
-from .tracking import NullTracker, Tracker, WandbTracker
+from .tracking import NullTracker, Tracker, WandbStart, WandbTracker
 from .workload import dataclass_from_dict
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,10 @@ class Session:
         self._injector = PreemptionInjector((), start_step=0)
         self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
         self._in_step = False
-        self.timings: dict[str, float] = {}
-        """What this process measured, in seconds (see Segment.timings); recorded when the segment closes."""
+        self.timings = SegmentTimings()
+        """What this process measured of its segment (segment_timings.py): the manifest's record of it."""
         self._saves: SavePath | None = None
+        self._wandb_start: WandbStart | None = None
         self._restored_rng: str | None = None
         self._stopping = False
         self.step = 0
@@ -112,7 +115,6 @@ class Session:
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
         context = self.plan.context
         entered = time.time()
-        self.timings["imports_s"] = max(entered - context.started_at, 0.0)  # process start to here
         try:
             self._before = self.manifest.read()  # as the previous process left it
             self.config = self._resolve_config(self._before)
@@ -126,9 +128,11 @@ class Session:
         try:
             self.data: ManifestData = self.manifest.read()
             self.segment: Segment = self.data.segments[-1]
+            self.timings = self.segment.timings  # as opened: the process's start time
+            self.timings.imports_s = max(entered - context.started_at, 0.0)  # process start to here
             self.total_steps = self.data.total_steps
             self.store = CheckpointStore(self.manifest, keep_last=self.config.keep_checkpoints)
-            self._goodput = SegmentClock(self.manifest, self.segment.index, enabled=self.ranks.is_main)
+            self._goodput = SegmentClock(self.manifest, self.segment.index, self.ranks.is_main, self.timings)
             self._saves = SavePath(self.ranks, self.store, self.manifest, self.segment.index, self._goodput)
             delay = self.data.launch.get("signal_delay_s")
             grace_here = self.ranks.is_main and context.executor in ("slurm", "local")
@@ -146,7 +150,7 @@ class Session:
             self._fail(error)
             self._signals.restore()
             raise
-        self.timings["manifest_s"] = time.time() - entered
+        self.timings.manifest_s = time.time() - entered
         self._state = "entered"
         return self
 
@@ -193,8 +197,16 @@ class Session:
     def _restore(self, source: StateSource, require_model: bool) -> int:
         self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
         journal: Any = ()
+        if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:  # overlaps the load
+            self._wandb_start = WandbStart(
+                self.data, self.run_dir, self.plan.wandb_resume, self.plan.quiet, self._before.open_segment
+            )
         began = time.time()
         loaded = load_step(self.store, self.ranks, self.data.run_uid)
+        load_s, waited = time.time() - began, time.time()
+        if self._wandb_start is not None:  # W&B's thread is done before any RNG stream is restored
+            self._tracker, self._wandb_start = self._wandb_start.join(), None
+        wandb_wait_s, restoring = time.time() - waited, time.time()
         if loaded is not None:
             restored = restore_step(loaded, source, self.manifest, self.ranks, self.data.run_uid)
             self.data = self.manifest.read()
@@ -208,21 +220,18 @@ class Session:
             saved_total = restored["total_steps"]
             if saved_total is not None and int(saved_total) != self.total_steps:
                 self.total_steps_changed = (int(saved_total), self.total_steps)
-        loaded_at = time.time()
-        self.timings["load_s"] = loaded_at - began
+        resumed = time.time()
+        self.timings.load_s = load_s + (resumed - restoring)
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
-        if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:
-            self._tracker = WandbTracker.start(
-                self.data, self.run_dir, resume=self.plan.wandb_resume, quiet=self.plan.quiet,
-                journal=journal, resume_step=self.step, killed=self._before.open_segment,
-            )  # fmt: skip
+        if isinstance(self._tracker, WandbTracker):  # the journal replayed above the watermark
+            self._tracker.resumed(self.data, journal, self.step)
             record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
         else:  # no W&B: the journal still carries every row on, for the doctor and for status
             self._tracker = NullTracker(
                 self.data.wandb.last_step, journal if isinstance(journal, Mapping) else None
             )
-        self.timings["wandb_init_s"] = time.time() - loaded_at
+        self.timings.wandb_init_s = wandb_wait_s + (time.time() - resumed)  # what the load did not hide
         self._log.tracker = self._tracker
         self.saves.attach(
             source, require_model, self._log.tracking_state, self.data, self.total_steps, self.step
@@ -257,8 +266,8 @@ class Session:
         self._grace.loop_started(self.step)
         try:
             while self.step < self.total_steps and not self._stop_requested():
-                if "first_step_s" not in self.timings:  # process start to the first step
-                    self.timings["first_step_s"] = time.time() - self.plan.context.started_at
+                if self.timings.first_step_s is None:  # process start to the first step
+                    self.timings.first_step_s = time.time() - self.plan.context.started_at
                 self._in_step = True
                 yield self.step
                 self._in_step = False
@@ -349,15 +358,14 @@ class Session:
     def _check_grace_window(self) -> None:
         """Warn (log, manifest) once the step and save times are known, if a stop does not fit the
         signal delay. A background save's write stands in for the final, synchronous one."""
-        warning = self._grace.check(
-            self.saves.write_s, self.manifest.read().segments[:-1], self.data.wandb.mode
-        )
+        self._grace.saved(self.saves.write_s)
+        warning = self._grace.check(self.manifest.read().segments[:-1], self.data.wandb.mode)
         if warning is None:
             return
         log.warning("%s", warning)
         with self.manifest.update() as data:
             data.segments[self.segment.index].warning = warning
-            data.segments[self.segment.index].timings = dict(self.timings)
+            data.segments[self.segment.index].timings = dataclasses.replace(self.timings)
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
@@ -365,7 +373,7 @@ class Session:
         # 1. the full state, every rank's part durable, at this boundary
         self._grace.before_save(self.step)
         saved = self.saves.save_or_report(self.step)  # a save in flight joined, then this step's, if unsaved
-        stop_save_s = self._goodput.save_s - saved_before
+        self.timings.stop_save_s = self._goodput.save_s - saved_before
         if not saved:  # the write failed: the next process resumes from the last good checkpoint
             self.step = self.manifest.read().step
         request = self._signals.request  # 2. read once: a signal during the save still means "stop"
@@ -374,10 +382,11 @@ class Session:
             reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
             finishing = time.time()
             self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
-            self.timings["finish_s"] = time.time() - finishing
+            self.timings.finish_s = time.time() - finishing
+            self._grace.saved(self.saves.write_s)  # the record as closed holds a save's time
             requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
                 self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
-                save_s=self._goodput.save_s, stop_save_s=stop_save_s, timings=self._measured(),
+                self.timings,
             )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
@@ -385,12 +394,6 @@ class Session:
         self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
         self._state = "stopped"
         raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
-
-    def _measured(self) -> dict[str, float]:
-        """The segment's timings as they are recorded at its close (a save's time, even one after the check)."""
-        if self.saves.write_s is not None:
-            self.timings.setdefault("sync_save_s", self.saves.write_s)
-        return self.timings
 
     def _classify(self, request: StopRequest | None) -> str:
         if request is None:
@@ -444,10 +447,12 @@ class Session:
         if self.ranks.is_main:
             finishing = time.time()
             self._tracker.finish(preempting=False)
-            self.timings["finish_s"] = time.time() - finishing
+            self.timings.finish_s = time.time() - finishing
+            self.timings.stop_save_s = self._goodput.last_save_s
+            self._grace.saved(self.saves.write_s)
             close_segment(
                 self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
-                save_s=self._goodput.save_s, stop_save_s=self._goodput.last_save_s, timings=self._measured(),
+                self.timings,
             )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
         self.ranks.barrier()
@@ -467,6 +472,8 @@ class Session:
     def _fail(self, error: BaseException) -> None:
         if self._saves is not None:
             self._saves.join_quietly()  # a save in flight is a valid checkpoint: let it become durable
+        if self._wandb_start is not None:  # failed while W&B was starting: its run is finished too
+            self._wandb_start.abandon()
         self._tracker.finish(preempting=False, failed=True)
         if hasattr(self, "ranks"):
             self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable
