@@ -16,7 +16,7 @@ from trm_cluster.checkpoint import CheckpointStore
 from trm_cluster.distributed import Ranks
 from trm_cluster.launch import WandbOptions, create_run
 from trm_cluster.manifest import RunManifest
-from trm_cluster.snapshot import StagedStep, save_step, stage_step, write_step
+from trm_cluster.snapshot import StagedStep, stage_step, write_step
 
 
 def _state(megabytes: float) -> dict[str, object]:
@@ -44,7 +44,8 @@ def measure(root: Path, megabytes: float, repeats: int) -> list[Figure]:
         return time.perf_counter() - began
 
     def ours_sync() -> None:
-        save_step(store, ranks, next(steps), dict(state), {}, {}, data, 10**9)
+        """The session's synchronous save: staged (captured to CPU) and written on this thread."""
+        write_step(store, ranks, stage_step(ranks, next(steps), dict(state), {}, {}, data, 10**9))
 
     def ours_async() -> None:
         """The session's background save: staged, copied off, handed to the writer; joined = durable."""

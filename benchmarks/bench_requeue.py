@@ -79,9 +79,7 @@ def measure(root: Path, sizes_mb: list[float], wandb_mode: str, repeats: int) ->
             stopped, resumed = data.segments
             exits.append(to_exit)
             closes.append(closed)
-            saves.append(
-                stopped.timings["sync_save_s"]
-            )  # the stop's save: the segment's one synchronous save
+            saves.append(stopped.timings.sync_save_s or 0.0)  # the stop's save: its one synchronous save
             lost.append(float((stopped.end_step or 0) - resumed.start_step))
             resumes.append(data)
         size = f"{data.checkpoints[-1].bytes / 2**20:.1f} MB state"
@@ -108,7 +106,7 @@ def measure(root: Path, sizes_mb: list[float], wandb_mode: str, repeats: int) ->
             figure(f"steps lost at the preemption ({size})", lost, "steps", target=("<=", 0)),
         ]
     parts = ("imports_s", "manifest_s", "load_s", "wandb_init_s", "first_step_s")
-    timings = [data.segments[1].timings for data in resumes]
+    timings = [data.segments[1].timings.measured() for data in resumes]
     names = {
         "imports_s": "process start to session opened (interpreter, imports)",
         "manifest_s": "manifest +",

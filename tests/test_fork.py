@@ -5,6 +5,8 @@ The parent is a real regression run (debug executor, milliseconds per step); the
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from support import (
 
 from trm_cluster import submit
 from trm_cluster.fork import ForkPoint
+from trm_cluster.manifest import RunManifest
 
 FAST = ("--preset", "regression", "--executor", "debug")
 
@@ -124,3 +127,24 @@ def test_fork_points_parse_a_step_after_the_last_at_sign() -> None:
     assert ForkPoint.parse("runs/x@y@20") == ForkPoint(Path("runs/x@y"), 20)
     with pytest.raises(ValueError, match="non-negative integer"):
         ForkPoint.parse("runs/a@latest")
+
+
+def test_a_fork_prints_the_grace_window_advice_from_its_parents_history(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``--resume`` does from the run's own: a parent whose stop needed 2 x (4 s + 5.5 s + its finish) warns a fork
+    submitted with 5 s (local executor: the advice is for jobs that get a signal delay)."""
+    slow = tmp_path / "slow"
+    shutil.copytree(parent, slow)
+    with RunManifest(slow).update() as data:
+        data.segments[0].timings.step_s, data.segments[0].timings.sync_save_s = 4.0, 5.5
+    child = tmp_path / "child"
+    argv = ["--fork", str(slow), "--run-dir", str(child), "--executor", "local", "--steps", "41"]
+    assert submit.main([*argv, "--signal-delay-s", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: from the parent run's measured history: --signal-delay-s 5 is too short" in out, out
+    assert "use --signal-delay-s 20" in out
+    deadline = time.monotonic() + 300  # the fork's one step, so that no job outlives the test
+    while manifest(child)["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert manifest(child)["status"] == "completed"

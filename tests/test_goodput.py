@@ -18,6 +18,7 @@ from trm_cluster import plot
 from trm_cluster.goodput import goodput
 from trm_cluster.heartbeat import HEARTBEAT_NAME
 from trm_cluster.manifest import CheckpointRecord, ManifestData, RunManifest, Segment
+from trm_cluster.segment_timings import SegmentTimings
 from trm_cluster.segments import open_segment
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -31,7 +32,10 @@ def segment(index: int, **fields: object) -> Segment:
     base = dict(
         index=index, job_id="7", array_index=None, restart_count=index, host="h", pid=1, executor="slurm"
     )
-    return Segment(**{**base, **fields})  # type: ignore[arg-type]
+    measured = {
+        key: fields.pop(key) for key in ("process_start_time", "first_step_time", "save_s") if key in fields
+    }
+    return Segment(**{**base, **fields}, timings=SegmentTimings(**measured))  # type: ignore[arg-type]
 
 
 def timeline(tmp_path: Path) -> ManifestData:
@@ -69,8 +73,7 @@ def test_a_known_timeline_splits_into_queue_startup_training_saving_and_lost_wor
 def test_a_manifest_written_before_goodput_existed_still_reads_and_counts(tmp_path: Path) -> None:
     data = timeline(tmp_path)
     raw = data.to_dict()
-    new_fields = ("process_start_time", "first_step_time", "save_s", "stop_save_s", "last_seen_step",
-                  "last_seen_time", "recomputed_steps")  # fmt: skip
+    new_fields = ("timings", "last_seen_step", "last_seen_time", "recomputed_steps")
     for s in raw["segments"]:
         for name in new_fields:
             del s[name]
@@ -80,6 +83,24 @@ def test_a_manifest_written_before_goodput_existed_still_reads_and_counts(tmp_pa
     assert g.startup_s == 0 and g.saving_s == 0 and g.steps_recomputed == 0  # unknown: counted as training
     assert g.training_s == pytest.approx((175 - 65) + (400 - 302) + (600 - 501))
     assert g.wall_s == pytest.approx(600)
+
+
+def test_a_manifest_with_the_old_timing_fields_reads_into_the_one_record(tmp_path: Path) -> None:
+    """Before one record, goodput's four fields sat on the segment and the grace check's in a dict."""
+    data = timeline(tmp_path)
+    raw = data.to_dict()
+    for s in raw["segments"]:
+        s.update({key: s["timings"].pop(key) for key in ("process_start_time", "first_step_time", "save_s")})
+        s["stop_save_s"] = 0.25
+        s["timings"] = {"step_s": 0.5, "sync_save_s": 0.75, "finish_s": 1.0}
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(raw))
+    old = RunManifest(tmp_path / "run").read()
+    assert old.segments[1].timings == SegmentTimings(
+        process_start_time=at(300), first_step_time=at(310), save_s=1.0, stop_save_s=0.25,
+        step_s=0.5, sync_save_s=0.75, finish_s=1.0,
+    )  # fmt: skip
+    raw["config_hash"] = data.config_hash
+    assert goodput(old) == goodput(data)
 
 
 def test_a_sigkilled_process_leaves_a_heartbeat_that_tells_the_next_one_what_it_recomputes(
@@ -104,7 +125,9 @@ def test_a_sigkilled_process_leaves_a_heartbeat_that_tells_the_next_one_what_it_
     beat = json.loads(beat_path.read_text())
     data = manifest(run_dir)
     assert data["checkpoints"] == [] and data["segments"][0]["end_reason"] is None
-    assert data["segments"][0]["first_step_time"] is not None  # recorded by the dead process itself
+    assert (
+        data["segments"][0]["timings"]["first_step_time"] is not None
+    )  # recorded by the dead process itself
 
     open_segment(RunManifest(run_dir), this_process())  # what the next process does first
     killed = RunManifest(run_dir).read().segments[0]
@@ -132,4 +155,4 @@ def test_a_checkpoint_newer_than_the_heartbeat_means_nothing_is_recomputed(tmp_p
     context = this_process()
     open_segment(manifest_, context)
     killed = manifest_.read().segments[0]
-    assert killed.recomputed_steps == 0 and killed.last_seen_step == 8 and killed.save_s == 0.5
+    assert killed.recomputed_steps == 0 and killed.last_seen_step == 8 and killed.timings.save_s == 0.5

@@ -12,7 +12,8 @@ from support import manifest, this_process
 from trm_cluster.grace import advice_from_history, finish_estimate_s, grace_warning, needed_signal_delay_s
 from trm_cluster.launch import WandbOptions, create_script_run
 from trm_cluster.loop_session import Session
-from trm_cluster.manifest import RunManifest
+from trm_cluster.manifest import RunManifest, Segment
+from trm_cluster.segment_timings import SegmentTimings
 from trm_cluster.session_plan import SessionPlan
 from trm_cluster.status import render, run_status
 
@@ -20,25 +21,28 @@ from trm_cluster.status import render, run_status
 def test_a_stop_needs_one_step_the_final_save_and_the_finish_twice_over() -> None:
     assert needed_signal_delay_s(step_s=10, save_s=20, finish_s=5) == 70
     assert needed_signal_delay_s(0.001, 0.002, 0.0) == 1  # never below one second
-    timings = {"step_s": 10.0, "sync_save_s": 20.0}
-    warning = grace_warning(60, timings, finish_s=5)
+    warning = grace_warning(60, step_s=10, save_s=20, finish_s=5)
     assert warning is not None and "use --signal-delay-s 70" in warning and "--signal-delay-s 60 " in warning
-    assert grace_warning(70, timings, finish_s=5) is None
-    measured = [
-        dataclasses.make_dataclass("S", ["timings"])(t) for t in ({"finish_s": 3.0}, {}, {"finish_s": 9.0})
-    ]
+    assert grace_warning(70, step_s=10, save_s=20, finish_s=5) is None
+    measured = [segment(finish_s=3.0), segment(), segment(finish_s=9.0)]
     assert finish_estimate_s(measured, "offline") == 9.0  # the slowest one measured
     assert finish_estimate_s([], "offline") == 5.0 and finish_estimate_s([], "disabled") == 0.0
 
 
 def test_a_resume_is_advised_from_the_slowest_step_and_save_of_the_runs_history() -> None:
-    segment = dataclasses.make_dataclass("S", ["timings"])
-    history = [segment({"step_s": 1.0, "sync_save_s": 4.0, "finish_s": 2.0}), segment({}),
-               segment({"step_s": 3.0, "sync_save_s": 2.0})]  # fmt: skip
+    history = [
+        segment(step_s=1.0, sync_save_s=4.0, finish_s=2.0),
+        segment(),
+        segment(step_s=3.0, sync_save_s=2.0),
+    ]
     advice = advice_from_history(history, "offline", signal_delay_s=10)
     assert advice is not None and "use --signal-delay-s 18" in advice  # 2 x (3 + 4 + 2)
     assert advice_from_history(history, "offline", signal_delay_s=18) is None
-    assert advice_from_history([segment({})], "offline", signal_delay_s=1) is None  # nothing measured
+    assert advice_from_history([segment()], "offline", signal_delay_s=1) is None  # nothing measured
+
+
+def segment(**measured: float) -> Segment:
+    return Segment(0, "1", None, 0, "host", 1, "local", "t0", 0, timings=SegmentTimings(**measured))
 
 
 def _train(run_dir: Path, signal_delay_s: int, steps: int) -> None:
@@ -51,7 +55,7 @@ def _train(run_dir: Path, signal_delay_s: int, steps: int) -> None:
         for _ in run.steps():
             weight += 1
     assert {"imports_s", "manifest_s", "load_s", "wandb_init_s", "first_step_s", "step_s", "sync_save_s",
-            "finish_s"} <= set(run.timings)  # fmt: skip
+            "finish_s", "process_start_time", "first_step_time", "save_s"} <= set(run.timings.measured())  # fmt: skip
 
 
 def test_the_session_warns_at_its_first_save_when_the_signal_delay_cannot_fit_a_stop(tmp_path: Path) -> None:

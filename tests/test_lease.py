@@ -24,6 +24,7 @@ from trm_cluster.environment import JobContext
 from trm_cluster.heartbeat import Heartbeat, SegmentClock
 from trm_cluster.lease import LEASE_TIMEOUT_ENV, LeaseHeld, LeaseLost, ensure_held
 from trm_cluster.manifest import ManifestError, RunManifest, Segment
+from trm_cluster.segment_timings import SegmentTimings
 from trm_cluster.segments import close_segment, fail_segment, open_segment
 
 HOST = socket.gethostname()
@@ -123,7 +124,7 @@ def test_a_holder_that_lost_its_lease_writes_nothing(tmp_path: Path, monkeypatch
     stalled = open_segment(manifest, _context(job_id="7", host=OTHER))
     stalled_store = CheckpointStore(manifest, keep_last=1, holder=stalled.index)
     stalled_store.save(5, {"w": torch.zeros(2)})
-    stalled_clock = SegmentClock(manifest, stalled.index, enabled=True, beat_every_s=0.0)
+    stalled_clock = SegmentClock(manifest, stalled.index, True, SegmentTimings(), beat_every_s=0.0)
     stalled_clock.step_done(5)  # its first step: it beat
     monkeypatch.setenv(LEASE_TIMEOUT_ENV, "0.001")
     time.sleep(0.01)

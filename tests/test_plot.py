@@ -77,7 +77,9 @@ def test_status_plot_writes_the_file_and_nothing_else(
 
     # the goodput a real run records: every segment timed its startup and its saves
     shown = json.loads(out)  # --json: stdout stays pure JSON with a picture
-    assert all(s["first_step_time"] and s["save_s"] is not None for s in shown["segments"])
+    assert all(
+        s["timings"]["first_step_time"] and s["timings"]["save_s"] is not None for s in shown["segments"]
+    )
     g = shown["goodput"]
     parts = g["training_s"] + g["queue_s"] + g["startup_s"] + g["saving_s"] + g["lost_s"] + g["unaccounted_s"]
     assert parts == pytest.approx(g["wall_s"], abs=0.01) and 0 < g["goodput"] < 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, CheckpointStore
+from .grace import advice_from_history
 from .launch import WandbOptions, config_differences, create_run
 from .manifest import (
     CheckpointRecord,
@@ -166,3 +167,11 @@ def _adopt_checkpoint(
             created_at=utc_now(), parts=others,
         )
     )  # fmt: skip
+
+
+def fork_advice(parent: ManifestData, wandb_mode: str, signal_delay_s: float) -> str | None:
+    """``submit --fork``'s grace-window advice, from the parent's measured history (grace.py): the fork
+    trains the parent's workload from the parent's state, so the parent's slowest step and save are the
+    best guess of what the fork's stop needs. None: it fits, or the parent measured nothing."""
+    advice = advice_from_history(parent.segments, wandb_mode, signal_delay_s)
+    return None if advice is None else f"warning: from the parent run's measured history: {advice}"

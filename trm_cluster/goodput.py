@@ -70,13 +70,13 @@ def segment_times(
     segment in the one process that created the run)."""
     start = _t(segment.start_time) or created
     end = _t(segment.end_time) if segment.end_time else open_end
-    began = min(max(_t(segment.process_start_time) or start, not_before), start)
-    first = _t(segment.first_step_time)
+    began = min(max(_t(segment.timings.process_start_time) or start, not_before), start)
+    first = _t(segment.timings.first_step_time)
     stop = end if end is not None else start
     startup = max(0.0, min(first, stop) - began) if first is not None else max(0.0, stop - began)
     if first is None and segment.end_step is not None and segment.end_step > segment.start_step:
         startup = start - began  # an old manifest: no first-step time, its steps count as training
-    saving = min(segment.save_s or 0.0, max(0.0, stop - began - startup))
+    saving = min(segment.timings.save_s or 0.0, max(0.0, stop - began - startup))
     training = max(0.0, stop - began - startup - saving)
     lost = 0.0
     if segment.end_reason == "killed" and segment.last_seen_time and end is not None:

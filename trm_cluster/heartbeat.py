@@ -10,6 +10,7 @@ the estimate conservative.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 from .lease import ensure_held
 from .manifest import RunManifest, utc_now
+from .segment_timings import SegmentTimings
 
 HEARTBEAT_NAME = "heartbeat.json"
 INTERVAL_S = 5.0
@@ -69,18 +71,29 @@ def read_beat(run_dir: Path, segment: int) -> Beat | None:
 
 
 class SegmentClock:
-    """What one segment measures for goodput on rank 0: time saving, its first step, its heartbeat."""
+    """What one segment measures for goodput on rank 0: time saving, its first step, its heartbeat,
+    kept in the segment's one timing record (segment_timings.py), which reaches the manifest at the
+    first step (the close writes it again, complete)."""
 
     def __init__(
-        self, manifest: RunManifest, segment: int, enabled: bool, beat_every_s: float = INTERVAL_S
+        self,
+        manifest: RunManifest,
+        segment: int,
+        enabled: bool,
+        timings: SegmentTimings,
+        beat_every_s: float = INTERVAL_S,
     ) -> None:
         self.manifest = manifest
         self.segment = segment
         self.enabled = enabled
-        self.save_s = 0.0
+        self.timings = timings
         self.last_save_s: float | None = None
         self._heartbeat = Heartbeat(manifest.run_dir, segment, beat_every_s)
         self._first_done = False
+
+    @property
+    def save_s(self) -> float:
+        return self.timings.save_s or 0.0
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
@@ -89,16 +102,17 @@ class SegmentClock:
             yield
         finally:
             self.last_save_s = time.perf_counter() - started
-            self.save_s += self.last_save_s
+            self.timings.save_s = self.save_s + self.last_save_s
 
     def step_done(self, step: int) -> None:
         if not self.enabled:
             return
         if not self._first_done:  # startup (imports, restore, W&B init, the first step) ends here
             self._first_done = True
+            self.timings.first_step_time = utc_now()
             with self.manifest.update() as data:
                 ensure_held(data, self.segment)
-                data.segments[self.segment].first_step_time = utc_now()
+                data.segments[self.segment].timings = dataclasses.replace(self.timings)
         elif self._heartbeat.due():  # a few times a minute: still the run's holder? (lease.py)
             ensure_held(self.manifest.read(), self.segment)  # never beat over the new holder's heartbeat
         else:

@@ -21,6 +21,7 @@ which hands over to the scheduler's requeue (job.py). The code after the loop ne
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -29,19 +30,18 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
-from .async_save import BackgroundSaver, snapshot_copy
-from .checkpoint import CheckpointStore, capture
+from .async_save import BackgroundSaver
+from .checkpoint import CheckpointStore
 from .config import RunConfig
-from .digest import weights_sha256
 from .distributed import Ranks
-from .goodput import clock
-from .grace import finish_estimate_s, grace_warning
+from .grace import GraceCheck
 from .heartbeat import SegmentClock
-from .log_window import LogWindow, as_number
 from .loop_state import RegisteredState, StateError
 from .manifest import ManifestData, ManifestError, RunManifest, Segment
 from .rehearsal import PreemptionInjector
-from .segments import close_segment, fail_segment, open_segment, record_failed_save, record_wandb_started
+from .save_path import SavePath
+from .segment_timings import SegmentTimings
+from .segments import close_segment, fail_segment, open_segment, record_wandb_started
 from .session_plan import (
     EXIT_STOPPED,
     RUN_DIR_ENV,
@@ -54,9 +54,10 @@ from .session_plan import (
     standalone_plan,
 )
 from .signals import StopRequest, StopSignals
-from .snapshot import StagedStep, accept_world_size, load_step, rank_part, stage_step, write_step
-from .state import derived_seed, restore_rng, rng_fingerprint, seed_everything, use_deterministic_kernels
-from .tracking import NullTracker, Tracker, WandbTracker
+from .snapshot import load_step, restore_step
+from .state import rng_fingerprint, use_deterministic_kernels
+from .step_log import StepLog
+from .tracking import NullTracker, Tracker, WandbStart, WandbTracker
 from .workload import dataclass_from_dict
 
 log = logging.getLogger(__name__)
@@ -89,20 +90,14 @@ class Session:
         self._signals = StopSignals()
         self._tracker: Tracker = NullTracker()
         self._injector = PreemptionInjector((), start_step=0)
-        self._source: StateSource | None = None
-        self._require_model = False
         self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
         self._in_step = False
-        self._saved_step = -1
-        self.saver = BackgroundSaver()
-        """The periodic saves written in the background, and their counts (``saver.stats``)."""
-        self.timings: dict[str, float] = {}
-        """What this process measured, in seconds (see Segment.timings); recorded when the segment closes."""
-        self._grace_checked = False
-        self._final_digest: str | None = None
+        self.timings = SegmentTimings()
+        """What this process measured of its segment (segment_timings.py): the manifest's record of it."""
+        self._saves: SavePath | None = None
+        self._wandb_start: WandbStart | None = None
         self._restored_rng: str | None = None
         self._stopping = False
-        self._clock = (time.time(), 0)
         self.step = 0
         """Steps done so far (inside the loop: the 0-based index of the step being run)."""
         self.total_steps = 0
@@ -120,7 +115,6 @@ class Session:
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
         context = self.plan.context
         entered = time.time()
-        self.timings["imports_s"] = max(entered - context.started_at, 0.0)  # process start to here
         try:
             self._before = self.manifest.read()  # as the previous process left it
             self.config = self._resolve_config(self._before)
@@ -134,19 +128,31 @@ class Session:
         try:
             self.data: ManifestData = self.manifest.read()
             self.segment: Segment = self.data.segments[-1]
+            self.timings = self.segment.timings  # as opened: the process's start time
+            self.timings.imports_s = max(entered - context.started_at, 0.0)  # process start to here
             self.total_steps = self.data.total_steps
             self.store = CheckpointStore(
                 self.manifest, self.config.keep_checkpoints, holder=self.segment.index
             )
-            self._goodput = SegmentClock(self.manifest, self.segment.index, enabled=self.ranks.is_main)
+            self._goodput = SegmentClock(self.manifest, self.segment.index, self.ranks.is_main, self.timings)
+            self._saves = SavePath(self.ranks, self.store, self.manifest, self.segment.index, self._goodput)
+            delay = self.data.launch.get("signal_delay_s")
+            grace_here = self.ranks.is_main and context.executor in ("slurm", "local")
+            self._grace = GraceCheck(self.timings, None if delay is None else float(delay), grace_here)
             if self.ranks.is_main:
                 self.store.remove_orphans()
-            self._window = LogWindow(self.config.log_reduce)
+            self._log = StepLog(
+                self.config.log_reduce,
+                self.config.log_every,
+                self.config.wandb_step,
+                self.total_steps,
+                self.plan.quiet,
+            )
         except BaseException as error:
             self._fail(error)
             self._signals.restore()
             raise
-        self.timings["manifest_s"] = time.time() - entered
+        self.timings.manifest_s = time.time() - entered
         self._state = "entered"
         return self
 
@@ -192,52 +198,46 @@ class Session:
 
     def _restore(self, source: StateSource, require_model: bool) -> int:
         self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
-        self._source, self._require_model = source, require_model
         journal: Any = ()
+        if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:  # overlaps the load
+            self._wandb_start = WandbStart(
+                self.data, self.run_dir, self.plan.wandb_resume, self.plan.quiet, self._before.open_segment
+            )
         began = time.time()
         loaded = load_step(self.store, self.ranks, self.data.run_uid)
+        load_s, waited = time.time() - began, time.time()
+        if self._wandb_start is not None:  # W&B's thread is done before any RNG stream is restored
+            self._tracker, self._wandb_start = self._wandb_start.join(), None
+        wandb_wait_s, restoring = time.time() - waited, time.time()
         if loaded is not None:
-            payload = loaded.payload
-            meta, tracking = payload["meta"], payload.get("tracking", {})
-            same_ranks = accept_world_size(
-                self.manifest, self.ranks, int(meta.get("world_size", 1)), int(meta["step"])
-            )
+            restored = restore_step(loaded, source, self.manifest, self.ranks, self.data.run_uid)
             self.data = self.manifest.read()
-            state = dict(payload["trainer"])
-            state.setdefault("model", payload["model"])
-            source.load_state_dict(state)
-            own = rank_part(payload, self.ranks.rank) if same_ranks else None
-            if own is not None and hasattr(source, "load_rank_state_dict"):
-                source.load_rank_state_dict(own["rank_state"])
-            if own is not None:  # last: building and loading must not consume the restored streams
-                restore_rng(own["rng"])
-            else:
-                seed_everything(derived_seed(self.data.run_uid, int(meta["step"]), self.ranks.rank))
             self._restored_rng = rng_fingerprint()
-            self.step = self._saved_step = int(meta["step"])
+            self.step = restored["step"]
             if self.ranks.is_main and self.step != self.segment.start_step:  # fell back past a bad file
                 with self.manifest.update() as data:
                     data.segments[self.segment.index].start_step = self.step
-            journal = tracking.get("journal", ())
-            self._window.load_state_dict(tracking.get("window", {}))
-            saved_total = meta.get("total_steps")
+            journal = restored["tracking"].get("journal", ())
+            self._log.window.load_state_dict(restored["tracking"].get("window", {}))
+            saved_total = restored["total_steps"]
             if saved_total is not None and int(saved_total) != self.total_steps:
                 self.total_steps_changed = (int(saved_total), self.total_steps)
-        loaded_at = time.time()
-        self.timings["load_s"] = loaded_at - began
+        resumed = time.time()
+        self.timings.load_s = load_s + (resumed - restoring)
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
-        if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:
-            self._tracker = WandbTracker.start(
-                self.data, self.run_dir, resume=self.plan.wandb_resume, quiet=self.plan.quiet,
-                journal=journal, resume_step=self.step, killed=self._before.open_segment,
-            )  # fmt: skip
+        if isinstance(self._tracker, WandbTracker):  # the journal replayed above the watermark
+            self._tracker.resumed(self.data, journal, self.step)
             record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
         else:  # no W&B: the journal still carries every row on, for the doctor and for status
             self._tracker = NullTracker(
                 self.data.wandb.last_step, journal if isinstance(journal, Mapping) else None
             )
-        self.timings["wandb_init_s"] = time.time() - loaded_at
+        self.timings.wandb_init_s = wandb_wait_s + (time.time() - resumed)  # what the load did not hide
+        self._log.tracker = self._tracker
+        self.saves.attach(
+            source, require_model, self._log.tracking_state, self.data, self.total_steps, self.step
+        )
         self._state = "restored"
         return self.step
 
@@ -264,11 +264,12 @@ class Session:
         rehearsed = self.plan.preempt_at if self.ranks.is_main else ()  # rank 0 signals itself; all agree
         self._injector = PreemptionInjector(rehearsed, start_step=self.step)
         self._injector.start()
-        self._clock = (time.time(), self.step)
+        self._log.loop_started(self.step)
+        self._grace.loop_started(self.step)
         try:
             while self.step < self.total_steps and not self._stop_requested():
-                if "first_step_s" not in self.timings:  # process start to the first step
-                    self.timings["first_step_s"] = time.time() - self.plan.context.started_at
+                if self.timings.first_step_s is None:  # process start to the first step
+                    self.timings.first_step_s = time.time() - self.plan.context.started_at
                 self._in_step = True
                 yield self.step
                 self._in_step = False
@@ -279,7 +280,8 @@ class Session:
             self._injector.stop()
         if self._stopping:
             self._stop()
-        self._save_if_unsaved()  # the final state is durable before the code after the loop runs
+        self._grace.before_save(self.step)
+        self.saves.save_if_unsaved(self.step)  # durable before the code after the loop runs
         self._state = "done"
 
     def _stop_requested(self) -> bool:
@@ -298,19 +300,12 @@ class Session:
 
     def _end_of_step(self) -> None:
         done = self.step
-        if done % self.config.log_every == 0 or done == self.total_steps:
-            row = self._window.flush()
-            if row:
-                self._tracker.log(self._row_step(done), {**row, **self._progress(done)})
-            if not self.plan.quiet:
-                speed = self._progress(done)["trainer/steps_per_s"]
-                eta = f" eta {clock((self.total_steps - done) / speed)}" if speed > 0 else ""
-                self._say(f"[trm_cluster] step {done}/{self.total_steps} " + _format(row) +
-                          f" | {speed:.3g} steps/s{eta}")  # fmt: skip
+        self._log.step_done(done)
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
-            self._save_or_report(background=self._may_save_in_background(done))
+            self._grace.before_save(done)
+            self.saves.save_or_report(done, background=self._may_save_in_background(done))
         self._goodput.step_done(done)
-        if not self._grace_checked:
+        if not self._grace.done:
             self._check_grace_window()
 
     def _may_save_in_background(self, done: int) -> bool:
@@ -328,137 +323,59 @@ class Session:
         reduced by ``log_reduce``); outside it (an eval before or after the loop) a row is written now."""
         self._expect_restored("log")
         if self._in_step:
-            self._window.add(metrics)
+            self._log.window.add(metrics)
         else:
             self.log_now(metrics)
 
     def log_now(self, metrics: Mapping[str, Any]) -> None:
         """Write a row at the current step now, outside the window (e.g. an eval every N steps)."""
         self._expect_restored("log_now")
-        done = self.step + (1 if self._in_step else 0)
-        row = {key: as_number(key, value) for key, value in metrics.items()}
-        self._tracker.log(max(self._row_step(done), 0), row)
+        self._log.row_now(self.step + (1 if self._in_step else 0), metrics)
 
     @property
     def will_log(self) -> bool:
         """Whether values logged now reach W&B at this step: compute expensive diagnostics only then."""
         if not self._in_step:
             return True
-        done = self.step + 1
-        return done % self.config.log_every == 0 or done == self.total_steps
+        return self._log.will_log(self.step + 1)
 
     @property
     def wandb(self) -> Any:
         """This process's wandb Run (None when W&B is disabled), for media, define_metric, watch."""
         return self._tracker.run
 
-    def _row_step(self, done: int) -> int:
-        return done if self.config.wandb_step == "done" else done - 1
-
-    def _progress(self, done: int) -> dict[str, float]:
-        started, started_step = self._clock
-        elapsed = max(time.time() - started, 1e-9)
-        return {"trainer/step": float(done), "trainer/steps_per_s": (done - started_step) / elapsed}
-
     # -- saving and stopping: the requeue path --------------------------------------------------------
 
-    def _save(self, background: bool = False) -> None:
-        """The full state of this step, every rank's part durable, then published (snapshot.py).
-        ``background``: copied now, written and published by the writer thread (async_save.py).
-        The time the loop waits for it counts as saving (goodput); a background write's does not."""
-        with self._goodput.saving():
-            self._save_now(background)
+    @property
+    def saves(self) -> SavePath:
+        """This segment's save path (save_path.py): how a save is staged, written, joined, reported."""
+        assert self._saves is not None, "the session is entered first"
+        return self._saves
 
-    def _save_now(self, background: bool) -> None:
-        assert self._source is not None
-        if "step_s" not in self.timings and self.step > self._clock[1]:  # before the first save: steps only
-            self.timings["step_s"] = (time.time() - self._clock[0]) / (self.step - self._clock[1])
-        began = time.perf_counter()
-        self.saver.begin()  # at most one save in flight: wait for the previous one (counted)
-        shared = None
-        if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
-            shared = self._source.state_dict()
-            shared = dict(shared) if background else capture(shared)  # never the trainer's own dict
-            if "model" not in shared and self._require_model:
-                raise TypeError("Trainer.state_dict() must hold the model weights under 'model'")
-            shared.setdefault("model", {})
-        rank_state: dict[str, Any] = getattr(self._source, "rank_state_dict", dict)()
-        tracking = {"journal": self._tracker.journal(), "window": self._window.state_dict()}
-        staged = stage_step(
-            self.ranks, self.step, shared, rank_state, tracking, self.data, self.total_steps, not background
-        )
-        self._saved_step = self.step
-        if background:
-            copied = snapshot_copy(
-                {"rank": staged.rank_payload, "main": staged.main_payload}, self.saver.buffers
-            )
-
-            def write() -> None:
-                state = copied.wait()
-                write_step(self.store, self.ranks, StagedStep(staged.step, state["rank"], state["main"]))
-
-            self.saver.start(write, began)
-            return
-        write_step(self.store, self.ranks, staged)
-        self.timings.setdefault("sync_save_s", time.perf_counter() - began)
-        if self.step >= self.total_steps and shared is not None:
-            self._final_digest = weights_sha256(shared["model"])
-
-    def _save_or_report(self, background: bool = False) -> bool:
-        """A periodic or stop-time save whose write fails (disk full, quota: OSError) is reported in the log
-        and the manifest, not fatal: the write is atomic and was never published, so the previous
-        checkpoint and the manifest are intact; training goes on, and a stop requeues from the last good
-        checkpoint. (Several ranks: raised, a rank that fails alone cannot leave the others waiting.) A
-        background write's failure surfaces here too: at the next save, or when the stop joins it."""
-        try:
-            if background:
-                self._save(background=True)
-            else:
-                self._save_if_unsaved()  # joins a save in flight first
-        except OSError as error:
-            if self.ranks.distributed:
-                raise
-            log.error("checkpoint at step %d not written (%s); the last good one is kept", self.step, error)
-            record_failed_save(self.manifest, self.segment.index, self.step, error)
-            return False
-        return True
+    @property
+    def saver(self) -> BackgroundSaver:
+        """The periodic saves written in the background, and their counts (``saver.stats``)."""
+        return self.saves.saver
 
     def _check_grace_window(self) -> None:
-        """Once the step and save times are known: warn (log, manifest) if a stop does not fit the
+        """Warn (log, manifest) once the step and save times are known, if a stop does not fit the
         signal delay. A background save's write stands in for the final, synchronous one."""
-        if "sync_save_s" not in self.timings and self.saver.stats.write_s:
-            self.timings["sync_save_s"] = self.saver.stats.write_s[0]
-        if "step_s" not in self.timings or "sync_save_s" not in self.timings:
-            return
-        self._grace_checked = True
-        signal_delay_s = self.data.launch.get("signal_delay_s")
-        if (
-            not self.ranks.is_main
-            or signal_delay_s is None
-            or self.plan.context.executor not in ("slurm", "local")
-        ):
-            return
-        finish_s = finish_estimate_s(self.manifest.read().segments[:-1], self.data.wandb.mode)
-        warning = grace_warning(float(signal_delay_s), self.timings, finish_s)
+        self._grace.saved(self.saves.write_s)
+        warning = self._grace.check(self.manifest.read().segments[:-1], self.data.wandb.mode)
         if warning is None:
             return
         log.warning("%s", warning)
         with self.manifest.update() as data:
             data.segments[self.segment.index].warning = warning
-            data.segments[self.segment.index].timings = dict(self.timings)
-
-    def _save_if_unsaved(self) -> None:
-        with self._goodput.saving():
-            self.saver.wait()  # a save in flight is durable (or its error raised) before any other step
-        if self._saved_step != self.step:
-            self._save()
+            data.segments[self.segment.index].timings = dataclasses.replace(self.timings)
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
         saved_before = self._goodput.save_s
         # 1. the full state, every rank's part durable, at this boundary
-        saved = self._save_or_report()  # a save in flight joined, then this step's, if not yet saved
-        stop_save_s = self._goodput.save_s - saved_before
+        self._grace.before_save(self.step)
+        saved = self.saves.save_or_report(self.step)  # a save in flight joined, then this step's, if unsaved
+        self.timings.stop_save_s = self._goodput.save_s - saved_before
         if not saved:  # the write failed: the next process resumes from the last good checkpoint
             self.step = self.manifest.read().step
         request = self._signals.request  # 2. read once: a signal during the save still means "stop"
@@ -467,10 +384,11 @@ class Session:
             reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
             finishing = time.time()
             self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
-            self.timings["finish_s"] = time.time() - finishing
+            self.timings.finish_s = time.time() - finishing
+            self._grace.saved(self.saves.write_s)  # the record as closed holds a save's time
             requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
                 self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
-                save_s=self._goodput.save_s, stop_save_s=stop_save_s, timings=self.timings,
+                self.timings,
             )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
@@ -526,14 +444,17 @@ class Session:
             self.step += 1 if self._in_step else 0
             self._in_step = False
             self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
-            self._save_if_unsaved()
+            self._grace.before_save(self.step)
+            self.saves.save_if_unsaved(self.step)
         if self.ranks.is_main:
             finishing = time.time()
             self._tracker.finish(preempting=False)
-            self.timings["finish_s"] = time.time() - finishing
+            self.timings.finish_s = time.time() - finishing
+            self.timings.stop_save_s = self._goodput.last_save_s
+            self._grace.saved(self.saves.write_s)
             close_segment(
                 self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
-                save_s=self._goodput.save_s, stop_save_s=self._goodput.last_save_s, timings=self.timings,
+                self.timings,
             )  # fmt: skip
             self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
         self.ranks.barrier()
@@ -545,16 +466,16 @@ class Session:
             "step": self.step,
             "run_id": data.wandb.run_id,
             "checkpoint": latest.file if latest else None,
-            "weights_sha256": self._final_digest,
+            "weights_sha256": self.saves.final_digest,
         }
         self.outcome = SegmentOutcome("completed", self.step, False, self.summary)
         self.plan.summary = self.summary
 
     def _fail(self, error: BaseException) -> None:
-        try:
-            self.saver.wait()  # a save in flight is a valid checkpoint: let it become durable
-        except Exception as save_error:
-            log.error("the background save in flight failed too: %s", save_error)
+        if self._saves is not None:
+            self._saves.join_quietly()  # a save in flight is a valid checkpoint: let it become durable
+        if self._wandb_start is not None:  # failed while W&B was starting: its run is finished too
+            self._wandb_start.abandon()
         self._tracker.finish(preempting=False, failed=True)
         if hasattr(self, "ranks"):
             self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable
@@ -596,7 +517,3 @@ class Session:
     def _say(self, line: str) -> None:
         if not self.plan.quiet:
             print(line, flush=True)
-
-
-def _format(metrics: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={float(v):.4g}" for k, v in list(metrics.items())[:8])

@@ -22,6 +22,7 @@ import filelock
 
 from .atomic import atomic_write_bytes, make_private_dirs, stale_temp_files
 from .manifest_schema import SchemaError, check, check_paths
+from .segment_timings import SegmentTimings, timings_from_segment
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -89,22 +90,13 @@ class Segment:
     failed_step: int | None = None
     """The step whose exception ended this segment (None: it did not fail inside the loop)."""
     # goodput (all optional: older manifests lack them)
-    process_start_time: str | None = None
-    """When the process began (before imports): startup runs from here to the first step."""
-    first_step_time: str | None = None
-    """When the segment's first step was done."""
-    save_s: float | None = None
-    """Seconds spent saving checkpoints in this segment (a killed one: up to its last heartbeat)."""
-    stop_save_s: float | None = None
-    """Seconds of the save made when the segment stopped (time limit, preemption, completion)."""
     last_seen_step: int | None = None
     """A killed segment: the last step its heartbeat reported (the steps above end_step are recomputed)."""
     last_seen_time: str | None = None
     recomputed_steps: int | None = None
     """A killed segment: steps it trained past its last durable checkpoint, trained again by the next."""
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds this process measured (grace.py): its start (imports_s, manifest_s, load_s, wandb_init_s,
-    first_step_s), a step (step_s), a save (save_s, sync_save_s) and the W&B finish (finish_s)."""
+    timings: SegmentTimings = field(default_factory=SegmentTimings)
+    """What this segment's process measured (segment_timings.py): goodput and the grace check read it."""
     warning: str | None = None
     """A warning about the run's settings seen by this process (a grace window too short)."""
 
@@ -169,13 +161,16 @@ class ManifestData:
     """Set when the run was forked from another run's checkpoint (older manifests: absent)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        for segment, record in zip(raw["segments"], self.segments, strict=True):
+            segment["timings"] = record.timings.measured()  # only what was measured: read back the same
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ManifestData:
         data = dict(raw)
         data["wandb"] = WandbInfo(**data["wandb"])
-        data["segments"] = [Segment(**s) for s in _listed(data, "segments")]
+        data["segments"] = [Segment(**timings_from_segment(s)) for s in _listed(data, "segments")]
         data["checkpoints"] = [CheckpointRecord(**c) for c in _listed(data, "checkpoints")]
         data["config_changes"] = [ConfigChange(**c) for c in _listed(data, "config_changes")]
         if data.get("forked_from") is not None:

@@ -76,7 +76,7 @@ def traces(run_dir: Path, data: ManifestData) -> list[SegmentTrace]:
         start = (_t(segment.start_time) or created) - created
         end_time = _t(segment.end_time)
         points = [(start, segment.start_step)]
-        first = _t(segment.first_step_time)
+        first = _t(segment.timings.first_step_time)
         if first is not None:
             trace.startup_end = first - created
             points.append((trace.startup_end, segment.start_step))

@@ -7,9 +7,9 @@ failure): the next process closes it as ``killed``, at the last moment known to 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from .environment import JobContext
 from .heartbeat import read_beat
 from .lease import LeaseLost, ensure_held, take_over_or_refuse
 from .manifest import ManifestData, ManifestError, RunManifest, Segment, utc_now
+from .segment_timings import SegmentTimings
 from .signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def open_segment(manifest: RunManifest, context: JobContext, total_steps: int | 
             executor=context.executor,
             start_time=utc_now(),
             start_step=data.step,
-            process_start_time=_iso(context.started_at),
+            timings=SegmentTimings(process_start_time=_iso(context.started_at)),
         )
         data.segments.append(segment)
         data.status = "running"
@@ -69,7 +70,7 @@ def _close_as_killed(dangling: Segment, data: ManifestData, data_dir: Path | Non
     if beat is not None:  # how far it got past the durable step: work the next process does again
         dangling.last_seen_step, dangling.last_seen_time = beat.step, _iso(beat.time)
         dangling.recomputed_steps = max(0, beat.step - data.step)
-        dangling.save_s = beat.save_s
+        dangling.timings.save_s = beat.save_s
 
 
 def _iso(moment: float) -> str:
@@ -90,23 +91,19 @@ def close_segment(
     reason: str,
     request: StopRequest | None,
     durable_step: int,
-    save_s: float | None = None,
-    stop_save_s: float | None = None,
-    timings: Mapping[str, float] | None = None,
+    timings: SegmentTimings | None = None,
 ) -> bool:
     """Close the segment with its reason; count the requeue; return whether a requeue is allowed.
 
-    Timeouts spend the per-submission budget (``max_requeues``); preemptions never do. ``save_s``: the
-    segment's time spent saving; ``stop_save_s``: that of the save at the stop (for goodput);
-    ``timings``: what the process measured of its start, a step, a save and the W&B finish (grace.py).
+    Timeouts spend the per-submission budget (``max_requeues``); preemptions never do. ``timings``: the
+    segment's record of what its process measured (segment_timings.py), written as it is.
     """
     with manifest.update() as data:
         ensure_held(data, index)
         segment = data.segments[index]
-        if timings:
-            segment.timings = {**segment.timings, **timings}
+        if timings is not None:
+            segment.timings = dataclasses.replace(timings)
         segment.end_time, segment.end_step, segment.end_reason = utc_now(), step, reason
-        segment.save_s, segment.stop_save_s = save_s, stop_save_s
         segment.signal = request.name if request else None
         data.wandb.last_step = max(data.wandb.last_step, durable_step)
         if reason == "completed":
@@ -175,7 +172,7 @@ def record_first_step(manifest: RunManifest, index: int) -> None:
     """The segment's first step is done: startup (imports, restore, W&B) ends here."""
     with manifest.update() as data:
         ensure_held(data, index)
-        data.segments[index].first_step_time = utc_now()
+        data.segments[index].timings.first_step_time = utc_now()
 
 
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .checkpoint import CheckpointError, CheckpointStore, LoadedCheckpoint, capture
 from .distributed import Ranks
 from .manifest import ConfigChange, ManifestData, RunManifest, utc_now
-from .state import capture_rng
+from .state import capture_rng, derived_seed, restore_rng, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +90,6 @@ def write_step(store: CheckpointStore, ranks: Ranks, staged: StagedStep) -> None
     ranks.barrier()  # published: no rank runs ahead of a checkpoint that is not in the manifest yet
 
 
-def save_step(
-    store: CheckpointStore,
-    ranks: Ranks,
-    step: int,
-    shared: Mapping[str, Any] | None,
-    rank_state: Mapping[str, Any],
-    tracking: Mapping[str, Any],
-    data: ManifestData,
-    total_steps: int,
-) -> None:
-    """Stage and write a step's state now, on the training thread (the synchronous save)."""
-    write_step(store, ranks, stage_step(ranks, step, shared, rank_state, tracking, data, total_steps))
-
-
 def load_step(store: CheckpointStore, ranks: Ranks, run_uid: str) -> LoadedCheckpoint | None:
     """The newest valid checkpoint (rank 0 decides), loaded on every rank with that rank's own part."""
     chosen = store.load_latest(run_uid) if ranks.is_main else None
@@ -143,3 +129,31 @@ def rank_part(payload: Mapping[str, Any], rank: int) -> Mapping[str, Any]:
         return {"rng": payload["rng"], "rank_state": payload.get("rank_state", {})}
     part: Mapping[str, Any] = payload["rank_part"]
     return part
+
+
+class StateTarget(Protocol):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def restore_step(
+    loaded: LoadedCheckpoint, target: StateTarget, manifest: RunManifest, ranks: Ranks, run_uid: str
+) -> Mapping[str, Any]:
+    """Load a checkpoint into ``target`` (its ``load_rank_state_dict`` too, if it has one), then this
+    rank's RNG streams, last, so that loading consumes none of them (re-derived from the run, step and
+    rank when the number of ranks changed). Returns the checkpoint's meta and tracking:
+    ``{"step", "total_steps", "tracking"}``."""
+    payload = loaded.payload
+    meta = payload["meta"]
+    step = int(meta["step"])
+    same_ranks = accept_world_size(manifest, ranks, int(meta.get("world_size", 1)), step)
+    state = dict(payload["trainer"])
+    state.setdefault("model", payload["model"])
+    target.load_state_dict(state)
+    own = rank_part(payload, ranks.rank) if same_ranks else None
+    if own is not None and hasattr(target, "load_rank_state_dict"):
+        target.load_rank_state_dict(own["rank_state"])
+    if own is not None:  # last: building and loading must not consume the restored streams
+        restore_rng(own["rng"])
+    else:
+        seed_everything(derived_seed(run_uid, step, ranks.rank))
+    return {"step": step, "total_steps": meta.get("total_steps"), "tracking": payload.get("tracking", {})}

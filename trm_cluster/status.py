@@ -43,7 +43,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "step": data.step,
         "total_steps": data.total_steps,
         "requeues": data.requeues,
-        "segments": [vars(s) for s in data.segments],
+        "segments": data.to_dict()["segments"],
         "checkpoints": [vars(c) for c in data.checkpoints],
         "config_changes": [vars(c) for c in data.config_changes],
         "weights_sha256": _latest_weights_digest(run_dir, data),

@@ -20,7 +20,7 @@ import tyro
 
 from .config import RunConfig
 from .executors import ExecutorOptions, resolve_kind, sbatch_script
-from .fork import ForkPoint, fork_run, fork_step, fork_wandb
+from .fork import ForkPoint, fork_advice, fork_run, fork_step, fork_wandb
 from .grace import advice_from_history
 from .launch import (
     LOG_DIR,
@@ -357,6 +357,9 @@ def _fork(args: SubmitArgs[Any], config: dict[str, Any], kind: str, launch: dict
     data = fork_run(point, run_dir, name, config, wandb, args.executor.max_requeues, launch)
     print(f"forked from {parent.name} ({point.run_dir.resolve()}) at step {step}")
     _print_changes(data)
+    advice = fork_advice(parent, data.wandb.mode, args.executor.signal_delay_s)
+    if advice is not None and kind in ("slurm", "local"):
+        print(advice)
     return _submit_and_report(args, run_dir, kind, "allow", preempt_at)
 
 

@@ -233,6 +233,21 @@ class WandbTracker:
         resume_step: int = 0,
         killed: Segment | None = None,
     ) -> WandbTracker:
+        tracker = cls.begin(data, run_dir, resume, quiet, killed)
+        tracker.resumed(data, journal, resume_step)
+        return tracker
+
+    @classmethod
+    def begin(
+        cls,
+        data: ManifestData,
+        run_dir: Path,
+        resume: str = "allow",
+        quiet: bool = False,
+        killed: Segment | None = None,
+    ) -> WandbTracker:
+        """The watermark (from the manifest and the ``.wandb`` files, once a killed writer is gone), then
+        ``wandb.init``: what needs no checkpoint, so it may run while one loads (:class:`WandbStart`)."""
         import wandb
 
         drop_empty_wandb_env()
@@ -255,12 +270,17 @@ class WandbTracker:
             settings=wandb.Settings(console="off", quiet=quiet),
             **_optional_init_arguments(info),
         )
+        return cls(run, watermark, run_dir)
+
+    def resumed(
+        self, data: ManifestData, journal: Mapping[str, Any] | Sequence[Mapping[str, Any]], resume_step: int
+    ) -> None:
+        """Once the checkpoint is restored: the config changes noted (a world-size change is recorded by
+        the restore) and the checkpoint's journal replayed above the watermark."""
         notes = change_annotations(data)
         if notes:
-            run.config.update(notes, allow_val_change=True)
-        tracker = cls(run, watermark, run_dir)
-        tracker._replay(journal, resume_step)
-        return tracker
+            self._run.config.update(notes, allow_val_change=True)
+        self._replay(journal, resume_step)
 
     def _replay(self, journal: Mapping[str, Any] | Sequence[Mapping[str, Any]], resume_step: int) -> None:
         """Re-log the checkpoint's rows that an earlier process logged but never got onto disk.
@@ -355,3 +375,53 @@ class WandbTracker:
             return str(Path(self._run.dir).parent.relative_to(self._run_dir))
         except (ValueError, AttributeError):
             return None
+
+
+SERIAL_INIT_ENV = "TRM_CLUSTER_SERIAL_WANDB_INIT"
+"""Benchmark seam: "1" makes :class:`WandbStart` wait for ``wandb.init`` at once (the serial start that
+benchmarks/bench_wandb_overlap.py compares against)."""
+
+
+class WandbStart:
+    """:meth:`WandbTracker.begin` on a thread of its own, started before the checkpoint loads.
+
+    Why: a resumed process waits for ``wandb.init`` (a second or more: the wandb-core service starts,
+    the run resumes) and for its checkpoint's read, hash and unpickle; neither needs the other. The
+    session joins it before the RNG streams are restored, so nothing W&B does in its thread can
+    touch them; the journal is replayed after the restore, on the training thread.
+    """
+
+    def __init__(
+        self, data: ManifestData, run_dir: Path, resume: str, quiet: bool, killed: Segment | None
+    ) -> None:
+        self._tracker: WandbTracker | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._begin, args=(data, run_dir, resume, quiet, killed), name="trm-cluster-wandb-init"
+        )
+        self._thread.start()
+        if os.environ.get(SERIAL_INIT_ENV) == "1":
+            self._thread.join()
+
+    def _begin(
+        self, data: ManifestData, run_dir: Path, resume: str, quiet: bool, killed: Segment | None
+    ) -> None:
+        try:
+            self._tracker = WandbTracker.begin(data, run_dir, resume, quiet, killed)
+        except BaseException as error:  # handed to the training thread by join()
+            self._error = error
+
+    def join(self) -> WandbTracker:
+        """The started tracker; ``wandb.init``'s error, raised here on the training thread."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._tracker is not None
+        return self._tracker
+
+    def abandon(self) -> None:
+        """A failing process: wait for the init and finish its run as failed; never raises."""
+        try:
+            self.join().finish(preempting=False, failed=True)
+        except Exception as error:
+            log.warning("the W&B run started for this process could not be finished: %s", error)
