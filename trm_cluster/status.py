@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import tyro
 
-from . import overview
+from . import overview, sweep
 from .digest import weights_sha256
 from .goodput import Goodput, goodput
 from .goodput import render as render_goodput
@@ -153,6 +153,9 @@ def _draw(path: Path, run_dir: Path, folder: bool) -> None:
 
 def _folder_status(folder: Path, as_json: bool) -> int:
     summaries = overview.overview(folder)
+    title = None if as_json else sweep.header(folder)  # a sweep folder: its keys and array job first
+    if title:
+        print(title)
     print(json.dumps(overview.as_json(summaries), indent=2) if as_json else overview.render(summaries))
     broken = [s for s in summaries if s.error]
     if broken:

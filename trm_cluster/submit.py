@@ -38,6 +38,7 @@ from .launch import (
 )
 from .manifest import ManifestData, ManifestError, RunManifest
 from .presets import PresetError, load_preset
+from . import sweep
 from .script_job import NoJobConfig, script_config
 from .workload import Workload, dataclass_from_dict, load_workload
 
@@ -65,6 +66,9 @@ class SubmitArgs(Generic[JobT]):
     fork: str | None = None
     """RUN_DIR[@STEP]: start a NEW run (own directory and W&B run, W&B group: the parent's name) from
     that run's checkpoint at STEP (default: its newest); flags given here override its config."""
+    sweep: tuple[str, ...] = ()
+    """KEY=V1,V2,... (repeatable): one run per element of the cartesian product of the values, all
+    submitted as ONE job array; --run-dir is then the sweep's folder (one run directory per element)."""
     run_dir: Path | None = None
     """Directory of a new run (default: runs/<name>)."""
     name: str | None = None
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     argv, script_args = split_script_args(argv)
+    argv, axes = sweep.split_sweep_flags(argv)
     early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=None)
     early.add_argument("--resume", type=Path, default=None)
@@ -115,12 +120,33 @@ def _main(argv: list[str]) -> int:
     known, _ = early.parse_known_args(argv)
     if known.fork and known.resume:
         raise ValueError("--fork starts a new run and --resume continues one: pass only one of them")
+    if axes and (known.fork or known.resume or known.script or known.entry):
+        what = "--fork" if known.fork else "--resume" if known.resume else "--script/--entry"
+        raise ValueError(f"--sweep starts new runs of a preset; it does not combine with {what}")
+    if known.resume and sweep.is_sweep(known.resume):
+        raise ValueError(
+            f"{known.resume} is a sweep folder: resume its elements one by one, "
+            f"e.g. --resume {known.resume / '<element>'}"
+        )
     known.source = ForkPoint.parse(known.fork).run_dir if known.fork else known.resume  # the defaults
     if known.script or known.entry or (known.source and is_script_run(known.source)):
         return _script_main(argv, script_args, known)
     if script_args is not None:
         raise ValueError("--script-args (or --) passes arguments to a --script or --entry; this run has none")
+    if axes:
+        return _sweep(argv, axes, known)
+    workload, args, config, kind, launch = _parse(argv, known)
+    if args.resume is not None:
+        return _resume(args, config, kind, launch)
+    if args.fork is not None:
+        return _fork(args, config, kind, launch)
+    return _new(args, workload, config, kind, launch)
 
+
+def _parse(
+    argv: list[str], known: argparse.Namespace
+) -> tuple[Workload[Any], SubmitArgs[Any], dict[str, Any], str, dict[str, Any]]:
+    """The flags over the preset's (or the source run's) values: the workload, args, config, executor."""
     workload, defaults, run_config = _defaults(known.preset, known.source)
     args: SubmitArgs[Any] = tyro.cli(
         SubmitArgs[workload.config_type],  # type: ignore[name-defined]
@@ -137,13 +163,28 @@ def _main(argv: list[str]) -> int:
     args.run.validate()
     kind = resolve_kind(args.executor.executor)
     args.executor.validate(kind)
-    config = resolved_config(args.run, args.job)
-    launch = _launch_record(args, kind)
-    if args.resume is not None:
-        return _resume(args, config, kind, launch)
-    if args.fork is not None:
-        return _fork(args, config, kind, launch)
-    return _new(args, workload, config, kind, launch)
+    return workload, args, resolved_config(args.run, args.job), kind, _launch_record(args, kind)
+
+
+def _sweep(argv: list[str], axes: list[sweep.Axis], known: argparse.Namespace) -> int:
+    """``--sweep``: each element parsed exactly as one submit with its flags (sweep.py), one array."""
+    workload, base, _, kind, _ = _parse(argv, known)
+    sweep.check_axes(axes, argv, workload.config_type)
+    preset = load_preset(base.preset)
+    name = base.name or sweep.default_name(preset.name)
+    sweep_dir = (base.run_dir or Path("runs") / name).resolve()
+
+    def element(flags: list[str]) -> sweep.Element:
+        _, args, config, _, launch = _parse(argv + flags, known)
+        return sweep.Element(args, preset.workload, config, launch)
+
+    planned = sweep.plan(sweep_dir, name, axes, workload.config_type, element)
+    if base.dry_run:
+        for e in planned:
+            print(f"# {sweep_dir / e.dir.name}: {' '.join(sweep.element_argv(e.values, workload.config_type))}")
+        return _dry_run(base, planned[0].config, planned[0].dir)
+    wandb = dataclasses.replace(_wandb_options(base, "peptide-trm"), group=base.wandb_group or name)
+    return sweep.run(sweep_dir, name, axes, planned, wandb, kind)
 
 
 def _launch_record(args: SubmitArgs[Any], kind: str) -> dict[str, Any]:
