@@ -18,6 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import tyro
 
+from . import sweep
 from .config import RunConfig
 from .executors import ExecutorOptions, resolve_kind, sbatch_script
 from .fork import ForkPoint, fork_run, fork_step, fork_wandb
@@ -38,7 +39,6 @@ from .launch import (
 )
 from .manifest import ManifestData, ManifestError, RunManifest
 from .presets import PresetError, load_preset
-from . import sweep
 from .script_job import NoJobConfig, script_config
 from .workload import Workload, dataclass_from_dict, load_workload
 
@@ -181,7 +181,9 @@ def _sweep(argv: list[str], axes: list[sweep.Axis], known: argparse.Namespace) -
     planned = sweep.plan(sweep_dir, name, axes, workload.config_type, element)
     if base.dry_run:
         for e in planned:
-            print(f"# {sweep_dir / e.dir.name}: {' '.join(sweep.element_argv(e.values, workload.config_type))}")
+            print(
+                f"# {sweep_dir / e.dir.name}: {' '.join(sweep.element_argv(e.values, workload.config_type))}"
+            )
         return _dry_run(base, planned[0].config, planned[0].dir)
     wandb = dataclasses.replace(_wandb_options(base, "peptide-trm"), group=base.wandb_group or name)
     return sweep.run(sweep_dir, name, axes, planned, wandb, kind)

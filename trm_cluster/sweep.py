@@ -121,7 +121,10 @@ def check_axes(axes: Sequence[Axis], argv: Sequence[str], job_type: type[Any]) -
 
 def elements(axes: Sequence[Axis]) -> list[dict[str, str]]:
     """The cartesian product, first axis slowest: [{key: value, ...}, ...]."""
-    return [dict(zip((a.key for a in axes), combo, strict=True)) for combo in itertools.product(*(a.values for a in axes))]
+    return [
+        dict(zip((a.key for a in axes), combo, strict=True))
+        for combo in itertools.product(*(a.values for a in axes))
+    ]
 
 
 def element_argv(values: dict[str, str], job_type: type[Any]) -> list[str]:
@@ -199,13 +202,20 @@ def plan(
 
 
 def create(
-    sweep_dir: Path, sweep_name: str, axes: Sequence[Axis], planned: Sequence[Element], wandb: WandbOptions, kind: str
+    sweep_dir: Path,
+    sweep_name: str,
+    axes: Sequence[Axis],
+    planned: Sequence[Element],
+    wandb: WandbOptions,
+    kind: str,
 ) -> list[tuple[int, ...]]:
     """Write every element's manifest (own W&B id, the sweep's group) and the sweep record; return each
     element's rehearsal preemption steps."""
     rehearsals = []
     for element in planned:
-        preempt_at = preemption_steps(element.args.preemptions, int(element.config["run"]["steps"]), element.name)
+        preempt_at = preemption_steps(
+            element.args.preemptions, int(element.config["run"]["steps"]), element.name
+        )
         launch = {**element.launch, "preempt_at": list(preempt_at), "sweep": str(sweep_dir),
                   "log_dir": str(sweep_dir / LOG_DIR)}  # fmt: skip
         create_run(element.dir, element.name, element.workload, element.config, wandb,
