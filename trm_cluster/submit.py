@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +39,12 @@ from .launch import (
 from .manifest import ManifestData, ManifestError, RunManifest
 from .presets import PresetError, load_preset
 from .script_job import NoJobConfig, script_config
+from .submit_flags import (
+    expand_name_shorthands,
+    explicit_run_flags,
+    previous_executor_options,
+    split_script_args,
+)
 from .workload import Workload, dataclass_from_dict, load_workload
 
 JobT = TypeVar("JobT")
@@ -193,39 +198,6 @@ def _launch_record(args: SubmitArgs[Any], kind: str) -> dict[str, Any]:
     return {**dataclasses.asdict(args.executor), "executor": kind, "preset": args.preset, "cwd": os.getcwd()}
 
 
-def previous_executor_options(resume: Path | None) -> ExecutorOptions:
-    """On --resume, where and how the run ran last (partition, ranks, time limit...) are the defaults."""
-    if resume is None:
-        return ExecutorOptions()
-    launch = RunManifest(resume).read().launch
-    names = {f.name for f in dataclasses.fields(ExecutorOptions)} - {"allow_world_size_change"}  # asked anew
-    values: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in launch.items() if k in names
-    }
-    try:
-        return ExecutorOptions(**values)
-    except TypeError:
-        return ExecutorOptions()
-
-
-def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """Cut ``argv`` at ``--script-args`` (or a bare ``--``): what follows belongs to the script."""
-    for i, arg in enumerate(argv):
-        if arg in ("--script-args", "--"):
-            return argv[:i], argv[i + 1 :]
-    return argv, None
-
-
-def explicit_run_flags(argv: list[str], run: RunConfig) -> dict[str, Any]:
-    """The RunConfig fields given as flags: for a script they override what it passes to session()."""
-    given = {arg.partition("=")[0] for arg in argv if arg.startswith("--")}
-    return {
-        f.name: getattr(run, f.name)
-        for f in dataclasses.fields(RunConfig)
-        if f"--{f.name.replace('_', '-')}" in given
-    }
-
-
 def _script_main(argv: list[str], script_args: list[str] | None, known: argparse.Namespace) -> int:
     """A run of the user's own script (``--script``/``--entry``), new or resumed."""
     args: SubmitArgs[Any] = tyro.cli(
@@ -306,18 +278,6 @@ def _script_preemptions(args: SubmitArgs[Any], steps: int, seed: Path | str) -> 
             "--preemptions N with --script needs --steps S: the script's own total is known only once it runs"
         )
     return preemption_steps(args.preemptions, steps, str(seed))
-
-
-def expand_name_shorthands(argv: list[str], config_type: type[Any]) -> list[str]:
-    """``--curriculum delayed-spectrum`` for ``--curriculum.name delayed-spectrum``: any nested config
-    dataclass with a ``name`` field can be picked by name with its own flag."""
-    hints = typing.get_type_hints(config_type)
-    named = {
-        f"--{name.replace('_', '-')}"
-        for name, hint in hints.items()
-        if dataclasses.is_dataclass(hint) and any(g.name == "name" for g in dataclasses.fields(hint))
-    }
-    return [f"{arg}.name" if arg in named else arg for arg in argv]
 
 
 def _defaults(preset_name: str | None, resume: Path | None) -> tuple[Workload[Any], Any, RunConfig]:
