@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -164,5 +167,17 @@ def _folder_status(folder: Path, as_json: bool) -> int:
     return 0
 
 
+def quiet_on_broken_pipe(command: Callable[[], int]) -> int:
+    """Run a command whose reader may leave early (``status RUN | head -1``): then exit quietly, as a
+    Unix tool killed by SIGPIPE would (status 141), instead of a BrokenPipeError traceback."""
+    try:
+        code = command()
+        sys.stdout.flush()  # inside the try: the interpreter's own flush at exit would complain again
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's docs: nothing left to flush
+        return 128 + signal.SIGPIPE
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_broken_pipe(main))
