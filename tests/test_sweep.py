@@ -97,7 +97,6 @@ def test_the_product_and_the_names() -> None:
         (["--sweep", "sync-checkpoints=maybe"], "'maybe' is not a boolean"),
         (["--sweep", "lr=1,2", "--resume", "{done}"], "does not combine with --resume"),
         (["--sweep", "lr=1,2", "--fork", "{done}/lr=0.01,seed=1"], "does not combine with --fork"),
-        (["--resume", "{done}"], "is a sweep folder: resume its elements one by one"),
         (["--sweep", "lr=1,2", "--run-dir", "{done}"], "is not empty (holds lr=0.01,seed=1"),
     ],
 )
@@ -114,3 +113,44 @@ def test_bad_sweeps_are_refused_in_one_line_and_write_nothing(
     (line,) = err.strip().splitlines()
     assert out == "" and line.startswith("trm-submit: error: ") and message in line, err
     assert tree_digest(done) == before and not target.exists()
+
+
+def test_resuming_a_sweep_resumes_its_unfinished_elements_as_one_new_submission(tmp_path: Path) -> None:
+    """``--resume SWEEP_DIR``: the failed element is resumed (its flags recorded as changes), the completed
+    one is left as it was; with nothing left to resume, refused in one line."""
+    sweep_dir = tmp_path / "faults"
+    first = cli("submit", *FAST, "--no-wandb", "--max-failures", "1", "--run-dir", str(sweep_dir),
+                "--sweep", "fail-at-step=-1,5", cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 1 and "fail-at-step=5: failed at step 5/10" in first.stdout, first.stdout
+    done = tree_digest(sweep_dir / "fail-at-step=-1")
+    resumed = cli("submit", "--resume", str(sweep_dir), "--fail-at-step", "-1", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "fail-at-step=5: config change at step 5: job.fail_at_step: 5 -> -1" in resumed.stdout
+    data = manifest(sweep_dir / "fail-at-step=5")
+    assert [s["end_reason"] for s in data["segments"]] == ["failed", "completed"]
+    assert data["checkpoints"][-1]["step"] == 10
+    assert tree_digest(sweep_dir / "fail-at-step=-1") == done
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [s["elements"] for s in record["submissions"]] == [
+        ["fail-at-step=-1", "fail-at-step=5"],
+        ["fail-at-step=5"],
+    ]
+    again = cli("submit", "--resume", str(sweep_dir), cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().endswith(
+        "is completed; pass --steps N to train them further"
+    )
+
+
+def test_a_dry_run_shows_each_element_and_the_one_array_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "grid"
+    assert (
+        submit.main(
+            [*FAST, "--run-dir", str(target), "--sweep", "lr=1,2", "--sweep", "seed=3,4", "--dry-run"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"# {target}/lr=2,seed=3: --lr 2 --seed 3" in out and "#SBATCH --array=0-3%4" in out
+    assert f"#SBATCH --output={target}/logs/%A_%a_0_log.out" in out and not target.exists()

@@ -129,10 +129,7 @@ def _main(argv: list[str]) -> int:
         what = "--fork" if known.fork else "--resume" if known.resume else "--script/--entry"
         raise ValueError(f"--sweep starts new runs of a preset; it does not combine with {what}")
     if known.resume and sweep.is_sweep(known.resume):
-        raise ValueError(
-            f"{known.resume} is a sweep folder: resume its elements one by one, "
-            f"e.g. --resume {known.resume / '<element>'}"
-        )
+        return _resume_sweep(argv, known)
     known.source = ForkPoint.parse(known.fork).run_dir if known.fork else known.resume  # the defaults
     if known.script or known.entry or (known.source and is_script_run(known.source)):
         return _script_main(argv, script_args, known)
@@ -189,9 +186,23 @@ def _sweep(argv: list[str], axes: list[sweep.Axis], known: argparse.Namespace) -
             print(
                 f"# {sweep_dir / e.dir.name}: {' '.join(sweep.element_argv(e.values, workload.config_type))}"
             )
-        return _dry_run(base, planned[0].config, planned[0].dir)
+        return _dry_run(base, planned[0].config, planned[0].dir, array=len(planned))
     wandb = dataclasses.replace(_wandb_options(base, "peptide-trm"), group=base.wandb_group or name)
     return sweep.run(sweep_dir, name, axes, planned, wandb, kind)
+
+
+def _resume_sweep(argv: list[str], known: argparse.Namespace) -> int:
+    """``--resume SWEEP_DIR``: every unfinished element, each as ``--resume ELEMENT`` would be, one array."""
+    sweep_dir = Path(known.resume).resolve()
+
+    def element(run_dir: Path) -> sweep.Element:
+        _, args, config, kind, launch = _parse(argv, argparse.Namespace(**{**vars(known), "source": run_dir}))
+        return sweep.Element(args, "", config, launch, kind=kind, wandb_changes=_wandb_changes(args))
+
+    planned = sweep.unfinished(sweep_dir, element)
+    if planned[0].args.dry_run:
+        return _dry_run(planned[0].args, planned[0].config, planned[0].dir, array=len(planned))
+    return sweep.resume(sweep_dir, planned, "must" if planned[0].args.wandb_must_resume else "allow")
 
 
 def _launch_record(args: SubmitArgs[Any], kind: str) -> dict[str, Any]:
@@ -369,13 +380,15 @@ def _print_changes(data: ManifestData) -> None:
             print(f"config change at step {data.step}: {key}: {old!r} -> {new!r}")
 
 
-def _dry_run(args: SubmitArgs[Any], config: dict[str, Any], run_dir: Path) -> int:
+def _dry_run(args: SubmitArgs[Any], config: dict[str, Any], run_dir: Path, array: int = 0) -> int:
+    """``array``: a sweep of that many elements (run_dir: its first), one array with the sweep's logs."""
     import json
 
     print(f"# run directory: {run_dir}")
     print("# resolved config:")
     print("\n".join(f"#   {line}" for line in json.dumps(config, indent=2).splitlines()))
-    print(sbatch_script(args.executor, run_dir / LOG_DIR), end="")
+    logs = (run_dir.parent if array else run_dir) / LOG_DIR
+    print(sbatch_script(args.executor, logs, array=array), end="")
     return 0
 
 

@@ -165,6 +165,10 @@ class Element:
     values: dict[str, str] = dataclasses.field(default_factory=dict)
     dir: Path = Path()
     name: str = ""
+    kind: str = ""
+    """The resolved executor (slurm, local, debug)."""
+    wandb_changes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """On --resume: the W&B settings given again (group, tags...)."""
 
 
 def is_sweep(path: Path) -> bool:
@@ -240,23 +244,34 @@ def write_record(sweep_dir: Path, record: dict[str, Any]) -> None:
 
 
 def submit_array(
-    sweep_dir: Path, kind: str, options: ExecutorOptions, rehearsals: Sequence[tuple[int, ...]]
+    sweep_dir: Path,
+    kind: str,
+    options: ExecutorOptions,
+    dirs: Sequence[Path],
+    rehearsals: Sequence[tuple[int, ...]],
+    wandb_resume: str = "allow",
 ) -> list[submitit.Job[Any]]:
-    """All elements through one ``executor.batch()``: one Slurm job array (local: one process each)."""
+    """These elements through one ``executor.batch()``: one Slurm job array (local: one process each)."""
     from .job import TrainingJob
 
-    record = read_record(sweep_dir)
-    assert record is not None
     executor = make_executor(kind, options, sweep_dir / LOG_DIR)
     jobs = []
     with executor.batch():
-        for element, preempt_at in zip(record["elements"], rehearsals, strict=True):
-            jobs.append(executor.submit(TrainingJob(sweep_dir / element["dir"], preempt_at=preempt_at)))
-    for element, job in zip(record["elements"], jobs, strict=True):
-        element["job_id"] = str(job.job_id)
-        with RunManifest(sweep_dir / element["dir"]).update() as data:
-            data.launch = {**data.launch, "job_id": str(job.job_id), "submitted_at": utc_now()}
+        for run_dir, preempt_at in zip(dirs, rehearsals, strict=True):
+            jobs.append(
+                executor.submit(TrainingJob(run_dir, wandb_resume=wandb_resume, preempt_at=preempt_at))
+            )
+    record = read_record(sweep_dir) or {"elements": []}
+    job_ids = {run_dir.name: str(job.job_id) for run_dir, job in zip(dirs, jobs, strict=True)}
+    for element in record["elements"]:
+        if element["dir"] in job_ids:
+            element["job_id"] = job_ids[element["dir"]]
+            with RunManifest(sweep_dir / element["dir"]).update() as data:
+                data.launch = {**data.launch, "job_id": job_ids[element["dir"]], "submitted_at": utc_now()}
     record["array_job_id"] = str(jobs[0].job_id).partition("_")[0] if kind == "slurm" else None
+    record.setdefault("submissions", []).append(
+        {"time": utc_now(), "array_job_id": record["array_job_id"], "elements": list(job_ids)}
+    )
     write_record(sweep_dir, record)
     return jobs
 
@@ -285,12 +300,67 @@ def run(
     kind: str,
 ) -> int:
     """Create, submit as one array and report; ``--wait`` (or debug) follows every element to its end."""
-    base = planned[0].args
     rehearsals = create(sweep_dir, sweep_name, axes, planned, wandb, kind)
-    jobs = submit_array(sweep_dir, kind, base.executor, rehearsals)
-    array = read_record(sweep_dir) or {}
-    print(f"submitted sweep {sweep_name}: {len(jobs)} elements as "
-          f"{'array job ' + array['array_job_id'] if array.get('array_job_id') else 'jobs'} ({kind})")  # fmt: skip
+    dirs = [e.dir for e in planned]
+    jobs = submit_array(sweep_dir, kind, planned[0].args.executor, dirs, rehearsals)
+    return follow(sweep_dir, f"submitted sweep {sweep_name}", planned, jobs, kind)
+
+
+def unfinished(sweep_dir: Path, parse: Callable[[Path], Element]) -> list[Element]:
+    """``--resume SWEEP_DIR``: each element not completed at its (new) last step, parsed as
+    ``--resume ELEMENT`` with the same flags would be; checked (not active, same ranks) before any write."""
+    from .launch import _refuse_if_active, _refuse_world_size_change
+
+    record = read_record(sweep_dir)
+    if record is None:
+        raise ValueError(f"{sweep_dir / SWEEP_RECORD} is unreadable")
+    planned = []
+    for entry in record["elements"]:
+        element = parse(sweep_dir / entry["dir"])
+        element.values, element.dir = dict(entry["values"]), sweep_dir / entry["dir"]
+        data = RunManifest(element.dir).read()
+        element.name = data.name
+        if data.status == "completed" and data.step >= int(element.config["run"]["steps"]):
+            continue
+        _refuse_if_active(data)
+        _refuse_world_size_change(data, element.launch)
+        planned.append(element)
+    if not planned:
+        raise ValueError(f"every element of {sweep_dir} is completed; pass --steps N to train them further")
+    return planned
+
+
+def resume(sweep_dir: Path, planned: Sequence[Element], wandb_resume: str) -> int:
+    """Resume these elements (each as ``--resume`` would: config changes recorded) as one new array."""
+    from .launch import resume_run
+
+    rehearsals = []
+    for element in planned:
+        current = RunManifest(element.dir).read().step
+        remaining = int(element.config["run"]["steps"]) - current
+        steps = preemption_steps(element.args.preemptions, remaining, str(element.dir))
+        preempt_at = tuple(current + s for s in steps)
+        launch = {**element.launch, "preempt_at": list(preempt_at), "sweep": str(sweep_dir),
+                  "log_dir": str(sweep_dir / LOG_DIR)}  # fmt: skip
+        data = resume_run(element.dir, element.config, launch, element.wandb_changes)
+        if data.config_changes and data.config_changes[-1].at_step == data.step:
+            for key, (old, new) in data.config_changes[-1].changes.items():
+                print(f"{element.dir.name}: config change at step {data.step}: {key}: {old!r} -> {new!r}")
+        rehearsals.append(preempt_at)
+    kind = planned[0].kind
+    dirs = [e.dir for e in planned]
+    jobs = submit_array(sweep_dir, kind, planned[0].args.executor, dirs, rehearsals, wandb_resume)
+    name = (read_record(sweep_dir) or {}).get("name", sweep_dir.name)
+    return follow(sweep_dir, f"resumed sweep {name}", planned, jobs, kind)
+
+
+def follow(
+    sweep_dir: Path, title: str, planned: Sequence[Element], jobs: Sequence[submitit.Job[Any]], kind: str
+) -> int:
+    """Report the submission; with ``--wait`` (or debug) follow every element to its end."""
+    record = read_record(sweep_dir) or {}
+    array = record.get("array_job_id")
+    print(f"{title}: {len(jobs)} elements as {'array job ' + array if array else 'jobs'} ({kind})")
     print(f"  sweep dir: {sweep_dir}")
     print(f"  logs:      {sweep_dir / LOG_DIR}")
     width = max(len(e.dir.name) for e in planned)
@@ -304,7 +374,7 @@ def run(
             error = _run_in_process(job)
             if error is not None:
                 print(f"trm-submit: {element.dir.name} failed: {error}", file=sys.stderr)
-    elif not base.wait:
+    elif not planned[0].args.wait:
         return 0
     else:
         while not all(job.done() for job in jobs):
