@@ -28,15 +28,16 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "grid"
 
 
-def single_config(workdir: Path, *flags: str) -> dict[str, object]:
-    """The config a single submit with these flags resolves (its --dry-run prints it)."""
-    result = cli("submit", *FAST, *flags, "--dry-run", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    lines = [line[2:] for line in result.stdout.splitlines() if line.startswith("#   ")]
+def single_config(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, object]:
+    """The config a single submit with these flags resolves (its --dry-run prints it; in this process)."""
+    assert submit.main([*FAST, *flags, "--dry-run"]) == 0
+    lines = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("#   ")]
     return json.loads("\n".join(lines))  # type: ignore[no-any-return]
 
 
-def test_each_element_is_the_run_a_single_submit_with_its_flags_would_be(done: Path) -> None:
+def test_each_element_is_the_run_a_single_submit_with_its_flags_would_be(
+    done: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     names = ["lr=0.01,seed=1", "lr=0.01,seed=2", "lr=0.02,seed=1", "lr=0.02,seed=2"]
     record = json.loads((done / "sweep.json").read_text())
     assert [e["dir"] for e in record["elements"]] == names  # the product, the first axis slowest
@@ -46,7 +47,7 @@ def test_each_element_is_the_run_a_single_submit_with_its_flags_would_be(done: P
     ]
     runs = [manifest(done / name) for name in names]
     assert [r["status"] for r in runs] == ["completed"] * 4
-    assert runs[2]["config"] == single_config(done.parent, "--lr", "0.02", "--seed", "1")
+    assert runs[2]["config"] == single_config(capsys, "--lr", "0.02", "--seed", "1")
     assert len({r["run_uid"] for r in runs}) == len({r["wandb"]["run_id"] for r in runs}) == 4
     assert {r["wandb"]["group"] for r in runs} == {"grid"} and runs[0]["name"] == "grid-lr=0.01,seed=1"
     assert [e["job_id"] for e in record["elements"]] == [r["launch"]["job_id"] for r in runs]
@@ -115,7 +116,9 @@ def test_bad_sweeps_are_refused_in_one_line_and_write_nothing(
     assert tree_digest(done) == before and not target.exists()
 
 
-def test_resuming_a_sweep_resumes_its_unfinished_elements_as_one_new_submission(tmp_path: Path) -> None:
+def test_resuming_a_sweep_resumes_its_unfinished_elements_as_one_new_submission(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--resume SWEEP_DIR``: the failed element is resumed (its flags recorded as changes), the completed
     one is left as it was; with nothing left to resume, refused in one line."""
     sweep_dir = tmp_path / "faults"
