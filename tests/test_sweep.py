@@ -57,10 +57,11 @@ def test_status_of_a_sweep_folder_lists_its_elements(done: Path, capsys: pytest.
     assert status.main([str(done)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "sweep grid: 4 elements of lr=0.01,0.02 x seed=1,2; debug executor"
-    assert [line.split()[:2] for line in lines[2:]] == [
-        [name, "completed"]
-        for name in ("lr=0.01,seed=1", "lr=0.01,seed=2", "lr=0.02,seed=1", "lr=0.02,seed=2")
-    ]
+    names = ["lr=0.01,seed=1", "lr=0.01,seed=2", "lr=0.02,seed=1", "lr=0.02,seed=2"]
+    assert [line.split()[:2] for line in lines[2:]] == [[name, "completed"] for name in names]
+    assert status.main([str(done.parent)]) == 0  # the folder above lists them too, under the sweep's name
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == [f"grid/{name}" for name in names]
 
 
 def test_the_product_and_the_names() -> None:

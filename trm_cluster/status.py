@@ -159,7 +159,9 @@ def _folder_status(folder: Path, as_json: bool) -> int:
     title = None if as_json else sweep.header(folder)  # a sweep folder: its keys and array job first
     if title:
         print(title)
-    print(json.dumps(overview.as_json(summaries), indent=2) if as_json else overview.render(summaries))
+    print(
+        json.dumps(overview.as_json(summaries), indent=2) if as_json else overview.render(summaries, folder)
+    )
     broken = [s for s in summaries if s.error]
     if broken:
         print(f"trm-status: error: {len(broken)} of {len(summaries)} runs unreadable", file=sys.stderr)

@@ -31,8 +31,8 @@ from .config import RunConfig
 from .executors import ExecutorOptions, make_executor
 from .launch import LOG_DIR, WandbOptions, create_run, preemption_steps
 from .manifest import RunManifest, utc_now
+from .overview import SWEEP_RECORD
 
-SWEEP_RECORD = "sweep.json"
 NAME_LIMIT = 120
 """Longest element directory name kept as is; longer ones are cut and given a digest (names stay unique)."""
 
