@@ -97,6 +97,7 @@ def test_the_product_and_the_names() -> None:
         (["--sweep", "lr=1,2", "--sweep", "lr=3"], "--sweep names lr twice"),
         (["--sweep", "lr=1,2", "--lr", "3"], "--sweep lr and --lr both given"),
         (["--sweep", "sync-checkpoints=maybe"], "'maybe' is not a boolean"),
+        (["--sweep", "lr=1,2", "--preemptions", "9"], "--preemptions 9 needs a run of at least 19 steps"),
         (["--sweep", "lr=1,2", "--resume", "{done}"], "does not combine with --resume"),
         (["--sweep", "lr=1,2", "--fork", "{done}/lr=0.01,seed=1"], "does not combine with --fork"),
         (["--sweep", "lr=1,2", "--run-dir", "{done}"], "is not empty (holds lr=0.01,seed=1"),

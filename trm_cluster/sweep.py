@@ -169,6 +169,8 @@ class Element:
     """The resolved executor (slurm, local, debug)."""
     wandb_changes: dict[str, Any] = dataclasses.field(default_factory=dict)
     """On --resume: the W&B settings given again (group, tags...)."""
+    preempt_at: tuple[int, ...] = ()
+    """Its rehearsal's preemption steps (--preemptions)."""
 
 
 def is_sweep(path: Path) -> bool:
@@ -201,6 +203,8 @@ def plan(
         element = parse(element_argv(values, job_type))
         element.values, element.dir = values, sweep_dir / element_name(values)
         element.name = f"{sweep_name}-{element.dir.name}"
+        steps = int(element.config["run"]["steps"])
+        element.preempt_at = preemption_steps(element.args.preemptions, steps, element.name)
         planned.append(element)
     return planned
 
@@ -212,19 +216,13 @@ def create(
     planned: Sequence[Element],
     wandb: WandbOptions,
     kind: str,
-) -> list[tuple[int, ...]]:
-    """Write every element's manifest (own W&B id, the sweep's group) and the sweep record; return each
-    element's rehearsal preemption steps."""
-    rehearsals = []
+) -> None:
+    """Write every element's manifest (own W&B id, the sweep's group) and the sweep record."""
     for element in planned:
-        preempt_at = preemption_steps(
-            element.args.preemptions, int(element.config["run"]["steps"]), element.name
-        )
-        launch = {**element.launch, "preempt_at": list(preempt_at), "sweep": str(sweep_dir),
+        launch = {**element.launch, "preempt_at": list(element.preempt_at), "sweep": str(sweep_dir),
                   "log_dir": str(sweep_dir / LOG_DIR)}  # fmt: skip
         create_run(element.dir, element.name, element.workload, element.config, wandb,
                    element.args.executor.max_requeues, launch)  # fmt: skip
-        rehearsals.append(preempt_at)
     record = {
         "name": sweep_name,
         "created_at": utc_now(),
@@ -236,7 +234,6 @@ def create(
         "log_dir": LOG_DIR,
     }
     write_record(sweep_dir, record)
-    return rehearsals
 
 
 def write_record(sweep_dir: Path, record: dict[str, Any]) -> None:
@@ -300,8 +297,8 @@ def run(
     kind: str,
 ) -> int:
     """Create, submit as one array and report; ``--wait`` (or debug) follows every element to its end."""
-    rehearsals = create(sweep_dir, sweep_name, axes, planned, wandb, kind)
-    dirs = [e.dir for e in planned]
+    create(sweep_dir, sweep_name, axes, planned, wandb, kind)
+    dirs, rehearsals = [e.dir for e in planned], [e.preempt_at for e in planned]
     jobs = submit_array(sweep_dir, kind, planned[0].args.executor, dirs, rehearsals)
     return follow(sweep_dir, f"submitted sweep {sweep_name}", planned, jobs, kind)
 
