@@ -159,3 +159,15 @@ def test_a_dry_run_shows_each_element_and_the_one_array_and_writes_nothing(
     out = capsys.readouterr().out
     assert f"# {target}/lr=2,seed=3: --lr 2 --seed 3" in out and "#SBATCH --array=0-3%4" in out
     assert f"#SBATCH --output={target}/logs/%A_%a_0_log.out" in out and not target.exists()
+
+
+def test_a_local_sweep_runs_each_element_as_its_own_job(tmp_path: Path) -> None:
+    """The local executor's batch: one controller process (job) per element, all started at once."""
+    sweep_dir = tmp_path / "local"
+    result = cli("submit", *FAST[:2], "--executor", "local", *FAST[4:], "--no-wandb", "--run-dir", str(sweep_dir),
+                 "--sweep", "seed=1,2", "--wait", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [manifest(sweep_dir / name) for name in ("seed=1", "seed=2")]
+    jobs = [r["launch"]["job_id"] for r in runs]
+    assert len(set(jobs)) == 2 and [[s["job_id"] for s in r["segments"]] for r in runs] == [[j] for j in jobs]
+    assert all((sweep_dir / "logs" / f"{job}_0_log.out").is_file() for job in jobs)
