@@ -148,3 +148,49 @@ def test_a_fork_prints_the_grace_window_advice_from_its_parents_history(
     while manifest(child)["status"] not in ("completed", "failed") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert manifest(child)["status"] == "completed"
+
+
+OWN_SCRIPT = """
+import argparse, torch, trm_cluster
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.1)
+args = parser.parse_args()
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+with trm_cluster.session(steps=10, checkpoint_every=5) as run:
+    run.restore(model=model, optimizer=optimizer)
+    for step in run.steps():
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.log({"loss": loss.item()})
+    print("after the loop at step", run.step, "lr", args.lr, flush=True)
+"""
+
+
+def test_a_script_run_forks_with_its_script_and_new_script_arguments(tmp_path: Path) -> None:
+    """``--fork`` of a ``--script`` run: the child runs the parent's script from the parent's checkpoint;
+    without changes it ends as the parent did, bit for bit; ``--script-args`` replace the script's own."""
+    (tmp_path / "train.py").write_text(OWN_SCRIPT)
+    parent = tmp_path / "parent"
+    debug = ("--executor", "debug", "--no-wandb")
+    done = cli("submit", "--script", "train.py", *debug, "--run-dir", str(parent), "--script-args", "--lr", "0.05",
+               cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = tree_digest(parent)
+    same = cli("submit", "--fork", f"{parent}@5", *debug, "--run-dir", str(tmp_path / "same"), cwd=tmp_path)
+    assert same.returncode == 0 and "after the loop at step 10 lr 0.05" in same.stdout, (
+        same.stdout + same.stderr
+    )
+    assert_same_training_state(parent, tmp_path / "same")
+    changed = cli("submit", "--fork", f"{parent}@5", *debug, "--run-dir", str(tmp_path / "lr02"),
+                  "--script-args", "--lr", "0.2", cwd=tmp_path)  # fmt: skip
+    assert changed.returncode == 0 and "lr 0.2" in changed.stdout, changed.stdout + changed.stderr
+    data = manifest(tmp_path / "lr02")
+    assert data["forked_from"]["step"] == 5 and data["forked_from"]["changes"] == {
+        "script.args": [["--lr", "0.05"], ["--lr", "0.2"]]
+    }
+    assert data["config"]["script"]["path"] == manifest(parent)["config"]["script"]["path"]
+    assert [(s["start_step"], s["end_reason"]) for s in data["segments"]] == [(5, "completed")]
+    assert tree_digest(parent) == before

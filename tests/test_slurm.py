@@ -236,6 +236,39 @@ def test_own_script_preempted_on_demand_requeues_and_ends_bit_identical(workdir:
     assert log.count("final evaluation:") == 1
 
 
+def test_a_sweep_is_one_array_whose_preempted_element_alone_requeues(workdir: Path) -> None:
+    """``--sweep lr=...``: two elements in one job array (ids A_0, A_1). USR2 to element 0 requeues only
+    it (submitit requeues A_0, not A); both complete, each one W&B run, grouped by the sweep's name."""
+    sweep_dir, steps = workdir / "sweep", 60
+    submitted = cli(
+        "submit", "--preset", "regression", "--wandb-mode", "offline", "--steps", str(steps),
+        "--checkpoint-every", "20", "--step-delay-s", "0.05", *SLURM, "--run-dir", str(sweep_dir),
+        "--name", "sw", "--sweep", "lr=0.01,0.02", cwd=workdir,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    first, second = sweep_dir / "lr=0.01", sweep_dir / "lr=0.02"
+    array = job_id(first).partition("_")[0]
+    assert (job_id(first), job_id(second)) == (f"{array}_0", f"{array}_1")
+    wait_for(lambda: training(first, 0) and training(second, 0, past_step=-1), "both elements to train")
+    subprocess.run(["scancel", "--signal=USR2", job_id(first)], env=clean_env(), check=True)
+    ends = {run.name: wait_for_end(run) for run in (first, second)}
+    assert [s["end_reason"] for s in ends["lr=0.01"]["segments"]] == ["preempted", "completed"]
+    assert [s["end_reason"] for s in ends["lr=0.02"]["segments"]] == ["completed"]
+    records = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-j", array, "-o", "JobID,State"],
+        capture_output=True, text=True, env=clean_env(), check=True,
+    ).stdout.split()  # fmt: skip
+    assert records.count(f"{array}_0") == 2 and records.count(f"{array}_1") == 1, records
+    ids = set()
+    for run, data in ends.items():
+        segments = assert_one_continuous_wandb_run(sweep_dir / run, list(range(5, steps + 1, 5)))
+        assert {s.group for s in segments if s.run_id} == {"sw"}
+        ids.add(data["wandb"]["run_id"])
+    assert len(ids) == 2
+    shown = cli("status", str(sweep_dir), cwd=workdir)
+    assert f"slurm array job {array}" in shown.stdout and "lr=0.02  completed" in shown.stdout, shown.stdout
+
+
 @pytest.fixture(scope="module")
 def two_rank_reference(workdir: Path) -> Path:
     """Two ranks uninterrupted, on the local executor (the executor and the node layout do not change

@@ -224,7 +224,7 @@ def start_controller(
     return subprocess.Popen(controller, env=env)
 
 
-def sbatch_script(options: ExecutorOptions, folder: Path) -> str:
+def sbatch_script(options: ExecutorOptions, folder: Path, array: int = 0) -> str:
     """The sbatch script a Slurm submission would use, without needing Slurm on this machine.
 
     submitit builds it in ``submitit.slurm.slurm._make_sbatch_string`` (private, but the only way to
@@ -233,4 +233,7 @@ def sbatch_script(options: ExecutorOptions, folder: Path) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return str(_make_sbatch_string(command=command, folder=folder, **slurm_parameters(options)))
+    params = slurm_parameters(options)
+    if array:  # a sweep: one job array of that many elements
+        params["map_count"] = array
+    return str(_make_sbatch_string(command=command, folder=folder, **params))

@@ -50,14 +50,44 @@ class Heartbeat:
         return time.time() - self._last >= self.interval_s
 
     def beat(self, step: int, save_s: float) -> None:
+        if self._last == -float("inf"):  # this segment's first beat: a killed writer's leftovers go
+            remove_stale_temp_files(self.path.parent)
         self._last = now = time.time()
         payload = {"segment": self.segment, "step": step, "time": now, "save_s": save_s}
-        tmp = self.path.with_name(f".{HEARTBEAT_NAME}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f"{TEMP_PREFIX}{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(payload))
             os.replace(tmp, self.path)
         except OSError:
             pass  # a heartbeat is an estimate; training never stops for it
+
+
+TEMP_PREFIX = f".{HEARTBEAT_NAME}."
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Remove ``.heartbeat.json.<pid>.tmp`` files of processes that are gone (a SIGKILL between the
+    write and the rename leaves one per kill); return them. Only the beating rank 0 calls this: its
+    peers on other nodes would not see the writer's pid. A pid alive on this host is kept, since
+    another host's leftover may share a live local number (harmless: a few hundred bytes)."""
+    removed = []
+    for tmp in Path(run_dir).glob(f"{TEMP_PREFIX}*.tmp"):
+        pid = tmp.name[len(TEMP_PREFIX) : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_beat(run_dir: Path, segment: int) -> Beat | None:

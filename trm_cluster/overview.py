@@ -41,9 +41,18 @@ class RunSummary:
         return self.step / self.total_steps if self.total_steps else 0.0
 
 
+SWEEP_RECORD = "sweep.json"
+"""A sweep folder's record (sweep.py): its elements are listed with the runs beside it."""
+
+
 def find_runs(folder: Path) -> list[Path]:
-    """Run directories directly under ``folder`` (those holding a manifest), by name."""
-    return sorted(p.parent for p in folder.glob(f"*/{MANIFEST_NAME}"))
+    """Run directories directly under ``folder`` (those holding a manifest), and those of each sweep
+    folder under it (``SWEEP/ELEMENT``), by name."""
+    runs = [p.parent for p in folder.glob(f"*/{MANIFEST_NAME}")]
+    runs += [
+        p.parent for p in folder.glob(f"*/*/{MANIFEST_NAME}") if (p.parent.parent / SWEEP_RECORD).is_file()
+    ]
+    return sorted(runs)
 
 
 def summarize(run_dir: Path) -> RunSummary:
@@ -99,7 +108,19 @@ def as_json(summaries: list[RunSummary]) -> list[dict[str, object]]:
     ]
 
 
-def render(summaries: list[RunSummary]) -> str:
+def label(run_dir: str) -> str:
+    """A run's name in the table: a sweep's element under another folder is ``SWEEP/ELEMENT``."""
+    path = Path(run_dir)
+    return f"{path.parent.name}/{path.name}" if (path.parent / SWEEP_RECORD).is_file() else path.name
+
+
+def render(summaries: list[RunSummary], folder: Path | None = None) -> str:
+    """``folder``: the folder listed (its own elements, when it is a sweep, keep their bare names)."""
+    inside = folder.resolve() if folder is not None else None
+
+    def name_of(s: RunSummary) -> str:
+        return Path(s.run_dir).name if Path(s.run_dir).resolve().parent == inside else label(s.run_dir)
+
     header = (
         "RUN",
         "STATUS",
@@ -115,7 +136,7 @@ def render(summaries: list[RunSummary]) -> str:
     )
     rows: list[tuple[str, ...]] = [header]
     for s in summaries:
-        name = Path(s.run_dir).name
+        name = name_of(s)
         if s.error:
             rows.append((name, "unreadable", *[""] * (len(header) - 2)))
             continue
@@ -136,7 +157,7 @@ def render(summaries: list[RunSummary]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines += [f"{Path(s.run_dir).name}: {s.error}" for s in summaries if s.error]
+    lines += [f"{name_of(s)}: {s.error}" for s in summaries if s.error]
     return "\n".join(lines)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any
 import torch
 import tyro
 
-from . import overview
+from . import overview, sweep
 from .digest import weights_sha256
 from .goodput import Goodput, goodput
 from .goodput import render as render_goodput
@@ -153,7 +156,12 @@ def _draw(path: Path, run_dir: Path, folder: bool) -> None:
 
 def _folder_status(folder: Path, as_json: bool) -> int:
     summaries = overview.overview(folder)
-    print(json.dumps(overview.as_json(summaries), indent=2) if as_json else overview.render(summaries))
+    title = None if as_json else sweep.header(folder)  # a sweep folder: its keys and array job first
+    if title:
+        print(title)
+    print(
+        json.dumps(overview.as_json(summaries), indent=2) if as_json else overview.render(summaries, folder)
+    )
     broken = [s for s in summaries if s.error]
     if broken:
         print(f"trm-status: error: {len(broken)} of {len(summaries)} runs unreadable", file=sys.stderr)
@@ -161,5 +169,17 @@ def _folder_status(folder: Path, as_json: bool) -> int:
     return 0
 
 
+def quiet_on_broken_pipe(command: Callable[[], int]) -> int:
+    """Run a command whose reader may leave early (``status RUN | head -1``): then exit quietly, as a
+    Unix tool killed by SIGPIPE would (status 141), instead of a BrokenPipeError traceback."""
+    try:
+        code = command()
+        sys.stdout.flush()  # inside the try: the interpreter's own flush at exit would complain again
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's docs: nothing left to flush
+        return 128 + signal.SIGPIPE
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_broken_pipe(main))

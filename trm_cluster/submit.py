@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import tyro
 
+from . import sweep
 from .config import RunConfig
 from .executors import ExecutorOptions, resolve_kind, sbatch_script
 from .fork import ForkPoint, fork_advice, fork_run, fork_step, fork_wandb
@@ -39,6 +39,12 @@ from .launch import (
 from .manifest import ManifestData, ManifestError, RunManifest
 from .presets import PresetError, load_preset
 from .script_job import NoJobConfig, script_config
+from .submit_flags import (
+    expand_name_shorthands,
+    explicit_run_flags,
+    previous_executor_options,
+    split_script_args,
+)
 from .workload import Workload, dataclass_from_dict, load_workload
 
 JobT = TypeVar("JobT")
@@ -65,6 +71,9 @@ class SubmitArgs(Generic[JobT]):
     fork: str | None = None
     """RUN_DIR[@STEP]: start a NEW run (own directory and W&B run, W&B group: the parent's name) from
     that run's checkpoint at STEP (default: its newest); flags given here override its config."""
+    sweep: tuple[str, ...] = ()
+    """KEY=V1,V2,... (repeatable): one run per element of the cartesian product of the values, all
+    submitted as ONE job array; --run-dir is then the sweep's folder (one run directory per element)."""
     run_dir: Path | None = None
     """Directory of a new run (default: runs/<name>)."""
     name: str | None = None
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     argv, script_args = split_script_args(argv)
+    argv, axes = sweep.split_sweep_flags(argv)
     early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=None)
     early.add_argument("--resume", type=Path, default=None)
@@ -115,12 +125,30 @@ def _main(argv: list[str]) -> int:
     known, _ = early.parse_known_args(argv)
     if known.fork and known.resume:
         raise ValueError("--fork starts a new run and --resume continues one: pass only one of them")
+    if axes and (known.fork or known.resume or known.script or known.entry):
+        what = "--fork" if known.fork else "--resume" if known.resume else "--script/--entry"
+        raise ValueError(f"--sweep starts new runs of a preset; it does not combine with {what}")
+    if known.resume and sweep.is_sweep(known.resume):
+        return _resume_sweep(argv, known)
     known.source = ForkPoint.parse(known.fork).run_dir if known.fork else known.resume  # the defaults
     if known.script or known.entry or (known.source and is_script_run(known.source)):
         return _script_main(argv, script_args, known)
     if script_args is not None:
         raise ValueError("--script-args (or --) passes arguments to a --script or --entry; this run has none")
+    if axes:
+        return _sweep(argv, axes, known)
+    workload, args, config, kind, launch = _parse(argv, known)
+    if args.resume is not None:
+        return _resume(args, config, kind, launch)
+    if args.fork is not None:
+        return _fork(args, config, kind, launch)
+    return _new(args, workload, config, kind, launch)
 
+
+def _parse(
+    argv: list[str], known: argparse.Namespace
+) -> tuple[Workload[Any], SubmitArgs[Any], dict[str, Any], str, dict[str, Any]]:
+    """The flags over the preset's (or the source run's) values: the workload, args, config, executor."""
     workload, defaults, run_config = _defaults(known.preset, known.source)
     args: SubmitArgs[Any] = tyro.cli(
         SubmitArgs[workload.config_type],  # type: ignore[name-defined]
@@ -137,50 +165,48 @@ def _main(argv: list[str]) -> int:
     args.run.validate()
     kind = resolve_kind(args.executor.executor)
     args.executor.validate(kind)
-    config = resolved_config(args.run, args.job)
-    launch = _launch_record(args, kind)
-    if args.resume is not None:
-        return _resume(args, config, kind, launch)
-    if args.fork is not None:
-        return _fork(args, config, kind, launch)
-    return _new(args, workload, config, kind, launch)
+    return workload, args, resolved_config(args.run, args.job), kind, _launch_record(args, kind)
+
+
+def _sweep(argv: list[str], axes: list[sweep.Axis], known: argparse.Namespace) -> int:
+    """``--sweep``: each element parsed exactly as one submit with its flags (sweep.py), one array."""
+    workload, base, _, kind, _ = _parse(argv, known)
+    sweep.check_axes(axes, argv, workload.config_type)
+    preset = load_preset(base.preset)
+    name = base.name or sweep.default_name(preset.name)
+    sweep_dir = (base.run_dir or Path("runs") / name).resolve()
+
+    def element(flags: list[str]) -> sweep.Element:
+        _, args, config, _, launch = _parse(argv + flags, known)
+        return sweep.Element(args, preset.workload, config, launch)
+
+    planned = sweep.plan(sweep_dir, name, axes, workload.config_type, element)
+    if base.dry_run:
+        for e in planned:
+            print(
+                f"# {sweep_dir / e.dir.name}: {' '.join(sweep.element_argv(e.values, workload.config_type))}"
+            )
+        return _dry_run(base, planned[0].config, planned[0].dir, array=len(planned))
+    wandb = dataclasses.replace(_wandb_options(base, "peptide-trm"), group=base.wandb_group or name)
+    return sweep.run(sweep_dir, name, axes, planned, wandb, kind)
+
+
+def _resume_sweep(argv: list[str], known: argparse.Namespace) -> int:
+    """``--resume SWEEP_DIR``: every unfinished element, each as ``--resume ELEMENT`` would be, one array."""
+    sweep_dir = Path(known.resume).resolve()
+
+    def element(run_dir: Path) -> sweep.Element:
+        _, args, config, kind, launch = _parse(argv, argparse.Namespace(**{**vars(known), "source": run_dir}))
+        return sweep.Element(args, "", config, launch, kind=kind, wandb_changes=_wandb_changes(args))
+
+    planned = sweep.unfinished(sweep_dir, element)
+    if planned[0].args.dry_run:
+        return _dry_run(planned[0].args, planned[0].config, planned[0].dir, array=len(planned))
+    return sweep.resume(sweep_dir, planned, "must" if planned[0].args.wandb_must_resume else "allow")
 
 
 def _launch_record(args: SubmitArgs[Any], kind: str) -> dict[str, Any]:
     return {**dataclasses.asdict(args.executor), "executor": kind, "preset": args.preset, "cwd": os.getcwd()}
-
-
-def previous_executor_options(resume: Path | None) -> ExecutorOptions:
-    """On --resume, where and how the run ran last (partition, ranks, time limit...) are the defaults."""
-    if resume is None:
-        return ExecutorOptions()
-    launch = RunManifest(resume).read().launch
-    names = {f.name for f in dataclasses.fields(ExecutorOptions)} - {"allow_world_size_change"}  # asked anew
-    values: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in launch.items() if k in names
-    }
-    try:
-        return ExecutorOptions(**values)
-    except TypeError:
-        return ExecutorOptions()
-
-
-def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """Cut ``argv`` at ``--script-args`` (or a bare ``--``): what follows belongs to the script."""
-    for i, arg in enumerate(argv):
-        if arg in ("--script-args", "--"):
-            return argv[:i], argv[i + 1 :]
-    return argv, None
-
-
-def explicit_run_flags(argv: list[str], run: RunConfig) -> dict[str, Any]:
-    """The RunConfig fields given as flags: for a script they override what it passes to session()."""
-    given = {arg.partition("=")[0] for arg in argv if arg.startswith("--")}
-    return {
-        f.name: getattr(run, f.name)
-        for f in dataclasses.fields(RunConfig)
-        if f"--{f.name.replace('_', '-')}" in given
-    }
 
 
 def _script_main(argv: list[str], script_args: list[str] | None, known: argparse.Namespace) -> int:
@@ -263,18 +289,6 @@ def _script_preemptions(args: SubmitArgs[Any], steps: int, seed: Path | str) -> 
             "--preemptions N with --script needs --steps S: the script's own total is known only once it runs"
         )
     return preemption_steps(args.preemptions, steps, str(seed))
-
-
-def expand_name_shorthands(argv: list[str], config_type: type[Any]) -> list[str]:
-    """``--curriculum delayed-spectrum`` for ``--curriculum.name delayed-spectrum``: any nested config
-    dataclass with a ``name`` field can be picked by name with its own flag."""
-    hints = typing.get_type_hints(config_type)
-    named = {
-        f"--{name.replace('_', '-')}"
-        for name, hint in hints.items()
-        if dataclasses.is_dataclass(hint) and any(g.name == "name" for g in dataclasses.fields(hint))
-    }
-    return [f"{arg}.name" if arg in named else arg for arg in argv]
 
 
 def _defaults(preset_name: str | None, resume: Path | None) -> tuple[Workload[Any], Any, RunConfig]:
@@ -369,13 +383,15 @@ def _print_changes(data: ManifestData) -> None:
             print(f"config change at step {data.step}: {key}: {old!r} -> {new!r}")
 
 
-def _dry_run(args: SubmitArgs[Any], config: dict[str, Any], run_dir: Path) -> int:
+def _dry_run(args: SubmitArgs[Any], config: dict[str, Any], run_dir: Path, array: int = 0) -> int:
+    """``array``: a sweep of that many elements (run_dir: its first), one array with the sweep's logs."""
     import json
 
     print(f"# run directory: {run_dir}")
     print("# resolved config:")
     print("\n".join(f"#   {line}" for line in json.dumps(config, indent=2).splitlines()))
-    print(sbatch_script(args.executor, run_dir / LOG_DIR), end="")
+    logs = (run_dir.parent if array else run_dir) / LOG_DIR
+    print(sbatch_script(args.executor, logs, array=array), end="")
     return 0
 
 
