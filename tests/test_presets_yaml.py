@@ -51,6 +51,13 @@ def test_a_name_finds_yaml_and_two_files_for_one_name_are_refused(tmp_path: Path
         load_preset("x", [tmp_path])
 
 
+@pytest.mark.parametrize("name", ["p" * 300, "p" * 300 + ".toml", "d/" + "p" * 300])
+def test_a_name_too_long_for_the_file_system_is_an_unknown_preset(tmp_path: Path, name: str) -> None:
+    """ENAMETOOLONG: ``Path.is_file`` raises it instead of answering (found by the CLI fuzz test)."""
+    with pytest.raises(PresetError, match=r"^(unknown preset|preset file) '(d/)?ppp"):
+        load_preset(name, [tmp_path])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -86,11 +86,11 @@ def load_preset(name_or_path: str, directories: Sequence[Path] | None = None) ->
 def _locate(name_or_path: str, directories: Sequence[Path]) -> Path:
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix in PRESET_SUFFIXES or "/" in name_or_path:
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
         raise PresetError(f"preset file {name_or_path!r} does not exist")
     for directory in directories:
-        found = [p for suffix in PRESET_SUFFIXES if (p := directory / f"{name_or_path}{suffix}").is_file()]
+        found = [p for suffix in PRESET_SUFFIXES if _is_file(p := directory / f"{name_or_path}{suffix}")]
         if len(found) > 1:
             raise PresetError(
                 f"preset {name_or_path!r} is ambiguous: {', '.join(map(str, found))} (keep one, or pass a path)"
@@ -101,6 +101,15 @@ def _locate(name_or_path: str, directories: Sequence[Path]) -> Path:
     raise PresetError(
         f"unknown preset {name_or_path!r} (known: {known}; or pass a path to a .toml or .yaml file)"
     )
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that says False for a name the system refuses (too long: ENAMETOOLONG), which
+    ``is_file`` raises as an OSError rather than answering (a fuzzed ``--preset`` found it)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _load(name_or_path: str, directories: Sequence[Path], seen: tuple[Path, ...]) -> Preset:

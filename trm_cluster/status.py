@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +17,7 @@ from .digest import weights_sha256
 from .goodput import Goodput, goodput
 from .goodput import render as render_goodput
 from .manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
+from .pipes import quiet_on_broken_pipe
 from .queue_state import QueueState, queue_state, run_job_id
 
 
@@ -121,6 +119,7 @@ def _duration(segment: dict[str, Any]) -> str:
     return f"{seconds:.0f}s" if seconds < 3600 else f"{seconds / 3600:.1f}h"
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(StatusArgs, args=argv, prog="python -m trm_cluster.status")
     folder = not (args.run_dir / MANIFEST_NAME).exists() and bool(overview.find_runs(args.run_dir))
@@ -169,17 +168,5 @@ def _folder_status(folder: Path, as_json: bool) -> int:
     return 0
 
 
-def quiet_on_broken_pipe(command: Callable[[], int]) -> int:
-    """Run a command whose reader may leave early (``status RUN | head -1``): then exit quietly, as a
-    Unix tool killed by SIGPIPE would (status 141), instead of a BrokenPipeError traceback."""
-    try:
-        code = command()
-        sys.stdout.flush()  # inside the try: the interpreter's own flush at exit would complain again
-        return code
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's docs: nothing left to flush
-        return 128 + signal.SIGPIPE
-
-
 if __name__ == "__main__":
-    sys.exit(quiet_on_broken_pipe(main))
+    sys.exit(main())

@@ -37,6 +37,7 @@ from .launch import (
     submit,
 )
 from .manifest import ManifestData, ManifestError, RunManifest
+from .pipes import quiet_on_broken_pipe
 from .presets import PresetError, load_preset
 from .script_job import NoJobConfig, script_config
 from .submit_flags import (
@@ -104,6 +105,7 @@ class SubmitArgs(Generic[JobT]):
     """Follow the job to its end; exit 0 only if the run completed."""
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

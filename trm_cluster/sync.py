@@ -22,6 +22,7 @@ import filelock
 import tyro
 
 from .manifest import ManifestData, ManifestError, RunManifest
+from .pipes import quiet_on_broken_pipe
 
 SYNC_LOCK = "sync.lock"
 
@@ -246,6 +247,7 @@ def sync_run(run_dir: Path, entity: str | None, project: str | None) -> list[int
         raise SyncError(f"another trm-sync holds {run_dir / SYNC_LOCK}") from None
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(SyncArgs, args=argv, prog="python -m trm_cluster.sync")
     try:
