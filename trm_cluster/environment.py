@@ -9,6 +9,7 @@ tasks their timeout and signal delay through the environment.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -91,6 +92,17 @@ class JobContext:
             elapsed = request.received_at - self.started_at
             return "timeout" if elapsed >= timeout_s - delay_s - 2 else "preempted"
         return "preempted"
+
+
+def seconds_from_env(name: str, default: float) -> float | None:
+    """A duration set through the environment: ``default`` when unset or empty, None when it is not a
+    positive, finite number of seconds (the caller says whether that is an error or a warning)."""
+    raw = os.environ.get(name) or ""
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return None
+    return value if value > 0 and math.isfinite(value) else None
 
 
 def _process_started_at() -> float:

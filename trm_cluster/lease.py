@@ -21,13 +21,12 @@ fsync would cost more than the rare question it answers.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from datetime import datetime
 from pathlib import Path
 
-from .environment import JobContext
+from .environment import JobContext, seconds_from_env
 from .manifest import ManifestData, ManifestError, Segment
 
 log = logging.getLogger(__name__)
@@ -50,12 +49,9 @@ class LeaseLost(ManifestError):
 
 
 def lease_timeout_s() -> float:
-    raw = os.environ.get(LEASE_TIMEOUT_ENV) or ""
-    try:
-        value = float(raw) if raw else DEFAULT_LEASE_TIMEOUT_S
-    except ValueError:
-        value = -1.0
-    if not (value > 0 and math.isfinite(value)):
+    value = seconds_from_env(LEASE_TIMEOUT_ENV, DEFAULT_LEASE_TIMEOUT_S)
+    if value is None:
+        raw = os.environ.get(LEASE_TIMEOUT_ENV)
         raise ManifestError(f"{LEASE_TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
     return value
 

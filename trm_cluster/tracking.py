@@ -10,7 +10,6 @@ duplicated or shifted points.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import socket
@@ -19,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .environment import seconds_from_env
 from .manifest import ManifestData, Segment, WandbInfo
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,9 @@ FINISH_TIMEOUT_ENV = "TRM_CLUSTER_WANDB_FINISH_TIMEOUT_S"
 
 def finish_timeout_s(default: float = 60.0) -> float:
     """The bound on ``run.finish()``; a value that is not a positive number falls back to the default."""
-    raw = os.environ.get(FINISH_TIMEOUT_ENV) or ""
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if not (value > 0 and math.isfinite(value)):
+    value = seconds_from_env(FINISH_TIMEOUT_ENV, default)
+    if value is None:
+        raw = os.environ.get(FINISH_TIMEOUT_ENV)
         log.warning("%s=%r is not a positive number of seconds; using %.0f", FINISH_TIMEOUT_ENV, raw, default)
         return default
     return value
