@@ -200,6 +200,13 @@ def test_run_without_wandb_has_nothing_to_sync(tmp_path: Path, home: Path) -> No
     assert tree_digest(run_dir) == before
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT acts as in a terminal's foreground job even when the suite runs as a background job (a
+    non-interactive shell's ``cmd &`` starts it with SIGINT ignored, which every child inherits: the sync
+    then never saw the Ctrl-C and the test timed out whenever wandb sync kept retrying past 60 s)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 FAKE_KEY = {"WANDB_API_KEY": "x" * 40}  # "configured", but the server (NO_SERVER) does not exist
 
 
@@ -213,6 +220,7 @@ def test_a_sync_that_did_not_finish_blocks_that_segment_until_checked(run: Path,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     first = wandb_files(run)[0]
     started = first.with_suffix(".wandb.trm-sync-started")
@@ -267,6 +275,7 @@ def test_a_real_sync_passes_over_a_header_only_segment(run: Path, home: Path) ->
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     started = [f.with_suffix(".wandb.trm-sync-started") for f in files]
     deadline = time.monotonic() + 30
