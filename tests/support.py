@@ -239,3 +239,25 @@ def fuzz_examples(n: int) -> Any:
     from hypothesis import HealthCheck, settings
 
     return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def small_script(session: str) -> str:
+    """A user's own training script (argparse ``--lr``, a linear model), with ``session`` the arguments
+    of its ``trm_cluster.session(...)``; it prints ``after the loop at step N lr X`` once it is done."""
+    return f"""
+import argparse, torch, trm_cluster
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.1)
+args = parser.parse_args()
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+with trm_cluster.session({session}) as run:
+    run.restore(model=model, optimizer=optimizer)
+    for step in run.steps():
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.log({{"loss": loss.item()}})
+    print("after the loop at step", run.step, "lr", args.lr, flush=True)
+"""

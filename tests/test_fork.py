@@ -15,6 +15,7 @@ from support import (
     cli,
     final_checkpoint_payload,
     manifest,
+    small_script,
     tree_digest,
     wandb_history,
 )
@@ -150,23 +151,7 @@ def test_a_fork_prints_the_grace_window_advice_from_its_parents_history(
     assert manifest(child)["status"] == "completed"
 
 
-OWN_SCRIPT = """
-import argparse, torch, trm_cluster
-parser = argparse.ArgumentParser()
-parser.add_argument("--lr", type=float, default=0.1)
-args = parser.parse_args()
-model = torch.nn.Linear(4, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-with trm_cluster.session(steps=10, checkpoint_every=5) as run:
-    run.restore(model=model, optimizer=optimizer)
-    for step in run.steps():
-        loss = model(torch.randn(8, 4)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        run.log({"loss": loss.item()})
-    print("after the loop at step", run.step, "lr", args.lr, flush=True)
-"""
+OWN_SCRIPT = small_script("steps=10, checkpoint_every=5")
 
 
 def test_a_script_run_forks_with_its_script_and_new_script_arguments(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from support import (
     clean_env,
     cli,
     manifest,
+    small_script,
     tree_digest,
     wandb_history,
 )
@@ -171,23 +172,7 @@ def _wait_until(condition: object, timeout: float = 120) -> None:
     raise TimeoutError("condition not reached")
 
 
-SMALL_SCRIPT = """
-import argparse, torch, trm_cluster
-parser = argparse.ArgumentParser()
-parser.add_argument("--lr", type=float, default=0.1)
-args = parser.parse_args()
-model = torch.nn.Linear(4, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-with trm_cluster.session(steps=6, log_every=1) as run:
-    run.restore(model=model, optimizer=optimizer)
-    for step in run.steps():
-        loss = model(torch.randn(8, 4)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        run.log({"loss": loss.item()})
-    print("after the loop at step", run.step, flush=True)
-"""
+SMALL_SCRIPT = small_script("steps=6, log_every=1")
 
 
 def test_debug_executor_requeues_a_script_in_process_and_records_its_new_arguments(workdir: Path) -> None:

@@ -94,6 +94,17 @@ class JobContext:
         return "preempted"
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process of that pid exists on this host (another user's counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def seconds_from_env(name: str, default: float) -> float | None:
     """A duration set through the environment: ``default`` when unset or empty, None when it is not a
     positive, finite number of seconds (the caller says whether that is an error or a warning)."""

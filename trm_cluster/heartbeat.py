@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .environment import pid_exists
 from .lease import ensure_held
 from .manifest import RunManifest, utc_now
 from .segment_timings import SegmentTimings
@@ -73,21 +74,11 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     removed = []
     for tmp in Path(run_dir).glob(f"{TEMP_PREFIX}*.tmp"):
         pid = tmp.name[len(TEMP_PREFIX) : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_exists(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_beat(run_dir: Path, segment: int) -> Beat | None:

@@ -19,6 +19,7 @@ from typing import Any
 import submitit
 
 from .config import RunConfig
+from .environment import pid_exists
 from .executors import ExecutorOptions, make_executor
 from .job import TrainingJob
 from .manifest import ConfigChange, ManifestData, ManifestError, RunManifest, WandbInfo, config_hash, utc_now
@@ -254,13 +255,7 @@ def _job_alive(job_id: str, executor: str, host: str | None) -> bool:
             return False
         return out.returncode == 0 and bool(out.stdout.strip())
     if executor == "local" and job_id.isdigit() and host in (None, os.uname().nodename):
-        try:
-            os.kill(int(job_id), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_exists(int(job_id))
     return False
 
 

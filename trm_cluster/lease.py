@@ -20,7 +20,6 @@ fsync would cost more than the rare question it answers.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from datetime import datetime
@@ -28,8 +27,6 @@ from pathlib import Path
 
 from .environment import JobContext, seconds_from_env
 from .manifest import ManifestData, ManifestError, Segment
-
-log = logging.getLogger(__name__)
 
 LEASE_TIMEOUT_ENV = "TRM_CLUSTER_LEASE_TIMEOUT_S"
 DEFAULT_LEASE_TIMEOUT_S = 900.0
