@@ -35,14 +35,23 @@ def clean_env(**extra: str) -> dict[str, str]:
 def cli(
     module: str, *args: str, cwd: Path, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", f"trm_cluster.{module}", *args],
-        cwd=cwd,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run ``python -m trm_cluster.MODULE ARGS`` and wait until the W&B writer it started has ended too.
+
+    Why the wait: wandb-core outlives its parent for a moment and still writes its log into the run's
+    folder, so a test that digests the folder next ("nothing changed") would see a file change under it.
+    """
+    argv = [sys.executable, "-m", f"trm_cluster.{module}", *args]
+    with subprocess.Popen(
+        argv, cwd=cwd, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert wandb_files.wait_for_writers([proc.pid]) == [], f"wandb-core of {argv} never ended"
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def manifest(run_dir: Path) -> dict[str, Any]:
