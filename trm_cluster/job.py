@@ -13,12 +13,14 @@ pickle still resumes from the newest state on disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import submitit
 
@@ -137,8 +139,31 @@ def hand_over_to_submitit(signals: StopSignals) -> None:
         signal.signal(signum, signal.SIG_IGN)
     if not callable(handler):
         raise RuntimeError("no submitit signal handler installed; is this running under submitit?")
-    handler(preempt_signal(), None)
+    try:
+        handler(preempt_signal(), None)
+    except SystemExit as handed_over:  # the requeue is issued
+        exit_at_once(handed_over.code)
     sys.exit(-1)  # submitit's handler exits itself; this only guards against one that returns
+
+
+def exit_at_once(code: object) -> NoReturn:
+    """Leave without the interpreter's teardown, once everything that must outlive us is durable.
+
+    Why: unwinding the interpreter (atexit, then unloading torch and the rest) took seconds of the
+    time from a signal to the requeue, and the local executor starts the next process only when this
+    one is gone. What must survive is on disk by now (the state, the manifest, submitit's pickle and
+    its requeue); W&B's service is shut down here as its atexit hook would, then the logs flushed.
+    """
+    if "wandb" in sys.modules:
+        try:
+            sys.modules["wandb"].teardown()
+        except Exception as error:  # a dead service: nothing left to flush
+            log.debug("W&B teardown before exit: %s", error)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed stream: nothing to flush
+            stream.flush()
+    os._exit(code & 0xFF if isinstance(code, int) else 1)
 
 
 class TrainingJob(SegmentedJob):
