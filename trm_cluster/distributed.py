@@ -14,6 +14,7 @@ others with an error instead of a hang.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -84,6 +85,9 @@ class Ranks:
     control: Any = None
     """The group of the control collectives (stop flag, digests): gloo on the CPU, also beside NCCL, so
     the per-step stop check never waits for the GPU's queue."""
+    background: Any = None
+    """The group of the background savers' collectives (gloo): they run on the writer thread, beside the
+    training thread's, and two threads' collectives on one group could pair up wrongly."""
 
     @property
     def is_main(self) -> bool:
@@ -98,8 +102,10 @@ class Ranks:
         """Join (or create) the process group of a multi-task job; a single task needs none."""
         if world_size <= 1:
             return cls()
-        if dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
+        timeout = datetime.timedelta(seconds=collective_timeout_s())
+        if dist.is_initialized():  # the script's own group: every rank opens its session, so all join
+            background = dist.new_group(backend="gloo", timeout=timeout)
+            return cls(dist.get_rank(), dist.get_world_size(), local_rank, background=background)
         import submitit
 
         env = submitit.helpers.TorchDistributedEnvironment().export(
@@ -109,10 +115,14 @@ class Ranks:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        timeout = datetime.timedelta(seconds=collective_timeout_s())
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
         control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
-        return cls(rank, world_size, local_rank, owns_group=True, control=control)
+        background = dist.new_group(backend="gloo", timeout=timeout)
+        return cls(rank, world_size, local_rank, owns_group=True, control=control, background=background)
+
+    def for_background_saves(self) -> Ranks:
+        """These ranks as the writer thread sees them: the same places, its own group, no ownership."""
+        return dataclasses.replace(self, owns_group=False, control=self.background)
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when any rank says True (one all-reduce of one byte-sized value)."""

@@ -309,10 +309,10 @@ class Session:
             self._check_grace_window()
 
     def _may_save_in_background(self, done: int) -> bool:
-        """A periodic save of one rank, not the last step's, and no stop requested yet: those saves
-        are synchronous (a stop or the end needs the state durable before the segment closes; several
-        ranks write and publish together, with collectives that stay on the training thread)."""
-        if self.config.sync_checkpoints or self.ranks.distributed:
+        """A periodic save, not the last step's, and no stop requested yet (a stop or the end needs the
+        state durable before the segment closes: those saves are synchronous). Several ranks write and
+        publish in the background together, on their writer threads' own group (snapshot.write_step)."""
+        if self.config.sync_checkpoints:
             return False
         return done < self.total_steps and self._signals.request is None
 
@@ -386,6 +386,7 @@ class Session:
             self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
             self.timings.finish_s = time.time() - finishing
             self._grace.saved(self.saves.write_s)  # the record as closed holds a save's time
+            self.saves.count_into(self.timings)
             requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
                 self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
                 self.timings,
@@ -452,6 +453,7 @@ class Session:
             self.timings.finish_s = time.time() - finishing
             self.timings.stop_save_s = self._goodput.last_save_s
             self._grace.saved(self.saves.write_s)
+            self.saves.count_into(self.timings)
             close_segment(
                 self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
                 self.timings,

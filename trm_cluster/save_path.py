@@ -19,6 +19,7 @@ from .digest import weights_sha256
 from .distributed import Ranks
 from .heartbeat import SegmentClock
 from .manifest import ManifestData, RunManifest
+from .segment_timings import SegmentTimings
 from .segments import record_failed_save
 from .session_plan import StateSource
 from .snapshot import StagedStep, stage_step, write_step
@@ -75,6 +76,10 @@ class SavePath:
             return self.sync_save_s
         return self.saver.stats.write_s[0] if self.saver.stats.write_s else None
 
+    def count_into(self, timings: SegmentTimings) -> None:
+        """The segment's record of its background saves, and of the requests that waited for one."""
+        timings.background_saves, timings.save_waits = self.saver.stats.started, self.saver.stats.waited
+
     def save(self, step: int, background: bool = False) -> None:
         """The full state of ``step``, every rank's part durable, then published (snapshot.py).
         ``background``: copied now, written and published by the writer thread (async_save.py).
@@ -112,7 +117,8 @@ class SavePath:
 
             def write() -> None:
                 state = copied.wait()
-                write_step(self.store, self.ranks, StagedStep(staged.step, state["rank"], state["main"]))
+                staged_copy = StagedStep(staged.step, state["rank"], state["main"])
+                write_step(self.store, self.ranks.for_background_saves(), staged_copy)
 
             self.saver.start(write, began)
             return

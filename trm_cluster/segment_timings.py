@@ -45,6 +45,10 @@ class SegmentTimings:
     """The save made when the segment stopped (time limit, preemption, completion)."""
     finish_s: float | None = None
     """The W&B finish when the segment stopped."""
+    background_saves: int | None = None
+    """Periodic saves written in the background (async_save.py), counted when the segment closed."""
+    save_waits: int | None = None
+    """Save requests that found the previous background save still in flight and waited for it."""
 
     def measured(self) -> dict[str, Any]:
         """The fields that hold a value."""

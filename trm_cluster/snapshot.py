@@ -80,14 +80,31 @@ def _as_is(state: Any) -> Any:
 
 def write_step(store: CheckpointStore, ranks: Ranks, staged: StagedStep) -> None:
     """Write this rank's part (rank 0: the main file), then rank 0 publishes once every part is durable.
-    Collective with several ranks: every rank calls it for the same step, on its training thread."""
-    record = None
+
+    Collective with several ranks: every rank calls it for the same step, all on their training thread
+    or all on their writer thread (``ranks.for_background_saves()``). A rank whose write fails still
+    takes part in both collectives, so no rank waits for it: rank 0 then publishes nothing, the failing
+    rank raises its error and the others an OSError naming it."""
+    own: OSError | None = None
+    record: dict[str, Any] | str | None = None
     if staged.rank_payload is not None:
-        record = store.write_part(staged.step, ranks.rank, staged.rank_payload)
+        try:
+            record = store.write_part(staged.step, ranks.rank, staged.rank_payload)
+        except OSError as error:
+            own, record = error, f"rank {ranks.rank}: {error}"
     parts = ranks.gather(record)  # also: every part is durable once rank 0 has them all
-    if staged.main_payload is not None:
-        store.save(staged.step, staged.main_payload, parts=[p for p in parts if p is not None])
-    ranks.barrier()  # published: no rank runs ahead of a checkpoint that is not in the manifest yet
+    failed = "; ".join(p for p in parts if isinstance(p, str))
+    if staged.main_payload is not None and not failed:
+        try:
+            store.save(staged.step, staged.main_payload, parts=[p for p in parts if isinstance(p, dict)])
+        except OSError as error:
+            own, failed = error, f"rank 0: {error}"
+    # published, or not on every rank: none runs ahead of a checkpoint that is not in the manifest yet
+    failed = ranks.broadcast(failed)
+    if own is not None:
+        raise own
+    if failed:
+        raise OSError(f"the checkpoint of step {staged.step} was not written: {failed}")
 
 
 def load_step(store: CheckpointStore, ranks: Ranks, run_uid: str) -> LoadedCheckpoint | None:
