@@ -21,7 +21,7 @@ which hands over to the scheduler's requeue (job.py). The code after the loop ne
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import signal
 import sys
@@ -30,18 +30,14 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
+from . import segments
 from .async_save import BackgroundSaver
-from .checkpoint import CheckpointStore
-from .config import RunConfig
-from .distributed import Ranks
-from .grace import GraceCheck
-from .heartbeat import SegmentClock
 from .loop_state import RegisteredState, StateError
-from .manifest import ManifestData, ManifestError, RunManifest, Segment
+from .manifest import RunManifest
 from .rehearsal import PreemptionInjector
 from .save_path import SavePath
 from .segment_timings import SegmentTimings
-from .segments import close_segment, fail_segment, open_segment, record_wandb_started
+from .session_open import join_run, segment_parts
 from .session_plan import (
     EXIT_STOPPED,
     RUN_DIR_ENV,
@@ -55,10 +51,8 @@ from .session_plan import (
 )
 from .signals import StopRequest, StopSignals
 from .snapshot import load_step, restore_step
-from .state import rng_fingerprint, use_deterministic_kernels
-from .step_log import StepLog
-from .tracking import NullTracker, Tracker, WandbStart, WandbTracker
-from .workload import dataclass_from_dict
+from .state import rng_fingerprint
+from .tracking import NullTracker, Tracker, WandbStart, resumed_tracker
 
 log = logging.getLogger(__name__)
 
@@ -113,71 +107,27 @@ class Session:
         if self._state != "new":
             raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
-        context = self.plan.context
         entered = time.time()
         try:
-            self._before = self.manifest.read()  # as the previous process left it
-            self.config = self._resolve_config(self._before)
-            if self.config.deterministic:
-                use_deterministic_kernels()  # before CUDA starts (the process group may start it)
-            self.ranks = Ranks.setup(context.global_rank, context.world_size, context.local_rank)
-            self._open_segment()
+            joined = join_run(self.manifest, self.plan, self._defaults)  # refused: nothing recorded
         except BaseException:
             self._signals.restore()
             raise
+        self._before, self.config, self.ranks = joined.before, joined.config, joined.ranks
         try:
-            self.data: ManifestData = self.manifest.read()
-            self.segment: Segment = self.data.segments[-1]
-            self.timings = self.segment.timings  # as opened: the process's start time
-            self.timings.imports_s = max(entered - context.started_at, 0.0)  # process start to here
-            self.total_steps = self.data.total_steps
-            self.store = CheckpointStore(
-                self.manifest, self.config.keep_checkpoints, holder=self.segment.index
-            )
-            self._goodput = SegmentClock(self.manifest, self.segment.index, self.ranks.is_main, self.timings)
-            self._saves = SavePath(self.ranks, self.store, self.manifest, self.segment.index, self._goodput)
-            delay = self.data.launch.get("signal_delay_s")
-            grace_here = self.ranks.is_main and context.executor in ("slurm", "local")
-            self._grace = GraceCheck(self.timings, None if delay is None else float(delay), grace_here)
-            if self.ranks.is_main:
-                self.store.remove_orphans()
-            self._log = StepLog(
-                self.config.log_reduce,
-                self.config.log_every,
-                self.config.wandb_step,
-                self.total_steps,
-                self.plan.quiet,
-            )
+            parts = segment_parts(self.manifest, self.plan, joined, entered)
         except BaseException as error:
+            with contextlib.suppress(Exception):  # for the failure's record, if the manifest reads
+                self.segment = self.manifest.read().segments[-1]
             self._fail(error)
             self._signals.restore()
             raise
-        self.timings.manifest_s = time.time() - entered
+        self.data, self.segment, self.timings = parts.data, parts.segment, parts.timings
+        self.store, self._goodput, self._saves = parts.store, parts.clock, parts.saves
+        self._grace, self._log = parts.grace, parts.log
+        self.total_steps = self.data.total_steps
         self._state = "entered"
         return self
-
-    def _open_segment(self) -> None:
-        """Rank 0 opens the segment (or is refused); every rank learns which, so none waits forever."""
-        refusal: BaseException | None = None
-        if self.ranks.is_main:
-            try:
-                open_segment(self.manifest, self.plan.context, self.config.steps)
-            except BaseException as error:
-                refusal = error
-        message = self.ranks.broadcast(None if refusal is None else str(refusal))
-        if refusal is not None:
-            raise refusal
-        if message is not None:
-            raise ManifestError(f"rank 0 could not open the segment: {message}")
-
-    def _resolve_config(self, data: ManifestData) -> RunConfig:
-        """The run's settings: RunConfig defaults < the loop's ``session(...)`` values < submit's flags."""
-        try:
-            config = dataclass_from_dict(RunConfig, {**self._defaults, **data.config.get("run", {})})
-        except (TypeError, ValueError) as error:
-            raise UsageError(f"trm_cluster.session(...): {error}") from None
-        config.validate()
-        return config
 
     # -- restoring ----------------------------------------------------------------------------------
 
@@ -199,7 +149,7 @@ class Session:
     def _restore(self, source: StateSource, require_model: bool) -> int:
         self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
         journal: Any = ()
-        if self.data.wandb.mode != "disabled" and self.plan.context.is_rank_zero:  # overlaps the load
+        if self.data.wandb.mode != "disabled" and self.ranks.is_main:  # overlaps the load
             self._wandb_start = WandbStart(
                 self.data, self.run_dir, self.plan.wandb_resume, self.plan.quiet, self._before.open_segment
             )
@@ -215,8 +165,7 @@ class Session:
             self._restored_rng = rng_fingerprint()
             self.step = restored["step"]
             if self.ranks.is_main and self.step != self.segment.start_step:  # fell back past a bad file
-                with self.manifest.update() as data:
-                    data.segments[self.segment.index].start_step = self.step
+                segments.record_start_step(self.manifest, self.segment.index, self.step)
             journal = restored["tracking"].get("journal", ())
             self._log.window.load_state_dict(restored["tracking"].get("window", {}))
             saved_total = restored["total_steps"]
@@ -226,13 +175,9 @@ class Session:
         self.timings.load_s = load_s + (resumed - restoring)
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
-        if isinstance(self._tracker, WandbTracker):  # the journal replayed above the watermark
-            self._tracker.resumed(self.data, journal, self.step)
-            record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
-        else:  # no W&B: the journal still carries every row on, for the doctor and for status
-            self._tracker = NullTracker(
-                self.data.wandb.last_step, journal if isinstance(journal, Mapping) else None
-            )
+        self._tracker = resumed_tracker(self._tracker, self.data, journal, self.step)
+        if self._tracker.segment_dir is not None:
+            segments.record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
         self.timings.wandb_init_s = wandb_wait_s + (time.time() - resumed)  # what the load did not hide
         self._log.tracker = self._tracker
         self.saves.attach(
@@ -362,12 +307,9 @@ class Session:
         signal delay. A background save's write stands in for the final, synchronous one."""
         self._grace.saved(self.saves.write_s)
         warning = self._grace.check(self.manifest.read().segments[:-1], self.data.wandb.mode)
-        if warning is None:
-            return
-        log.warning("%s", warning)
-        with self.manifest.update() as data:
-            data.segments[self.segment.index].warning = warning
-            data.segments[self.segment.index].timings = dataclasses.replace(self.timings)
+        if warning is not None:
+            log.warning("%s", warning)
+            segments.record_warning(self.manifest, self.segment.index, warning, self.timings)
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
@@ -382,21 +324,27 @@ class Session:
         reason, requeue = "preempted", False
         if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
             reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
-            finishing = time.time()
-            self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
-            self.timings.finish_s = time.time() - finishing
-            self._grace.saved(self.saves.write_s)  # the record as closed holds a save's time
-            self.saves.count_into(self.timings)
-            requeue = close_segment(  # 4. the segment closed with its reason, the requeue counted
-                self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
-                self.timings,
-            )  # fmt: skip
-            self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
+            requeue = self._close(reason, request)  # 4. W&B finished, the segment closed, requeue counted
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
         self.ranks.close()
         self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
         self._state = "stopped"
         raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
+
+    def _close(self, reason: str, request: StopRequest | None) -> bool:
+        """Rank 0: W&B finished, the segment's record completed and the segment closed with its reason;
+        whether the run is to be requeued (its budget counted)."""
+        finishing = time.time()
+        self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
+        self.timings.finish_s = time.time() - finishing
+        self._grace.saved(self.saves.write_s)  # the record as closed holds a save's time
+        self.saves.count_into(self.timings)
+        requeue = segments.close_segment(
+            self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
+            self.timings,
+        )  # fmt: skip
+        self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
+        return requeue
 
     def _classify(self, request: StopRequest | None) -> str:
         if request is None:
@@ -448,28 +396,11 @@ class Session:
             self._grace.before_save(self.step)
             self.saves.save_if_unsaved(self.step)
         if self.ranks.is_main:
-            finishing = time.time()
-            self._tracker.finish(preempting=False)
-            self.timings.finish_s = time.time() - finishing
             self.timings.stop_save_s = self._goodput.last_save_s
-            self._grace.saved(self.saves.write_s)
-            self.saves.count_into(self.timings)
-            close_segment(
-                self.manifest, self.segment.index, self.step, "completed", None, self._tracker.durable_step,
-                self.timings,
-            )  # fmt: skip
-            self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: completed")
+            self._close("completed", None)
         self.ranks.barrier()
         self.ranks.close()
-        data = self.manifest.read()
-        latest = data.checkpoints[-1] if data.checkpoints else None
-        self.summary = {
-            "status": data.status,
-            "step": self.step,
-            "run_id": data.wandb.run_id,
-            "checkpoint": latest.file if latest else None,
-            "weights_sha256": self.saves.final_digest,
-        }
+        self.summary = segments.completion_summary(self.manifest.read(), self.step, self.saves.final_digest)
         self.outcome = SegmentOutcome("completed", self.step, False, self.summary)
         self.plan.summary = self.summary
 
@@ -484,16 +415,13 @@ class Session:
             if not self.ranks.is_main:
                 return  # rank 0 records the failure (it sees the dead or failing rank in its next collective)
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
-        message: BaseException | str = error
-        if hasattr(self, "ranks") and self.ranks.distributed and isinstance(error, RuntimeError):
-            message = (
-                f"{type(error).__name__}: {error} (rank 0 of {self.ranks.world_size}: a collective failed; "
-            )
-            message += "another rank may have died or stalled)"
+        message = segments.failure_message(error, self.ranks.world_size if hasattr(self, "ranks") else 1)
         try:
             in_loop = self._state in ("looping", "done") and not isinstance(error, UsageError | StateError)
             step = self.step if in_loop and not killed else None  # only these may be retried (retries.py)
-            fail_segment(self.manifest, self.segment.index, "killed" if killed else "failed", message, step)
+            segments.fail_segment(
+                self.manifest, self.segment.index, "killed" if killed else "failed", message, step
+            )
         except Exception as manifest_error:  # the original error matters more
             log.error("could not record the failure in the manifest: %s", manifest_error)
 

@@ -12,6 +12,7 @@ import logging
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .environment import JobContext
 from .heartbeat import read_beat
@@ -147,6 +148,42 @@ def fail_segment(
             segment.failed_step = step
         if data.status != "requeued":
             data.status = "failed"
+
+
+def record_warning(manifest: RunManifest, index: int, warning: str, timings: SegmentTimings) -> None:
+    """A warning for ``status`` on the open segment (the grace window), with the timings behind it."""
+    with manifest.update() as data:
+        data.segments[index].warning = warning
+        data.segments[index].timings = dataclasses.replace(timings)
+
+
+def record_start_step(manifest: RunManifest, index: int, step: int) -> None:
+    """The segment resumed from another step than it opened at: the load fell back past a bad file."""
+    with manifest.update() as data:
+        data.segments[index].start_step = step
+
+
+def failure_message(error: BaseException, world_size: int) -> BaseException | str:
+    """What the manifest says of a failure: the error, and for a collective's failure in a run of several
+    ranks the likely cause (rank 0 sees a dead or stalled rank in its next collective)."""
+    if world_size > 1 and isinstance(error, RuntimeError):
+        return (
+            f"{type(error).__name__}: {error} (rank 0 of {world_size}: a collective failed; "
+            "another rank may have died or stalled)"
+        )
+    return error
+
+
+def completion_summary(data: ManifestData, step: int, weights_sha256: str | None) -> dict[str, Any]:
+    """The job's result once the run completed: where it ended, its W&B run and its last checkpoint."""
+    latest = data.checkpoints[-1] if data.checkpoints else None
+    return {
+        "status": data.status,
+        "step": step,
+        "run_id": data.wandb.run_id,
+        "checkpoint": latest.file if latest else None,
+        "weights_sha256": weights_sha256,
+    }
 
 
 def traceback_tail(error: BaseException) -> str:

@@ -374,6 +374,15 @@ class WandbTracker:
             return None
 
 
+def resumed_tracker(tracker: Tracker, data: ManifestData, journal: Any, step: int) -> Tracker:
+    """After the restore: W&B's run with the checkpoint's journal replayed above the watermark, or (no
+    W&B) a journal that still carries every row on, for the doctor and for status."""
+    if isinstance(tracker, WandbTracker):
+        tracker.resumed(data, journal, step)
+        return tracker
+    return NullTracker(data.wandb.last_step, journal if isinstance(journal, Mapping) else None)
+
+
 SERIAL_INIT_ENV = "TRM_CLUSTER_SERIAL_WANDB_INIT"
 """Benchmark seam: "1" makes :class:`WandbStart` wait for ``wandb.init`` at once (the serial start that
 benchmarks/bench_wandb_overlap.py compares against)."""
