@@ -10,7 +10,14 @@ import pytest
 import torch
 from support import new_run
 
-from trm_cluster.checkpoint import CheckpointError, CheckpointStore, capture, checkpoint_name
+from trm_cluster.checkpoint import (
+    PARALLEL_HASH_BYTES,
+    CheckpointError,
+    CheckpointStore,
+    capture,
+    checkpoint_name,
+    sha256_of,
+)
 
 
 def _payload(step: int) -> dict[str, object]:
@@ -100,3 +107,15 @@ def test_the_orphan_sweep_leaves_published_parts_and_other_files_alone(tmp_path:
     assert sorted(store.remove_orphans()) == [".step_000000020.pt.abc.tmp", "step_000000020.pt"]
     left = sorted(p.name for p in store.directory.iterdir())
     assert left == [".keep", "notes.txt", "step_000000010.pt", "step_000000010.rank1.pt", "x.tmp"]
+
+
+def test_large_writes_hashed_beside_the_write_give_the_file_digest_and_load_back(tmp_path: Path) -> None:
+    """Tensors of several MB take the parallel hash (PARALLEL_HASH_BYTES); the recorded digest is the
+    file's own, in order, and the checkpoint loads back equal (a swapped or skipped chunk would not)."""
+    big = {f"w{i}": torch.randn(3 * PARALLEL_HASH_BYTES // 4 + i) for i in range(3)}  # ~3 MB each
+    store = CheckpointStore(new_run(tmp_path), keep_last=2)
+    record = store.save(10, {"model": big, "meta": {"step": 10, "run_uid": "uid"}})
+    assert record.bytes > 9 * PARALLEL_HASH_BYTES
+    assert record.sha256 == sha256_of(tmp_path / record.file)
+    loaded = store.load_latest("uid")
+    assert loaded is not None and all(torch.equal(loaded.payload["model"][k], v) for k, v in big.items())

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,22 +56,44 @@ def capture(state: Any, copy: bool = False) -> Any:
     return state
 
 
+PARALLEL_HASH_BYTES = 1 << 20
+"""Writes at least this large are hashed on a second thread while this one writes them (hashlib and
+the write both release the GIL), so a large save costs about the longer of the two, not their sum."""
+
+
 class _HashingWriter:
-    """A write-only file wrapper that hashes and counts what passes through it."""
+    """A write-only file wrapper that hashes and counts what passes through it (a context manager: it
+    owns the hashing thread of large writes)."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
         self.digest = hashlib.sha256()
         self.size = 0
+        self._hasher: ThreadPoolExecutor | None = None
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
-        self.digest.update(view)
         self.size += view.nbytes
-        return self._handle.write(view)
+        if view.nbytes < PARALLEL_HASH_BYTES:
+            self.digest.update(view)
+            return self._handle.write(view)
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="trm-cluster-hash")
+        hashed = self._hasher.submit(self.digest.update, view)
+        try:
+            return self._handle.write(view)
+        finally:
+            hashed.result()  # in order: the next chunk is hashed only after this one
 
     def flush(self) -> None:
         self._handle.flush()
+
+    def __enter__(self) -> _HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._hasher is not None:
+            self._hasher.shutdown()
 
 
 def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -117,8 +140,7 @@ class CheckpointStore:
     def write_part(self, step: int, rank: int, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Write one rank's file of a checkpoint atomically; its record for the manifest."""
         target = self.directory / checkpoint_name(step, rank)
-        with atomic_writer(target) as handle:
-            hashing = _HashingWriter(handle)
+        with atomic_writer(target) as handle, _HashingWriter(handle) as hashing:
             torch.save(dict(payload), hashing)  # type: ignore[arg-type]
         file = str(target.relative_to(self.run_dir))
         return {"rank": rank, "file": file, "bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
