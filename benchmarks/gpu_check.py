@@ -2,8 +2,9 @@
 
 The gpu preset for a few hundred steps, uninterrupted and with one preemption, with and without
 ``--deterministic``: is the resume bit-exact, and within what tolerance without deterministic kernels?
-Plus spectra/s, peak GPU memory and the save time of the final state, and NCCL with two ranks when the
-machine has two GPUs. Prints one table; ``--json PATH`` (or ``$OUT/gpu-check.json``) keeps the figures.
+Plus spectra/s, peak GPU memory, the save time of the final state and its stall synchronous vs in the
+background (pinned memory, side stream), and NCCL with two ranks when the machine has two GPUs. Prints
+one table; ``--json PATH`` (or ``$OUT/gpu-check.json``) keeps the figures.
 """
 
 from __future__ import annotations
@@ -74,6 +75,66 @@ def save_seconds(run_dir: Path, root: Path) -> tuple[float, float]:
     return ours, time.perf_counter() - started
 
 
+def _on(device: str, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _on(device, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on(device, v) for v in value)
+    return value
+
+
+def save_stalls(run_dir: Path, repeats: int = 3) -> dict[str, float]:
+    """What a save of the final state, held on the device, costs the training thread: synchronous (to the
+    host, hashed, written, fsynced, published) vs in the background (into pinned memory on a side stream,
+    then the writer thread), the host's stall and the stall until the device has the copies done too;
+    medians over interleaved repetitions, in seconds."""
+    from trm_cluster.async_save import BackgroundSaver, snapshot_copy
+    from trm_cluster.checkpoint import CheckpointStore
+    from trm_cluster.distributed import Ranks
+    from trm_cluster.manifest import RunManifest
+    from trm_cluster.snapshot import StagedStep, stage_step, write_step
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    payload = final_payload(run_dir)
+    shared = {"model": _on(device, payload["model"]), **_on(device, payload["trainer"])}
+    manifest = RunManifest(run_dir)
+    data, store, ranks, saver = (
+        manifest.read(),
+        CheckpointStore(manifest, keep_last=10),
+        Ranks(),
+        BackgroundSaver(),
+    )
+    times: dict[str, list[float]] = {"sync": [], "async_host": [], "async_device": [], "async_total": []}
+
+    def sync_device() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for step in range(10**8, 10**8 + 2 * (repeats + 1), 2):
+        sync_device()
+        began = time.perf_counter()
+        write_step(store, ranks, stage_step(ranks, step, dict(shared), {}, {}, data, 10**9))
+        times["sync"].append(time.perf_counter() - began)
+        sync_device()
+        began = time.perf_counter()
+        saver.begin()
+        staged = stage_step(ranks, step + 1, dict(shared), {}, {}, data, 10**9, on_cpu=False)
+        copied = snapshot_copy({"main": staged.main_payload}, saver.buffers)
+
+        def write(copied: Any = copied, at: int = step + 1) -> None:
+            write_step(store, ranks, StagedStep(at, None, copied.wait()["main"]))
+
+        saver.start(write, began)
+        times["async_host"].append(time.perf_counter() - began)
+        sync_device()  # the training stream waits for the copies before its next kernel
+        times["async_device"].append(time.perf_counter() - began)
+        saver.wait()
+        times["async_total"].append(time.perf_counter() - began)
+    return {f"save_s_{k}": statistics.median(v[1:]) for k, v in times.items()}  # the first warms up
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -105,6 +166,8 @@ def main() -> int:
         figures["spectra_per_s_default"] = journal_median(fast, "train/spectra_per_s")
         figures["peak_gpu_memory_gb"] = journal_median(fast, "train/gpu_peak_memory_gb")
         figures["save_s_ours"], figures["save_s_torch_save"] = save_seconds(fast, root)
+        figures.update(save_stalls(fast))
+        figures["async_stall_share"] = figures["save_s_async_device"] / figures["save_s_sync"]
         if gpus >= 2:
             two, _ = run(root, "nccl2", args.steps, "--gpus-per-node", "2", "--deterministic")
             two_resumed, _ = run(root, "nccl2-resumed", args.steps, "--gpus-per-node", "2", "--deterministic",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import REPO, clean_env
 
 FIGURES = [
@@ -57,3 +58,21 @@ def test_the_smoke_run_measures_every_figure_and_loses_nothing(tmp_path: Path) -
             assert figures[name]["high"] == 0, f"{name}: {figures[name]}"
     assert results["machine"]["cpus"] >= 1 and results["machine"]["torch_version"]
     assert results["commit"] and results["commit"] != "unknown"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_cpu_smoke_and_finds_the_resumes_exact(tmp_path: Path) -> None:
+    """scripts/gpu-check.sh's script on the CPU (--allow-cpu, tiny preset, 30 steps), so it cannot rot
+    unseen between GPU loans: every figure present, both resumes exact (CPU kernels are deterministic)."""
+    out = tmp_path / "gpu-check.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--allow-cpu", "--preset", "tiny",
+         "--steps", "30", "--json", str(out)],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["gpus"] == 0 and figures["deterministic_exact"] and figures["default_exact"]
+    stalls = ("save_s_sync", "save_s_async_host", "save_s_async_device", "save_s_async_total")
+    assert all(figures[key] > 0 for key in (*stalls, "save_s_ours", "spectra_per_s_default")), figures
+    assert figures["save_s_async_host"] <= figures["save_s_async_device"] <= figures["save_s_async_total"]
