@@ -12,6 +12,7 @@ from support import cli, manifest, tree_digest
 
 from trm_cluster import status, submit, sweep
 from trm_cluster.examples.regression import RegressionConfig
+from trm_cluster.trm.config import TRMConfig
 
 FAST = ("--preset", "regression", "--executor", "debug", "--steps", "10", "--checkpoint-every", "5")
 
@@ -171,3 +172,12 @@ def test_a_local_sweep_runs_each_element_as_its_own_job(tmp_path: Path) -> None:
     jobs = [r["launch"]["job_id"] for r in runs]
     assert len(set(jobs)) == 2 and [[s["job_id"] for s in r["segments"]] for r in runs] == [[j] for j in jobs]
     assert all((sweep_dir / "logs" / f"{job}_0_log.out").is_file() for job in jobs)
+
+
+def test_a_shorthand_and_its_name_field_are_one_setting_to_sweep() -> None:
+    """``--curriculum X`` sets ``curriculum.name``: sweeping both would leave the grid's winner to chance."""
+    _, axes = sweep.split_sweep_flags(["--sweep", "curriculum=a,b", "--sweep", "curriculum.name=c,d"])
+    with pytest.raises(ValueError, match=r"^--sweep curriculum and curriculum.name are one setting"):
+        sweep.check_axes(axes, [], TRMConfig)
+    _, axes = sweep.split_sweep_flags(["--sweep", "curriculum=a,b", "--sweep", "lr=1,2"])
+    sweep.check_axes(axes, [], TRMConfig)  # each once: accepted

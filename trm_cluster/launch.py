@@ -191,8 +191,7 @@ def resume_run(
     """Prepare an existing run for another submission, recording any explicit config change."""
     manifest = RunManifest(run_dir)
     current = manifest.read()
-    _refuse_if_active(current)
-    _refuse_world_size_change(current, launch)
+    refuse_resume(current, launch)
     new_steps = int(config["run"].get("steps", current.total_steps))
     unchanged = not config_differences(current.config, config)
     if current.status == "completed" and current.step >= new_steps and unchanged:
@@ -215,6 +214,13 @@ def resume_run(
         data.max_requeues = int(launch.get("max_requeues", data.max_requeues))
         data.timeouts_at_submit = data.requeues.get("timeout", 0)  # a fresh budget per submission
     return data
+
+
+def refuse_resume(data: ManifestData, launch: Mapping[str, Any]) -> None:
+    """Refuse (ManifestError) a resume of a run that is still active, or with another number of ranks than
+    its latest checkpoint's (unless allowed): checked before anything is written."""
+    _refuse_if_active(data)
+    _refuse_world_size_change(data, launch)
 
 
 def _refuse_world_size_change(data: ManifestData, launch: Mapping[str, Any]) -> None:

@@ -109,6 +109,10 @@ def check_axes(axes: Sequence[Axis], argv: Sequence[str], job_type: type[Any]) -
     """Each KEY must be a config flag, and not given as a plain flag too (which one would win?)."""
     flags = config_flags(job_type)
     given = {arg.partition("=")[0] for arg in argv if arg.startswith("--")}
+    settings = [a.flag.removesuffix(".name") for a in axes]  # --curriculum is --curriculum.name
+    twice = next((s for s in settings if settings.count(s) > 1), None)
+    if twice is not None:
+        raise ValueError(f"--sweep {twice[2:]} and {twice[2:]}.name are one setting: sweep it once")
     for axis in axes:
         name = axis.flag[2:]
         if name not in flags:
@@ -306,7 +310,7 @@ def run(
 def unfinished(sweep_dir: Path, parse: Callable[[Path], Element]) -> list[Element]:
     """``--resume SWEEP_DIR``: each element not completed at its (new) last step, parsed as
     ``--resume ELEMENT`` with the same flags would be; checked (not active, same ranks) before any write."""
-    from .launch import _refuse_if_active, _refuse_world_size_change
+    from .launch import refuse_resume
 
     record = read_record(sweep_dir)
     if record is None:
@@ -319,8 +323,7 @@ def unfinished(sweep_dir: Path, parse: Callable[[Path], Element]) -> list[Elemen
         element.name = data.name
         if data.status == "completed" and data.step >= int(element.config["run"]["steps"]):
             continue
-        _refuse_if_active(data)
-        _refuse_world_size_change(data, element.launch)
+        refuse_resume(data, element.launch)
         planned.append(element)
     if not planned:
         raise ValueError(f"every element of {sweep_dir} is completed; pass --steps N to train them further")
