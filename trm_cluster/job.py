@@ -98,6 +98,8 @@ class SegmentedJob(submitit.helpers.Checkpointable):
     def _after_stop(self, outcome: SegmentOutcome, context: JobContext, signals: StopSignals) -> None:
         if not context.is_rank_zero:  # rank 0 requeues the job (every task of it); the others just leave
             signals.restore()
+            if context.executor in ("local", "slurm"):
+                exit_at_once(0)  # the local controller requeues once every task is gone
             sys.exit(0)
         if outcome.reason == "cancelled":
             signals.restore()
@@ -150,9 +152,10 @@ def exit_at_once(code: object) -> NoReturn:
     """Leave without the interpreter's teardown, once everything that must outlive us is durable.
 
     Why: unwinding the interpreter (atexit, then unloading torch and the rest) took seconds of the
-    time from a signal to the requeue, and the local executor starts the next process only when this
-    one is gone. What must survive is on disk by now (the state, the manifest, submitit's pickle and
+    time from a signal to the requeue, and the local executor starts the next process only when every
+    task is gone. What must survive is on disk by now (the state, the manifest, submitit's pickle and
     its requeue); W&B's service is shut down here as its atexit hook would, then the logs flushed.
+    DataLoader workers are not joined: they notice their parent is gone and exit on their own.
     """
     if "wandb" in sys.modules:
         try:
