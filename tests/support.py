@@ -6,6 +6,7 @@ conftest.py was imported last (tests/ or tests/trm/), so a subset of the test fi
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import io
@@ -240,6 +241,17 @@ def this_process() -> Any:
     return JobContext(
         "process", str(os.getpid()), None, 0, socket.gethostname(), os.getpid(), 0, 1, time.time()
     )
+
+
+def answer_of(command: Any, argv: list[str]) -> tuple[int, str]:
+    """A command's exit status and stderr, run in this process (as its console script would be)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = command(argv)
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 2
+    return int(code or 0), err.getvalue()
 
 
 def fuzz_examples(n: int) -> Any:

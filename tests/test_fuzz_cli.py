@@ -4,7 +4,6 @@ error (exit 2), never a raw traceback, and not a byte on disk changes (submit ru
 from __future__ import annotations
 
 import contextlib
-import io
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import fuzz_examples, new_run, tree_digest
+from support import answer_of, fuzz_examples, new_run, tree_digest
 
 from trm_cluster import chaos, status, submit
 
@@ -34,16 +33,6 @@ def _argv(run_dir: Path) -> Any:
     )
     loose = st.lists(st.sampled_from(FLAGS) | value, max_size=4)
     return st.one_of(pairs, pairs, loose)
-
-
-def answer_of(command: Any, argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = command(argv)
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 2
-    return int(code or 0), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import os
 import stat
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import fuzz_examples, new_run, tree_digest
+from support import answer_of, fuzz_examples, new_run, tree_digest
 
 from trm_cluster import status, submit, sync
 from trm_cluster.manifest import CheckpointRecord, ManifestError, RunManifest, Segment
@@ -89,17 +88,6 @@ def read_or_refuse(run_dir: Path) -> bool:
     except ManifestError:
         return False
     return True
-
-
-def answer_of(command: Any, argv: list[str]) -> tuple[int, str]:
-    """A command's exit status and stderr, run in this process (as its console script would be)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = command(argv)
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 2
-    return int(code or 0), err.getvalue()
 
 
 def assert_commands_answer_in_one_line(run_dir: Path) -> None:
