@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import wandb  # noqa: F401  # imported here, not in start(): its import outlasts the writer, hiding a skipped wait
@@ -33,6 +34,10 @@ def test_start_waits_until_a_killed_processs_wandb_core_is_gone(tmp_path: Path) 
     rows = tmp_path / "rows"
     writer = subprocess.Popen([str(core), "-c", WRITER, str(rows), "--pid", str(trainer.pid)])
     try:
+        # Popen returns once exec has begun; /proc/PID/cmdline holds the new argv only a moment later
+        deadline = time.monotonic() + 10
+        while wandb_files.live_writers([trainer.pid]) != [writer.pid] and time.monotonic() < deadline:
+            time.sleep(0.005)
         assert wandb_files.live_writers([trainer.pid]) == [writer.pid]
         data = new_run(tmp_path / "run").read()
         data.wandb.mode = "disabled"
