@@ -52,7 +52,7 @@ from .session_plan import (
 from .signals import StopRequest, StopSignals
 from .snapshot import load_step, restore_step
 from .state import rng_fingerprint
-from .tracking import NullTracker, Tracker, WandbStart, resumed_tracker
+from .tracking import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Session:
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
         self._tracker = resumed_tracker(self._tracker, self.data, journal, self.step)
-        if self._tracker.segment_dir is not None:
+        if isinstance(self._tracker, WandbTracker):  # started, even where its folder is outside the run's
             segments.record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
         self.timings.wandb_init_s = wandb_wait_s + (time.time() - resumed)  # what the load did not hide
         self._log.tracker = self._tracker

@@ -153,6 +153,7 @@ def fail_segment(
 def record_warning(manifest: RunManifest, index: int, warning: str, timings: SegmentTimings) -> None:
     """A warning for ``status`` on the open segment (the grace window), with the timings behind it."""
     with manifest.update() as data:
+        ensure_held(data, index)
         data.segments[index].warning = warning
         data.segments[index].timings = dataclasses.replace(timings)
 
@@ -160,6 +161,7 @@ def record_warning(manifest: RunManifest, index: int, warning: str, timings: Seg
 def record_start_step(manifest: RunManifest, index: int, step: int) -> None:
     """The segment resumed from another step than it opened at: the load fell back past a bad file."""
     with manifest.update() as data:
+        ensure_held(data, index)
         data.segments[index].start_step = step
 
 
