@@ -1,5 +1,6 @@
-"""Two gloo ranks save one step from their writer threads (the background path, its own group) while the
-training threads keep agreeing on the stop flag; rank 1's write fails for lack of space (RLIMIT_FSIZE in
+"""Two gloo ranks, in a process group the script made itself and the session joined (``Ranks.setup``), save
+one step from their writer threads (the background path, its own group) while the training threads keep
+agreeing on the stop flag; rank 1's write fails for lack of space (RLIMIT_FSIZE in
 its own process: EFBIG, as on a full disk). No rank waits for the other, nothing is published, and each
 rank raises: rank 1 its own error, rank 0 one naming rank 1. Then both save the next step, which lands."""
 
@@ -28,15 +29,11 @@ LIMIT = 4096  # bytes per file: rank 1's part (its RNG streams, ~10 kB) does not
 
 
 def _rank(rank: int, port: int, run_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="30")
+    # the script's own process group, as a user's loop may make it: the session joins it (Ranks.setup)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
-    ranks = Ranks(
-        rank,
-        2,
-        rank,
-        owns_group=True,
-        background=dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=30)),
-    )
+    ranks = Ranks.setup(rank, 2, rank)
+    assert ranks.distributed and ranks.background is not None and not ranks.owns_group
     run = RunManifest(Path(run_dir))
     store = CheckpointStore(run, keep_last=3)
     shared = {"model": {"w": torch.arange(4.0)}} if ranks.is_main else None
@@ -56,7 +53,7 @@ def _rank(rank: int, port: int, run_dir: str) -> None:
             outcome[step] = f"{type(error).__name__}: {error} (errno {error.errno})"
         assert agreed == [False] * 20
     Path(run_dir, f"rank{rank}.json").write_text(json.dumps(outcome))
-    ranks.close()
+    dist.destroy_process_group()  # the script's own group: the script ends it
 
 
 def _worker(rank: int, port: int, run_dir: str) -> None:

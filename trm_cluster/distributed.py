@@ -104,8 +104,12 @@ class Ranks:
             return cls()
         timeout = datetime.timedelta(seconds=collective_timeout_s())
         if dist.is_initialized():  # the script's own group: every rank opens its session, so all join
+            control = (
+                dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() == "nccl" else None
+            )
             background = dist.new_group(backend="gloo", timeout=timeout)
-            return cls(dist.get_rank(), dist.get_world_size(), local_rank, background=background)
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+            return cls(rank, world_size, local_rank, control=control, background=background)
         import submitit
 
         env = submitit.helpers.TorchDistributedEnvironment().export(
