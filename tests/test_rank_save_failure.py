@@ -1,8 +1,8 @@
 """Two gloo ranks, in a process group the script made itself and the session joined (``Ranks.setup``), save
 one step from their writer threads (the background path, its own group) while the training threads keep
-agreeing on the stop flag; rank 1's write fails for lack of space (RLIMIT_FSIZE in
-its own process: EFBIG, as on a full disk). No rank waits for the other, nothing is published, and each
-rank raises: rank 1 its own error, rank 0 one naming rank 1. Then both save the next step, which lands."""
+agreeing on the stop flag; rank 1's write fails for lack of space (RLIMIT_FSIZE in its own process: EFBIG,
+as on a full disk). No rank waits for the other, nothing is published, and each rank raises: rank 1 its
+own error, rank 0 one naming rank 1. Then both save the next step, which lands."""
 
 from __future__ import annotations
 
