@@ -38,8 +38,8 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m trm_cluster.MODULE ARGS`` and wait until the W&B writer it started has ended too.
 
-    Why the wait: wandb-core outlives its parent for a moment and still writes its log into the run's
-    folder, so a test that digests the folder next ("nothing changed") would see a file change under it.
+    Why the wait: wandb-core outlives its parent for a moment and still flushes, so what a test reads
+    next (a ``.wandb`` file, the W&B logs) would still be changing under it.
     """
     argv = [sys.executable, "-m", f"trm_cluster.{module}", *args]
     with subprocess.Popen(
@@ -66,13 +66,20 @@ def status_json(run_dir: Path, cwd: Path) -> dict[str, Any]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under root and the sha256 of its bytes: 'nothing on disk changed' is equality."""
+    """Every file under root and the sha256 of its bytes: 'nothing on disk changed' is equality.
+
+    A symbolic link counts as its target's path, not the target's bytes: W&B links each run's
+    ``logs/debug-core.log`` to ``~/.cache/wandb/logs/core-debug-<second>.log``, which every wandb-core
+    started in that second appends to (another test's, say), so following it would see a change outside
+    the tree."""
     if not root.exists():
         return {}
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): (
+            f"link to {os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+        )
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
+        if (p.is_symlink() or p.is_file()) and not p.name.endswith(".lock")
     }
 
 
