@@ -128,7 +128,9 @@ def test_a_frozen_rank_does_not_hold_the_job_forever(workdir: Path) -> None:
         frozen = _running(rank1)
         if frozen:
             os.kill(rank1, signal.SIGKILL)
-    assert not frozen and not _running(controller)
+    assert not frozen
+    # the pipes close during the controller's own exit: give its interpreter a moment to finish leaving
+    assert _wait_for(lambda: not _running(controller), timeout=10)
     assert "ending the 1 left (as srun --kill-on-bad-exit)" in err, out + err
     failed = manifest(run_dir)
     assert failed["status"] == "failed" and failed["segments"][0]["end_reason"] == "failed"
