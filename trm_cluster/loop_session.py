@@ -254,12 +254,13 @@ class Session:
             self._check_grace_window()
 
     def _may_save_in_background(self, done: int) -> bool:
-        """A periodic save, not the last step's, and no stop requested yet (a stop or the end needs the
-        state durable before the segment closes: those saves are synchronous). Several ranks write and
-        publish in the background together, on their writer threads' own group (snapshot.write_step)."""
-        if self.config.sync_checkpoints:
-            return False
-        return done < self.total_steps and self._signals.request is None
+        """Every periodic save but the last step's (the end needs the state durable before the segment
+        closes). The answer must be the same on every rank, so it depends on nothing a rank holds alone:
+        a stop signal reaches ranks at different boundaries, and one rank saving synchronously (training
+        thread's group) while another saved in the background (the writers' group) and went on to the next
+        stop check would pair different collectives and hang. A save that a stop follows is joined by the
+        stop, which then finds it done."""
+        return not self.config.sync_checkpoints and done < self.total_steps
 
     # -- logging ------------------------------------------------------------------------------------
 
