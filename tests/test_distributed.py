@@ -65,12 +65,12 @@ def test_two_ranks_interrupted_twice_equal_an_uninterrupted_two_rank_run(
     assert [s["end_reason"] for s in data["segments"]] == ["preempted", "preempted", "completed"]
     assert data["requeues"]["preempted"] == 2
     assert all(len(c["parts"]) == 1 for c in data["checkpoints"])  # every checkpoint has rank 1's part
-    # both ranks wrote their periodic saves in the background: every save inside a segment, not the
-    # ones at a stop or at the end (synchronous); the checkpoints above are those background saves too
+    # both ranks wrote their periodic saves in the background: every one a segment made, also one at the
+    # step a stop then ends (joined by the stop), not the last step's (synchronous)
     for run in (straight, run_dir):
         segments = manifest(run)["segments"]
         inside = [
-            len([k for k in range(50, 200, 50) if s["start_step"] < k < s["end_step"]]) for s in segments
+            len([k for k in range(50, 200, 50) if s["start_step"] < k <= s["end_step"]]) for s in segments
         ]
         assert [s["timings"]["background_saves"] for s in segments] == inside and sum(inside) > 0, run
     assert_same_training_state(straight, run_dir)  # model, optimizer, EMA, rank 0's RNG, data position
