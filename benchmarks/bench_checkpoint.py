@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from figures import Figure, figure, interleaved, ratios
 
-from trm_cluster.async_save import BackgroundSaver, snapshot_copy
-from trm_cluster.checkpoint import CheckpointStore
-from trm_cluster.distributed import Ranks
-from trm_cluster.launch import WandbOptions, create_run
-from trm_cluster.manifest import RunManifest
-from trm_cluster.snapshot import StagedStep, stage_step, write_step
+from trm_cluster.core.distributed import Ranks
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.rundir.checkpoints import CheckpointStore
+from trm_cluster.rundir.creation import create_run
+from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.runtime.background_save import BackgroundSaver, snapshot_copy
+from trm_cluster.runtime.snapshot import StagedStep, stage_step, write_step
 
 
 def _state(megabytes: float) -> dict[str, object]:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from figures import Figure, figure, interleaved
 
-from trm_cluster.launch import WandbOptions, create_run
-from trm_cluster.manifest import RunManifest
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.rundir.creation import create_run
+from trm_cluster.rundir.manifest import RunManifest
 
 
 def _writer(run_dir: Path, updates: int, start: multiprocessing.synchronize.Event) -> None:

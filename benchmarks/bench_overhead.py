@@ -14,10 +14,11 @@ from figures import Figure, figure, interleaved, ratios
 from overhead import run_segment
 from support_checkpoint import newest_payload
 
-from trm_cluster.config import RunConfig
-from trm_cluster.launch import WandbOptions, create_run
-from trm_cluster.presets import load_preset
-from trm_cluster.workload import dataclass_from_dict
+from trm_cluster.core.config import RunConfig
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.core.workload import dataclass_from_dict
+from trm_cluster.launch.presets import load_preset
+from trm_cluster.rundir.creation import create_run
 
 
 def measure(root: Path, preset_name: str, steps: int, repeats: int) -> list[Figure]:

@@ -13,13 +13,15 @@ from pathlib import Path
 
 from figures import Figure, figure
 
-from trm_cluster.config import RunConfig
-from trm_cluster.examples.regression import RegressionConfig
-from trm_cluster.executors import ExecutorOptions
-from trm_cluster.launch import WandbOptions, create_run, resolved_config, submit
-from trm_cluster.manifest import ManifestData, RunManifest
+from trm_cluster.core.config import RunConfig
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.launch.runs import resolved_config, submit
+from trm_cluster.rundir.creation import create_run
+from trm_cluster.rundir.manifest import ManifestData, RunManifest
+from trm_cluster.scheduler.executors import ExecutorOptions
+from trm_cluster.workloads.regression import RegressionConfig
 
-WORKLOAD = "trm_cluster.examples.regression:REGRESSION"
+WORKLOAD = "trm_cluster.workloads.regression:REGRESSION"
 BYTES_PER_HIDDEN = 4 * 4 * (16 + 2)
 """float32 model, EMA and AdamW's two moments of a Linear(16, h) + Linear(h, 1) regression model."""
 STEPS, EVERY = 60, 20

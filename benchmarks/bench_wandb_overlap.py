@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_requeue import one_preemption
 from figures import Figure, figure, ratios, table
 
-from trm_cluster.tracking import SERIAL_INIT_ENV
+from trm_cluster.wandb.tracker import SERIAL_INIT_ENV
 
 
 def measure(root: Path, megabytes: float, pairs: int) -> list[Figure]:

@@ -62,8 +62,8 @@ def journal_median(run_dir: Path, key: str) -> float | None:
 
 def save_seconds(run_dir: Path, root: Path) -> tuple[float, float]:
     """Our atomic, hashed, fsynced save of the final state vs a plain torch.save of it."""
-    from trm_cluster.checkpoint import CheckpointStore
-    from trm_cluster.manifest import RunManifest
+    from trm_cluster.rundir.checkpoints import CheckpointStore
+    from trm_cluster.rundir.manifest import RunManifest
 
     payload = final_payload(run_dir)
     store = CheckpointStore(RunManifest(run_dir), keep_last=10)
@@ -90,11 +90,11 @@ def save_stalls(run_dir: Path, repeats: int = 3) -> dict[str, float]:
     host, hashed, written, fsynced, published) vs in the background (into pinned memory on a side stream,
     then the writer thread), the host's stall and the stall until the device has the copies done too;
     medians over interleaved repetitions, in seconds."""
-    from trm_cluster.async_save import BackgroundSaver, snapshot_copy
-    from trm_cluster.checkpoint import CheckpointStore
-    from trm_cluster.distributed import Ranks
-    from trm_cluster.manifest import RunManifest
-    from trm_cluster.snapshot import StagedStep, stage_step, write_step
+    from trm_cluster.core.distributed import Ranks
+    from trm_cluster.rundir.checkpoints import CheckpointStore
+    from trm_cluster.rundir.manifest import RunManifest
+    from trm_cluster.runtime.background_save import BackgroundSaver, snapshot_copy
+    from trm_cluster.runtime.snapshot import StagedStep, stage_step, write_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     payload = final_payload(run_dir)

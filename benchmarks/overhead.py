@@ -22,19 +22,21 @@ from pathlib import Path
 
 import torch
 
-from trm_cluster.checkpoint import CheckpointStore
-from trm_cluster.config import RunConfig
-from trm_cluster.environment import JobContext
-from trm_cluster.examples.regression import REGRESSION, RegressionConfig
-from trm_cluster.job import TrainingJob, build_trainer
-from trm_cluster.launch import WandbOptions, create_run, resolved_config
-from trm_cluster.loop_session import Session
-from trm_cluster.manifest import RunManifest
-from trm_cluster.session_plan import SegmentEnded, SessionPlan
-from trm_cluster.state import seed_everything
-from trm_cluster.workload import TrainContext
+from trm_cluster.core.config import RunConfig
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.core.rng import seed_everything
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.core.workload import TrainContext
+from trm_cluster.launch.runs import resolved_config
+from trm_cluster.rundir.checkpoints import CheckpointStore
+from trm_cluster.rundir.creation import create_run
+from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.runtime.plan import SegmentEnded, SessionPlan
+from trm_cluster.runtime.session import Session
+from trm_cluster.scheduler.job import TrainingJob, build_trainer
+from trm_cluster.workloads.regression import REGRESSION, RegressionConfig
 
-WORKLOAD = "trm_cluster.examples.regression:REGRESSION"
+WORKLOAD = "trm_cluster.workloads.regression:REGRESSION"
 
 
 def new_run(root: Path, name: str, steps: int, mode: str, checkpoint_every: int = 100) -> Path:

@@ -24,10 +24,10 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trm_cluster.distributed import Ranks
-from trm_cluster.presets import load_preset
-from trm_cluster.trm import PEPTIDE_TRM
-from trm_cluster.workload import TrainContext
+from trm_cluster.core.distributed import Ranks
+from trm_cluster.core.workload import TrainContext
+from trm_cluster.launch.presets import load_preset
+from trm_cluster.workloads.trm import PEPTIDE_TRM
 
 
 def _port() -> int:

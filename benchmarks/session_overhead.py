@@ -1,6 +1,6 @@
 """What the loop-side session costs per step: the example script's loop, bare and through the session.
 
-The loop of ``trm_cluster/examples/train_script.py`` (its synthetic regression data, StatefulDataLoader,
+The loop of ``examples/train_script.py`` (its synthetic regression data, StatefulDataLoader,
 MLP with dropout, EMA weights, AdamW, LambdaLR warmup + cosine, ``loss.item()`` and the LR every step,
 a grad norm on the logged steps, an EMA validation every 100 steps), built here from the script's own
 functions and run four ways, interleaved over the repetitions (A B C D, B C D A, C D A B, ...):
@@ -49,17 +49,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import train_script  # examples/ (on sys.path below)
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdata.stateful_dataloader import StatefulDataLoader
+from train_script import evaluate, synthetic_regression
 
 import trm_cluster
-from trm_cluster import launch
-from trm_cluster.environment import JobContext
-from trm_cluster.examples import train_script
-from trm_cluster.examples.train_script import evaluate, synthetic_regression
-from trm_cluster.loop_session import Session
-from trm_cluster.session_plan import SessionPlan
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.launch import runs as launch
+from trm_cluster.runtime.plan import SessionPlan
+from trm_cluster.runtime.session import Session
 
 SCRIPT = Path(train_script.__file__)
 LOG_EVERY = 10

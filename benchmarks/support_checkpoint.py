@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trm_cluster.manifest import RunManifest
+from trm_cluster.rundir.manifest import RunManifest
 
 
 def newest_payload(run_dir: Path) -> dict[str, Any]:

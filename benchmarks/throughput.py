@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from trm_cluster.presets import load_preset
-from trm_cluster.workload import TrainContext, load_workload
+from trm_cluster.core.workload import TrainContext, load_workload
+from trm_cluster.launch.presets import load_preset
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,14 @@
 # Mutation testing (mutmut 3) of the core modules against the fast unit tests; not run in CI.
 #
 #   scripts/mutation.sh                          every module and test named in [tool.mutmut] (pyproject.toml)
-#   scripts/mutation.sh 'trm_cluster.atomic*'    only these mutants (mutmut's name globs)
+#   scripts/mutation.sh 'trm_cluster.rundir.atomic*'    only these mutants (mutmut's name globs)
 #   scripts/mutation.sh --survivors              only the mutants the last run left alive (after adding tests)
 #   scripts/mutation.sh --scores                 the score per module of what has run so far, and the survivors
 #
 # mutmut works in a copy of the tree ($MUTATION_DIR, default ${TMPDIR:-/tmp}/trm-cluster-mutation), so the
 # checkout never gets a mutants/ folder and edits made meanwhile do not race the run. A rerun continues
 # where the last one stopped and retests only what changed. One mutant's diff:
-#   cd "$MUTATION_DIR" && mutmut show trm_cluster.atomic.x_fsync_directory__mutmut_3
+#   cd "$MUTATION_DIR" && mutmut show trm_cluster.rundir.atomic.x_fsync_directory__mutmut_3
 # docs/testing.md: what the scores were, and why each survivor is left.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

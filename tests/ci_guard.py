@@ -46,7 +46,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("slurm") is None:
         return
     if _SLURM_WORKS not in item.config.stash:
-        from trm_cluster.executors import slurm_available
+        from trm_cluster.scheduler.executors import slurm_available
 
         item.config.stash[_SLURM_WORKS] = slurm_available()
     if not item.config.stash[_SLURM_WORKS]:

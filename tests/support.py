@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trm_cluster import wandb_files
+from trm_cluster.wandb import files as wandb_files
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -224,7 +224,7 @@ BOOKKEEPING_CONFIG = {"run": {"steps": 10}, "job": {}}
 
 def new_run(run_dir: Path, max_requeues: int = 3) -> Any:
     """A real, fresh run manifest (``RunManifest``; no segment, no checkpoint) for bookkeeping tests."""
-    from trm_cluster.manifest import ManifestData, RunManifest, WandbInfo, config_hash
+    from trm_cluster.rundir.manifest import ManifestData, RunManifest, WandbInfo, config_hash
 
     manifest = RunManifest(run_dir)
     manifest.create(
@@ -243,7 +243,7 @@ def this_process() -> Any:
     import socket
     import time
 
-    from trm_cluster.environment import JobContext
+    from trm_cluster.core.job_context import JobContext
 
     return JobContext(
         "process", str(os.getpid()), None, 0, socket.gethostname(), os.getpid(), 0, 1, time.time()

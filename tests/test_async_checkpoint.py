@@ -13,11 +13,12 @@ import pytest
 import torch
 from support import manifest
 
-from trm_cluster.async_save import HOLD_ENV, BackgroundSaver, snapshot_copy
-from trm_cluster.environment import JobContext
-from trm_cluster.launch import WandbOptions, create_script_run
-from trm_cluster.loop_session import Session
-from trm_cluster.session_plan import SessionPlan
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.rundir.creation import create_script_run
+from trm_cluster.runtime.background_save import HOLD_ENV, BackgroundSaver, snapshot_copy
+from trm_cluster.runtime.plan import SessionPlan
+from trm_cluster.runtime.session import Session
 
 
 def _weight_in(run_dir: Path, step: int) -> float:

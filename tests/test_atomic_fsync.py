@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.atomic import atomic_writer
+from trm_cluster.rundir.atomic import atomic_writer
 
 
 def test_the_file_is_fsynced_before_the_replace_and_the_directory_after(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.atomic import PAUSE_ENV, atomic_write_bytes, stale_temp_files
+from trm_cluster.rundir.atomic import PAUSE_ENV, atomic_write_bytes, stale_temp_files
 
 
 def test_a_write_the_pause_does_not_name_never_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

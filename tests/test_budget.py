@@ -10,10 +10,10 @@ from pathlib import Path
 
 from support import BOOKKEEPING_CONFIG, new_run, this_process
 
-from trm_cluster.launch import resume_run
-from trm_cluster.manifest import RunManifest
-from trm_cluster.segments import close_segment, open_segment
-from trm_cluster.signals import StopRequest
+from trm_cluster.core.signals import StopRequest
+from trm_cluster.launch.runs import resume_run
+from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.rundir.segments import close_segment, open_segment
 
 SIGNAL = {"timeout": signal.SIGUSR2, "preempted": signal.SIGUSR2, "cancelled": signal.SIGTERM}
 

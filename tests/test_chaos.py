@@ -15,9 +15,9 @@ import pytest
 import torch
 from support import assert_same_training_state, cli, manifest, tree_digest
 
-from trm_cluster import chaos_procs
-from trm_cluster.chaos import printed_progress, step_accounting
-from trm_cluster.chaos_verify import differences, final_payload, verify
+from trm_cluster.chaos import procs as chaos_procs
+from trm_cluster.chaos.driver import printed_progress, step_accounting
+from trm_cluster.chaos.verify import differences, final_payload, verify
 
 HITS = 8
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_manifest import make_manifest
 
-from trm_cluster.checkpoint import CheckpointError, CheckpointStore, sha256_of
-from trm_cluster.manifest import CheckpointRecord, utc_now
+from trm_cluster.rundir.checkpoints import CheckpointError, CheckpointStore, sha256_of
+from trm_cluster.rundir.manifest import CheckpointRecord, utc_now
 
 
 def payload(step: int, run_uid: str = "uid") -> dict[str, object]:
@@ -57,7 +57,7 @@ def test_corrupt_latest_falls_back_to_the_previous_one(
         latest.write_bytes(bytes(data))
     else:
         latest.unlink()
-    with caplog.at_level(logging.WARNING, logger="trm_cluster.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="trm_cluster.rundir.checkpoints"):
         loaded = store.load_latest("uid")
     assert loaded is not None and loaded.record.step == 20
     assert torch.equal(loaded.payload["model"]["w"], torch.full((4,), 20.0))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from support import new_run
 
-from trm_cluster.checkpoint import (
+from trm_cluster.rundir.checkpoints import (
     PARALLEL_HASH_BYTES,
     CheckpointError,
     CheckpointStore,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from trm_cluster.digest import weights_sha256
+from trm_cluster.core.digest import weights_sha256
 
 WEIGHTS = {"layer.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "layer.bias": torch.ones(3)}
 

@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 import torch
 
-from trm_cluster.doctor import main
-from trm_cluster.doctor_causes import divergence_causes, warning_causes
-from trm_cluster.doctor_compare import Tally, compare_payloads, compare_runs
+from trm_cluster.doctor.causes import divergence_causes, warning_causes
+from trm_cluster.doctor.cli import main
+from trm_cluster.doctor.compare import Tally, compare_payloads, compare_runs
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "trm_cluster" / "examples" / "train_script.py"
+EXAMPLE = REPO / "examples" / "train_script.py"
 
 
 @dataclass

@@ -21,8 +21,8 @@ from support import (
 )
 
 from trm_cluster import submit
-from trm_cluster.fork import ForkPoint
-from trm_cluster.manifest import RunManifest
+from trm_cluster.launch.fork import ForkPoint
+from trm_cluster.rundir.manifest import RunManifest
 
 FAST = ("--preset", "regression", "--executor", "debug")
 

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import answer_of, fuzz_examples, new_run, tree_digest
 
-from trm_cluster import chaos, status, submit
+from trm_cluster import status, submit
+from trm_cluster.chaos import driver as chaos
 
 FLAGS = [
     "--preset", "--steps", "--seed", "--run-dir", "--resume", "--executor", "--time-min", "--signal-delay-s",

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from support import answer_of, fuzz_examples, new_run, tree_digest
 
 from trm_cluster import status, submit, sync
-from trm_cluster.manifest import CheckpointRecord, ManifestError, RunManifest, Segment
+from trm_cluster.rundir.manifest import CheckpointRecord, ManifestError, RunManifest, Segment
 
 JSON = st.recursive(
     st.none()
@@ -176,7 +176,7 @@ def test_a_new_run_directory_and_its_manifest_allow_no_group_or_world_write(tmp_
         manifest = new_run(tmp_path / "deep" / "run")
         with manifest.update() as data:
             data.status = "requeued"
-        from trm_cluster.atomic import atomic_write_bytes
+        from trm_cluster.rundir.atomic import atomic_write_bytes
 
         atomic_write_bytes(tmp_path / "deep" / "run" / "checkpoints" / "x.pt", b"x")
     finally:

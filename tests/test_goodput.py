@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from support import clean_env, manifest, new_run, this_process
 
-from trm_cluster import plot
-from trm_cluster.goodput import goodput
-from trm_cluster.heartbeat import HEARTBEAT_NAME
-from trm_cluster.manifest import CheckpointRecord, ManifestData, RunManifest, Segment
-from trm_cluster.segment_timings import SegmentTimings
-from trm_cluster.segments import open_segment
+from trm_cluster.ops import plot
+from trm_cluster.ops.goodput import goodput
+from trm_cluster.rundir.heartbeat import HEARTBEAT_NAME
+from trm_cluster.rundir.manifest import CheckpointRecord, ManifestData, RunManifest, Segment
+from trm_cluster.rundir.segment_timings import SegmentTimings
+from trm_cluster.rundir.segments import open_segment
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

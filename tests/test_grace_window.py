@@ -9,13 +9,19 @@ from pathlib import Path
 import torch
 from support import manifest, this_process
 
-from trm_cluster.grace import advice_from_history, finish_estimate_s, grace_warning, needed_signal_delay_s
-from trm_cluster.launch import WandbOptions, create_script_run
-from trm_cluster.loop_session import Session
-from trm_cluster.manifest import RunManifest, Segment
-from trm_cluster.segment_timings import SegmentTimings
-from trm_cluster.session_plan import SessionPlan
-from trm_cluster.status import render, run_status
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.ops.report import render, run_status
+from trm_cluster.rundir.creation import create_script_run
+from trm_cluster.rundir.manifest import RunManifest, Segment
+from trm_cluster.rundir.segment_timings import SegmentTimings
+from trm_cluster.runtime.grace import (
+    advice_from_history,
+    finish_estimate_s,
+    grace_warning,
+    needed_signal_delay_s,
+)
+from trm_cluster.runtime.plan import SessionPlan
+from trm_cluster.runtime.session import Session
 
 
 def test_a_stop_needs_one_step_the_final_save_and_the_finish_twice_over() -> None:

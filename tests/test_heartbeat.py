@@ -11,11 +11,11 @@ from pathlib import Path
 
 from support import clean_env
 
-from trm_cluster.heartbeat import Heartbeat, read_beat
+from trm_cluster.rundir.heartbeat import Heartbeat, read_beat
 
 PAUSED_WRITER = """
 import os, sys, time
-from trm_cluster.heartbeat import Heartbeat
+from trm_cluster.rundir.heartbeat import Heartbeat
 os.replace = lambda *args: (print("written, not renamed", flush=True), time.sleep(120))  # hold it here
 Heartbeat(sys.argv[1], segment=0).beat(3, 0.0)
 """

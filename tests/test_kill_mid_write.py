@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from support import assert_one_continuous_wandb_run, assert_same_training_state, clean_env, cli, manifest
 
-from trm_cluster.atomic import PAUSE_ENV
-from trm_cluster.wandb_files import wait_for_writers
+from trm_cluster.rundir.atomic import PAUSE_ENV
+from trm_cluster.wandb.writers import wait_for_writers
 
 FAST = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "debug")
 

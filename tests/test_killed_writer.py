@@ -12,9 +12,9 @@ from pathlib import Path
 import wandb  # noqa: F401  # imported here, not in start(): its import outlasts the writer, hiding a skipped wait
 from support import new_run
 
-from trm_cluster import wandb_files  # the same: start() imports it before the wait
-from trm_cluster.manifest import Segment, utc_now
-from trm_cluster.tracking import WandbTracker
+from trm_cluster.rundir.manifest import Segment, utc_now
+from trm_cluster.wandb import writers  # the same: start() imports it before the wait
+from trm_cluster.wandb.tracker import WandbTracker
 
 WRITER = """
 import sys, time
@@ -29,16 +29,16 @@ with open(sys.argv[1], "a") as out:
 def test_start_waits_until_a_killed_processs_wandb_core_is_gone(tmp_path: Path) -> None:
     trainer = subprocess.Popen(["true"])
     trainer.wait()  # the killed trainer: its pid is dead, its segment open
-    core = tmp_path / "wandb-core"  # what wandb_files.live_writers recognizes: argv[0] wandb-core*, --pid
+    core = tmp_path / "wandb-core"  # what writers.live_writers recognizes: argv[0] wandb-core*, --pid
     core.symlink_to(sys.executable)
     rows = tmp_path / "rows"
     writer = subprocess.Popen([str(core), "-c", WRITER, str(rows), "--pid", str(trainer.pid)])
     try:
         # Popen returns once exec has begun; /proc/PID/cmdline holds the new argv only a moment later
         deadline = time.monotonic() + 10
-        while wandb_files.live_writers([trainer.pid]) != [writer.pid] and time.monotonic() < deadline:
+        while writers.live_writers([trainer.pid]) != [writer.pid] and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert wandb_files.live_writers([trainer.pid]) == [writer.pid]
+        assert writers.live_writers([trainer.pid]) == [writer.pid]
         data = new_run(tmp_path / "run").read()
         data.wandb.mode = "disabled"
         killed = Segment(0, "1", None, 0, socket.gethostname(), trainer.pid, "local", utc_now(), 0)

@@ -19,13 +19,14 @@ import pytest
 import torch
 from support import new_run
 
-from trm_cluster.checkpoint import CheckpointStore
-from trm_cluster.environment import JobContext
-from trm_cluster.heartbeat import Heartbeat, SegmentClock
-from trm_cluster.lease import LEASE_TIMEOUT_ENV, LeaseHeld, LeaseLost, ensure_held
-from trm_cluster.manifest import ManifestError, RunManifest, Segment
-from trm_cluster.segment_timings import SegmentTimings
-from trm_cluster.segments import close_segment, fail_segment, open_segment
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.rundir.checkpoints import CheckpointStore
+from trm_cluster.rundir.heartbeat import Heartbeat
+from trm_cluster.rundir.lease import LEASE_TIMEOUT_ENV, LeaseHeld, LeaseLost, ensure_held
+from trm_cluster.rundir.manifest import ManifestError, RunManifest, Segment
+from trm_cluster.rundir.segment_clock import SegmentClock
+from trm_cluster.rundir.segment_timings import SegmentTimings
+from trm_cluster.rundir.segments import close_segment, fail_segment, open_segment
 
 HOST = socket.gethostname()
 OTHER = "node-b"
@@ -82,7 +83,7 @@ def test_a_holder_on_another_host_is_judged_by_its_heartbeat(
             open_segment(manifest, _context())
         assert (tmp_path / "manifest.json").read_bytes() == before  # the holder's run, untouched
         return
-    with caplog.at_level(logging.WARNING, logger="trm_cluster.segments"):
+    with caplog.at_level(logging.WARNING, logger="trm_cluster.rundir.segments"):
         opened = open_segment(manifest, _context())
     assert "pid 4242 on node-b (job 7, segment 0) is stale (no heartbeat for" in caplog.text
     taken, mine = manifest.read().segments

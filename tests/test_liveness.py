@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from support import new_run, this_process
 
-from trm_cluster.environment import JobContext
-from trm_cluster.lease import take_over_or_refuse
-from trm_cluster.manifest import CheckpointRecord, ManifestError, Segment, utc_now
-from trm_cluster.segments import close_segment, open_segment
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.rundir.lease import take_over_or_refuse
+from trm_cluster.rundir.manifest import CheckpointRecord, ManifestError, Segment, utc_now
+from trm_cluster.rundir.segments import close_segment, open_segment
 
 HOST = socket.gethostname()
 

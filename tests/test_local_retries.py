@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import cli, manifest
 
-from trm_cluster.executors import ExecutorOptions, make_executor
+from trm_cluster.scheduler.executors import ExecutorOptions, make_executor
 
 PREEMPTIONS = 7  # one more than submitit's controller reruns a task
 

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from trm_cluster.environment import JobContext
-from trm_cluster.launch import WandbOptions, create_script_run
-from trm_cluster.loop_session import Session
-from trm_cluster.session_plan import SegmentEnded, SessionPlan
-from trm_cluster.tracking import WandbTracker
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.rundir.creation import create_script_run
+from trm_cluster.runtime.plan import SegmentEnded, SessionPlan
+from trm_cluster.runtime.session import Session
+from trm_cluster.wandb.tracker import WandbTracker
 
 TIMINGS = {"trainer/steps_per_s"}
 
@@ -85,7 +86,7 @@ def test_the_journal_says_a_gap_only_where_rows_were_logged(caplog: pytest.LogCa
 
 
 def test_a_trainer_knows_which_steps_reach_wandb() -> None:
-    from trm_cluster.workload import TrainContext
+    from trm_cluster.core.workload import TrainContext
 
     context = TrainContext(seed=0, total_steps=7, run_dir=Path("."), log_every=3)
     assert [s for s in range(7) if context.will_log(s)] == [2, 5, 6]  # steps done 3, 6 and the last

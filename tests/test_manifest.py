@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from trm_cluster.manifest import ManifestData, ManifestError, RunManifest, WandbInfo, config_hash
+from trm_cluster.rundir.manifest import ManifestData, ManifestError, RunManifest, WandbInfo, config_hash
 
 CONFIG = {"run": {"steps": 10}, "job": {"x": 1}}
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from support import new_run
 
-from trm_cluster.manifest import CheckpointRecord, ConfigChange, RunManifest, Segment, config_hash, utc_now
+from trm_cluster.rundir.manifest import (
+    CheckpointRecord,
+    ConfigChange,
+    RunManifest,
+    Segment,
+    config_hash,
+    utc_now,
+)
 
 
 def test_every_field_survives_a_write_and_a_read(tmp_path: Path) -> None:

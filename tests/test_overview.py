@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from support import clean_env, cli, manifest, tree_digest
 
-from trm_cluster.goodput import goodput
-from trm_cluster.launch import preemption_steps
-from trm_cluster.manifest import RunManifest
-from trm_cluster.wandb_files import wait_for_writers
+from trm_cluster.launch.runs import preemption_steps
+from trm_cluster.ops.goodput import goodput
+from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.wandb.writers import wait_for_writers
 
 FAST = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "debug")
 

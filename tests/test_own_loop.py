@@ -1,4 +1,4 @@
-"""A researcher's own script (trm_cluster/examples/train_script.py) through ``trm_cluster.session()``:
+"""A researcher's own script (examples/train_script.py) through ``trm_cluster.session()``:
 real processes, real signals, submitit's local executor, W&B offline files read back."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from support import (
     wandb_history,
 )
 
-SCRIPT = REPO / "trm_cluster" / "examples" / "train_script.py"
+SCRIPT = REPO / "examples" / "train_script.py"
 STEPS = 120
 # the run's config differs between a plain `python train.py` reference and a submitted run (flags given
 # to submit are recorded), and so does the final model's path; the training state must not

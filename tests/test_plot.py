@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from support import cli, manifest, tree_digest
 
-from trm_cluster import plot, status
-from trm_cluster.goodput import goodput
-from trm_cluster.manifest import RunManifest
+from trm_cluster import status
+from trm_cluster.ops import plot
+from trm_cluster.ops.goodput import goodput
+from trm_cluster.rundir.manifest import RunManifest
 
 
 @pytest.fixture(scope="module")

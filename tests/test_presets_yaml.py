@@ -9,7 +9,7 @@ import pytest
 import yaml
 from support import cli, tree_digest
 
-from trm_cluster.presets import PresetError, load_preset, preset_directories
+from trm_cluster.launch.presets import PresetError, load_preset, preset_directories
 
 
 def write(path: Path, text: str) -> Path:

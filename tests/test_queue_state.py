@@ -9,7 +9,7 @@ import pytest
 from support import new_run, tree_digest
 
 from trm_cluster import status
-from trm_cluster.queue_state import QueueState, queue_state
+from trm_cluster.scheduler.queue_state import QueueState, queue_state
 
 
 def test_a_slurm_run_without_squeue_still_shows_its_status(

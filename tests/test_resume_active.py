@@ -43,7 +43,9 @@ def test_resume_of_a_run_whose_local_job_still_trains_is_refused(workdir: Path) 
         second = _on_another_host(run_dir, workdir)
         assert second.wait(timeout=300) != 0
         line = second.stderr.read().strip().splitlines()[-1]  # type: ignore[union-attr]
-        assert line.startswith("trm_cluster.lease.LeaseHeld: run is already being trained by pid"), line
+        assert line.startswith("trm_cluster.rundir.lease.LeaseHeld: run is already being trained by pid"), (
+            line
+        )
         assert (
             f"(job {controller}, segment 0) (last heartbeat" in line and "refusing to train it twice" in line
         )
@@ -75,7 +77,7 @@ def test_resume_of_a_run_whose_local_job_still_trains_is_refused(workdir: Path) 
 
 
 def _on_another_host(run_dir: Path, cwd: Path, **env: str) -> subprocess.Popen[str]:
-    code = f"from trm_cluster.job import TrainingJob; TrainingJob({str(run_dir)!r})()"
+    code = f"from trm_cluster.scheduler.job import TrainingJob; TrainingJob({str(run_dir)!r})()"
     command = f"hostname node-b && exec {sys.executable} -c {shlex.quote(code)}"
     return subprocess.Popen(["unshare", "--uts", "sh", "-c", command], cwd=cwd, env=clean_env(**env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -24,8 +24,8 @@ from support import (
     wandb_history,
 )
 
-from trm_cluster.tracking import FINISH_TIMEOUT_ENV, finish_timeout_s
-from trm_cluster.wandb_files import live_writers
+from trm_cluster.wandb.tracker import FINISH_TIMEOUT_ENV, finish_timeout_s
+from trm_cluster.wandb.writers import live_writers
 
 COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from support import assert_one_continuous_wandb_run, assert_same_training_state, cli, manifest
 
-from trm_cluster.manifest import Segment
-from trm_cluster.retries import failure_streak
+from trm_cluster.rundir.manifest import Segment
+from trm_cluster.runtime.retries import failure_streak
 
 FAST = ("--preset", "regression", "--executor", "debug")
 FAILURE_FLAGS = ("meta.config.job.fail_at_step", "meta.config.job.fail_once_marker")

@@ -8,8 +8,8 @@ import random
 import numpy as np
 import torch
 
-from trm_cluster.checkpoint import capture
-from trm_cluster.state import capture_rng, restore_rng, seed_everything
+from trm_cluster.core.rng import capture_rng, restore_rng, seed_everything
+from trm_cluster.rundir.checkpoints import capture
 
 
 def draws() -> dict[str, list[float]]:

@@ -1,4 +1,4 @@
-"""The small promises of trm_cluster.state the resume relies on: what a seed sets, what the fingerprint
+"""The small promises of trm_cluster.core.rng the resume relies on: what a seed sets, what the fingerprint
 sees, which seed a re-derived rank gets, and the deterministic-kernel switch (tests/test_rng_restore.py
 covers capture and restore end to end)."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from trm_cluster.state import (
+from trm_cluster.core.rng import (
     capture_rng,
     derived_seed,
     restore_rng,

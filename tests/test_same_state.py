@@ -20,8 +20,8 @@ from support import (
 )
 from test_manifest import make_manifest
 
-from trm_cluster.checkpoint import CheckpointStore, capture
-from trm_cluster.state import capture_rng
+from trm_cluster.core.rng import capture_rng
+from trm_cluster.rundir.checkpoints import CheckpointStore, capture
 
 
 def make_payload() -> dict[str, Any]:

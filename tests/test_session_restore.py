@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from support import manifest
 
-from trm_cluster.environment import JobContext
-from trm_cluster.launch import WandbOptions, create_script_run
-from trm_cluster.loop_session import Session
-from trm_cluster.session_plan import SessionPlan
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.rundir.creation import create_script_run
+from trm_cluster.runtime.plan import SessionPlan
+from trm_cluster.runtime.session import Session
 
 
 def _train(run_dir: Path, steps: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.signals import StopSignals, ignore_stop_signals
+from trm_cluster.core.signals import StopSignals, ignore_stop_signals
 
 
 def test_records_the_first_request_and_counts_repeats() -> None:
@@ -73,7 +73,7 @@ import os, signal
 import trm_cluster  # what unpickling the job imports first, before submitit installs its handlers
 os.kill(os.getpid(), signal.SIGUSR2)  # a preemption while the job's modules still import
 os.kill(os.getpid(), signal.SIGTERM)
-from trm_cluster.signals import StopSignals
+from trm_cluster.core.signals import StopSignals
 stops = StopSignals()
 stops.install()  # the loop's own handlers: the early request is now the loop's
 print(stops.request.name if stops.request else None)

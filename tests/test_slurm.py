@@ -31,7 +31,7 @@ from support import (
     wandb_history,
 )
 
-from trm_cluster.distributed import master_address
+from trm_cluster.core.distributed import master_address
 
 # the waits below add up to more than the default 900 s per test when the node is slow
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
@@ -199,7 +199,7 @@ def test_preemption_by_a_higher_priority_job(workdir: Path, time_limited_run: Pa
 
 # -- after the preemption test, alone on the node: a user's own script, then two ranks ---------------
 
-SCRIPT = REPO / "trm_cluster" / "examples" / "train_script.py"
+SCRIPT = REPO / "examples" / "train_script.py"
 
 
 def test_own_script_preempted_on_demand_requeues_and_ends_bit_identical(workdir: Path) -> None:
@@ -379,7 +379,7 @@ def test_status_shows_a_pending_jobs_live_state_then_its_accounting_record(workd
     it waits is refused with the scancel to use (a second job would train the run twice). The job waits
     for a begin time an hour away, so it holds no CPU beside the other tests. The status is read in this
     process (real squeue and sacct calls; a subprocess per poll would import torch each time)."""
-    from trm_cluster.status import render, run_status
+    from trm_cluster.ops.report import render, run_status
 
     run_dir = workdir / "pending"
     submit(workdir, run_dir, "--no-wandb", "--sbatch", "begin=now+1hour")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.environment import JobContext, _executor_kind, slurm_job_fields
-from trm_cluster.signals import StopRequest
+from trm_cluster.core.job_context import JobContext, _executor_kind, slurm_job_fields
+from trm_cluster.core.signals import StopRequest
 
 NOW = 1_780_000_000.0  # the moment the signal arrived; every time in the line is relative to it
 DELAY_S = 60  # --signal-delay-s: USR2@60
@@ -104,7 +104,7 @@ def test_a_failing_scontrol_judges_by_the_time_limit(
         executor="slurm", job_id="4242", array_index=None, restart_count=0, host="node1", pid=1,
         global_rank=0, world_size=1, started_at=NOW - 45,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="trm_cluster.environment"):
+    with caplog.at_level(logging.WARNING, logger="trm_cluster.core.job_context"):
         assert context.classify(StopRequest(signal.SIGUSR2, NOW), DELAY_S, limit_s) == reason
     assert "scontrol gave no answer for job 4242" in caplog.text
 
@@ -265,7 +265,7 @@ import sys, time
 first_line = time.time()
 while time.time() < first_line + 0.3:  # a gap: the start must come from /proc, not from "now"
     pass
-from trm_cluster.environment import JobContext
+from trm_cluster.core.job_context import JobContext
 print(first_line, JobContext.detect().started_at)
 """
 

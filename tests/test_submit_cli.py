@@ -18,7 +18,7 @@ from support import (
     wandb_history,
 )
 
-from trm_cluster.launch import preemption_steps
+from trm_cluster.launch.runs import preemption_steps
 
 FAST = ("--preset", "regression", "--wandb-mode", "offline")
 

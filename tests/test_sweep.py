@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from support import cli, manifest, tree_digest
 
-from trm_cluster import status, submit, sweep
-from trm_cluster.examples.regression import RegressionConfig
-from trm_cluster.trm.config import TRMConfig
+from trm_cluster import status, submit
+from trm_cluster.launch import sweep
+from trm_cluster.workloads.regression import RegressionConfig
+from trm_cluster.workloads.trm.config import TRMConfig
 
 FAST = ("--preset", "regression", "--executor", "debug", "--steps", "10", "--checkpoint-every", "5")
 

@@ -19,8 +19,8 @@ import filelock
 import pytest
 from support import clean_env, cli, manifest, tree_digest
 
-from trm_cluster.manifest import RunManifest
-from trm_cluster.wandb_files import find_segments
+from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.wandb.files import find_segments
 
 # An unreachable server, should anything ever try to upload.
 NO_SERVER = {"WANDB_BASE_URL": "http://127.0.0.1:9"}

@@ -1,4 +1,4 @@
-"""trm_cluster.tracking's small parts, in this process: the run id, the W&B mode a run gets (key in the
+"""trm_cluster.wandb.tracker's small parts, in this process: the run id, the W&B mode a run gets (key in the
 environment or ~/.netrc), the row journal a checkpoint carries, and a W&B run that stops accepting rows."""
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ import pytest
 import wandb
 from support import new_run
 
-from trm_cluster.manifest import ConfigChange, ManifestData
-from trm_cluster.tracking import (
+from trm_cluster.core.wandb_options import api_key_configured, new_run_id, resolve_mode
+from trm_cluster.rundir.manifest import ConfigChange, ManifestData
+from trm_cluster.wandb.files import find_segments, read_segment
+from trm_cluster.wandb.tracker import (
     JOURNAL_ROWS,
     NullTracker,
     RowJournal,
     WandbTracker,
-    api_key_configured,
     change_annotations,
     drop_empty_wandb_env,
-    new_run_id,
-    resolve_mode,
 )
-from trm_cluster.wandb_files import find_segments, read_segment
 
 
 def test_run_ids_are_eight_lowercase_base36_characters_and_differ() -> None:
@@ -229,7 +227,7 @@ def test_a_run_that_refuses_rows_stops_being_asked_and_nothing_counts_as_durable
     tmp_path: Path, finished_run: wandb.Run, caplog: pytest.LogCaptureFixture
 ) -> None:
     tracker = WandbTracker(finished_run, watermark=10, run_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="trm_cluster.tracking"):
+    with caplog.at_level(logging.WARNING, logger="trm_cluster.wandb.tracker"):
         for step in (10, 11, 12):
             tracker.log(step, {"x": float(step)})
     stopped = [r.getMessage() for r in caplog.records if "stopped accepting rows" in r.getMessage()]
@@ -239,7 +237,7 @@ def test_a_run_that_refuses_rows_stops_being_asked_and_nothing_counts_as_durable
         {"step": 12, "metrics": {"x": 12.0}},
     ]
     assert tracker.skipped == 1
-    with caplog.at_level(logging.WARNING, logger="trm_cluster.tracking"):
+    with caplog.at_level(logging.WARNING, logger="trm_cluster.wandb.tracker"):
         tracker.finish(preempting=True)
     assert tracker.durable_step == 10 and tracker.run is None  # the rows live in the journal only
     assert "W&B finish failed: Run (" in caplog.text and "`mark_preempting`" in caplog.text

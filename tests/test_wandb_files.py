@@ -1,4 +1,4 @@
-"""trm_cluster.wandb_files against files written by the real wandb (offline, one process per segment).
+"""trm_cluster.wandb.files against files written by the real wandb (offline, one process per segment).
 
 Why real processes: each requeued job is a new process writing its own ``run-<id>.wandb``; only real
 files show what wandb 0.31 puts on disk (record layout, resume flags, what survives a SIGKILL).
@@ -16,15 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from trm_cluster.wandb_files import (
-    WandbSegment,
-    find_segments,
-    iter_records,
-    live_writers,
-    max_logged_step,
-    read_segment,
-    wait_for_writers,
-)
+from trm_cluster.wandb.files import WandbSegment, find_segments, iter_records, max_logged_step, read_segment
+from trm_cluster.wandb.writers import live_writers, wait_for_writers
 
 RUN_ID = "trmseg01"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import wandb
 
-from trm_cluster.tracking import WandbTracker
-from trm_cluster.wandb_files import find_segments, read_segment
+from trm_cluster.wandb.files import find_segments, read_segment
+from trm_cluster.wandb.tracker import WandbTracker
 
 
 @pytest.fixture

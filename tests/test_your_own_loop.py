@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 from support import REPO
 
-from trm_cluster.examples.regression import REGRESSION, RegressionConfig
-from trm_cluster.state import capture_rng, restore_rng, seed_everything
-from trm_cluster.workload import TrainContext, Trainer
+from trm_cluster.core.rng import capture_rng, restore_rng, seed_everything
+from trm_cluster.core.workload import TrainContext, Trainer
+from trm_cluster.workloads.regression import REGRESSION, RegressionConfig
 
 
 def test_the_doc_shows_the_example_script_verbatim() -> None:
     doc = (REPO / "docs" / "your-own-loop.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-    assert (REPO / "trm_cluster" / "examples" / "train_script.py").read_text() in blocks
+    assert (REPO / "examples" / "train_script.py").read_text() in blocks
 
 
 def _build(tmp_path: Path) -> Trainer:

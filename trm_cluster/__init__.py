@@ -17,26 +17,33 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .loop_session import Session, session
-    from .loop_state import per_rank
-    from .session_plan import UsageError
-    from .signals import ignore_stop_signals
-    from .workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, Workload, load_workload
+    from trm_cluster.core.config import RunConfig
+    from trm_cluster.core.signals import ignore_stop_signals
+    from trm_cluster.core.workload import (
+        Evaluates,
+        FollowsTotalSteps,
+        TrainContext,
+        Trainer,
+        Workload,
+        load_workload,
+    )
+    from trm_cluster.runtime.plan import UsageError
+    from trm_cluster.runtime.registered import per_rank
+    from trm_cluster.runtime.session import Session, session
 
 _EXPORTS = {
-    "RunConfig": "config",
-    "Session": "loop_session",
-    "UsageError": "session_plan",
-    "session": "loop_session",
-    "ignore_stop_signals": "signals",
-    "per_rank": "loop_state",
-    "Evaluates": "workload",
-    "FollowsTotalSteps": "workload",
-    "TrainContext": "workload",
-    "Trainer": "workload",
-    "Workload": "workload",
-    "load_workload": "workload",
+    "RunConfig": "core.config",
+    "Session": "runtime.session",
+    "UsageError": "runtime.plan",
+    "session": "runtime.session",
+    "ignore_stop_signals": "core.signals",
+    "per_rank": "runtime.registered",
+    "Evaluates": "core.workload",
+    "FollowsTotalSteps": "core.workload",
+    "TrainContext": "core.workload",
+    "Trainer": "core.workload",
+    "Workload": "core.workload",
+    "load_workload": "core.workload",
 }
 __all__ = [
     "Evaluates",
@@ -55,7 +62,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 if "SUBMITIT_FOLDER" in os.environ:  # a submitit job importing its modules: a stop signal must not kill it
-    from .signals import defer_at_startup
+    from trm_cluster.core.signals import defer_at_startup
 
     defer_at_startup()
 

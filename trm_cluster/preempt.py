@@ -17,8 +17,8 @@ from pathlib import Path
 
 import tyro
 
-from .manifest import ManifestError, RunManifest
-from .signals import preempt_signal
+from trm_cluster.core.signals import preempt_signal
+from trm_cluster.rundir.manifest import ManifestError, RunManifest
 
 
 @dataclass

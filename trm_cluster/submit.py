@@ -17,36 +17,36 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import tyro
 
-from . import sweep
-from .config import RunConfig
-from .executors import ExecutorOptions, resolve_kind, sbatch_script
-from .fork import ForkPoint, fork_advice, fork_run, fork_step, fork_wandb
-from .grace import advice_from_history
-from .launch import (
+from trm_cluster.core.config import RunConfig
+from trm_cluster.core.pipes import quiet_on_broken_pipe
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.core.workload import Workload, current_reference, dataclass_from_dict, load_workload
+from trm_cluster.launch import sweep
+from trm_cluster.launch.flags import (
+    expand_name_shorthands,
+    explicit_run_flags,
+    previous_executor_options,
+    split_script_args,
+)
+from trm_cluster.launch.fork import ForkPoint, fork_advice, fork_run, fork_step, fork_wandb
+from trm_cluster.launch.presets import PresetError, load_preset
+from trm_cluster.launch.runs import (
     LOG_DIR,
-    WandbOptions,
     config_differences,
-    create_run,
-    create_script_run,
     follow,
-    is_script_run,
     preemption_steps,
     resolved_config,
     resume_run,
     resumed_script_config,
     submit,
 )
-from .manifest import ManifestData, ManifestError, RunManifest
-from .pipes import quiet_on_broken_pipe
-from .presets import PresetError, load_preset
-from .script_job import NoJobConfig, script_config
-from .submit_flags import (
-    expand_name_shorthands,
-    explicit_run_flags,
-    previous_executor_options,
-    split_script_args,
-)
-from .workload import Workload, dataclass_from_dict, load_workload
+from trm_cluster.rundir.creation import create_run, create_script_run, is_script_run, script_config
+from trm_cluster.rundir.manifest import ManifestData, ManifestError, RunManifest
+from trm_cluster.rundir.sweep_record import is_sweep
+from trm_cluster.runtime.grace import advice_from_history
+from trm_cluster.scheduler.executors import ExecutorOptions, resolve_kind, sbatch_script
+from trm_cluster.scheduler.in_process import run_in_process
+from trm_cluster.scheduler.script_job import NoJobConfig
 
 JobT = TypeVar("JobT")
 DEFAULT_PRESET = "tiny"
@@ -130,7 +130,7 @@ def _main(argv: list[str]) -> int:
     if axes and (known.fork or known.resume or known.script or known.entry):
         what = "--fork" if known.fork else "--resume" if known.resume else "--script/--entry"
         raise ValueError(f"--sweep starts new runs of a preset; it does not combine with {what}")
-    if known.resume and sweep.is_sweep(known.resume):
+    if known.resume and is_sweep(known.resume):
         return _resume_sweep(argv, known)
     known.source = ForkPoint.parse(known.fork).run_dir if known.fork else known.resume  # the defaults
     if known.script or known.entry or (known.source and is_script_run(known.source)):
@@ -308,7 +308,7 @@ def _defaults(preset_name: str | None, resume: Path | None) -> tuple[Workload[An
             load_workload(preset.workload).config_from_dict(preset.job),
         )
         differing = config_differences(data.config, preset_config)
-        if preset.workload != data.workload or differing:
+        if current_reference(preset.workload) != current_reference(data.workload) or differing:
             keys = ", ".join(sorted(differing)) or "workload"
             raise ValueError(
                 f"preset {preset_name!r} differs from the run's config ({keys}); to change settings on resume, "
@@ -410,7 +410,7 @@ def _submit_and_report(
     if preempt_at:
         print(f"  rehearsal: preemption signals after steps {', '.join(map(str, preempt_at))}")
     if kind == "debug":
-        error = _run_in_process(job)
+        error = run_in_process(job)
         if error is not None:
             print(f"trm-submit: job failed: {error}", file=sys.stderr)
     elif not args.wait:
@@ -424,17 +424,6 @@ def _submit_and_report(
     if data.status == "failed" and last is not None and last.message:
         print(f"  segment {last.index}: {last.message.splitlines()[-1]}")
     return 0 if data.status == "completed" else 1
-
-
-def _run_in_process(job: Any) -> BaseException | None:
-    """Run a debug-executor job now, in this process; return its error instead of opening pdb."""
-    import os
-
-    os.environ["SUBMITIT_DEBUG_JOB_ID"] = str(job.job_id)
-    try:
-        return job.exception()  # type: ignore[no-any-return]
-    finally:
-        os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
 
 
 if __name__ == "__main__":

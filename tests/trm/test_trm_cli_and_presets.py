@@ -10,10 +10,10 @@ import pytest
 import torch
 from trm_testing import build, small_config
 
-from trm_cluster.presets import load_preset
-from trm_cluster.trm import PEPTIDE_TRM, TRMConfig
-from trm_cluster.trm.evaluate import main
-from trm_cluster.workload import load_workload
+from trm_cluster.core.workload import load_workload
+from trm_cluster.launch.presets import load_preset
+from trm_cluster.workloads.trm import PEPTIDE_TRM, TRMConfig
+from trm_cluster.workloads.trm.evaluate import main
 
 PACKAGE = Path(__file__).resolve().parents[2] / "trm_cluster" / "trm"
 
@@ -91,7 +91,9 @@ def test_package_imports_nothing_it_must_not() -> None:
                 root = name.split(".")[0]
                 assert root not in {"submitit", "wandb", "slurm"}, (path.name, name)
                 if root == "trm_cluster":
-                    assert name == "trm_cluster.workload" or name.startswith("trm_cluster.trm"), (
+                    assert name == "trm_cluster.core.workload" or name.startswith(
+                        "trm_cluster.workloads.trm"
+                    ), (
                         path.name,
                         name,
                     )

@@ -8,14 +8,14 @@ import pytest
 import torch
 from trm_testing import build, small_config
 
-from trm_cluster.trm.curriculum import (
+from trm_cluster.workloads.trm.curriculum import (
     EASY_ALPHABET,
     FULL_ALPHABET,
     CurriculumConfig,
     build_curriculum,
 )
-from trm_cluster.trm.spectra import TOKEN_INDEX, generate_batch, step_generator
-from trm_cluster.trm.trainer import TRAIN_STREAM
+from trm_cluster.workloads.trm.spectra import TOKEN_INDEX, generate_batch, step_generator
+from trm_cluster.workloads.trm.trainer import TRAIN_STREAM
 
 
 def test_stage_for_step() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trm_cluster.trm.evaluate import match_residues, sequence_metrics
+from trm_cluster.workloads.trm.evaluate import match_residues, sequence_metrics
 
 
 def test_exact_match() -> None:

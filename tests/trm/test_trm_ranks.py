@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from trm_testing import small_config
 
-from trm_cluster.state import capture_rng, restore_rng
-from trm_cluster.trm import PEPTIDE_TRM
-from trm_cluster.workload import TrainContext
+from trm_cluster.core.rng import capture_rng, restore_rng
+from trm_cluster.core.workload import TrainContext
+from trm_cluster.workloads.trm import PEPTIDE_TRM
 
 STEPS, CUT = 8, 3
 

@@ -9,8 +9,8 @@ import torch
 from support import assert_same_state
 from trm_testing import build, small_config
 
-from trm_cluster.trm.trainer import PeptideTRMTrainer
-from trm_cluster.workload import Evaluates, Trainer
+from trm_cluster.core.workload import Evaluates, Trainer
+from trm_cluster.workloads.trm.trainer import PeptideTRMTrainer
 
 SEED = 3
 TOTAL = 14

@@ -13,9 +13,9 @@ import pytest
 import torch
 from trm_testing import small_config
 
-from trm_cluster.trm import PEPTIDE_TRM
-from trm_cluster.trm.trainer import PeptideTRMTrainer
-from trm_cluster.workload import FollowsTotalSteps, TrainContext
+from trm_cluster.core.workload import FollowsTotalSteps, TrainContext
+from trm_cluster.workloads.trm import PEPTIDE_TRM
+from trm_cluster.workloads.trm.trainer import PeptideTRMTrainer
 
 N, WARMUP = 12, 3
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trm_cluster.trm.curriculum import CurriculumConfig, build_curriculum
-from trm_cluster.trm.spectra import (
+from trm_cluster.workloads.trm.curriculum import CurriculumConfig, build_curriculum
+from trm_cluster.workloads.trm.spectra import (
     H2O,
     PROTON,
     RESIDUE_MASSES,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from trm_cluster.trm import PEPTIDE_TRM, CurriculumConfig, TRMConfig
-from trm_cluster.trm.trainer import PeptideTRMTrainer
-from trm_cluster.workload import TrainContext
+from trm_cluster.core.workload import TrainContext
+from trm_cluster.workloads.trm import PEPTIDE_TRM, CurriculumConfig, TRMConfig
+from trm_cluster.workloads.trm.trainer import PeptideTRMTrainer
 
 MGF = Path("/work/shared/data/casanovo-sample-spectra.mgf")
 if not MGF.is_file():  # the checkout's sibling shared/ folder

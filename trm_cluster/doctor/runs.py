@@ -1,0 +1,374 @@
+"""The resume doctor's runs: each loop run in fresh processes, and the checkpoints they leave.
+
+:func:`examine` creates run A and run B, runs A uninterrupted alongside B stopped after step K (exit
+75, as a preemption stops it), then B resumed in another process, checks that each did what the
+comparison needs (or raises :class:`Untestable` with its last lines), and compares their checkpoints
+(doctor_compare.py) and the causes (doctor_causes.py). The command is doctor.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trm_cluster.core.config import RunConfig
+from trm_cluster.core.workload import dataclass_from_dict, load_workload
+from trm_cluster.launch.presets import PresetError, load_preset
+from trm_cluster.rundir.manifest import RunManifest
+
+if TYPE_CHECKING:
+    from trm_cluster.doctor.causes import Cause
+    from trm_cluster.doctor.compare import Verdict
+
+# torch, the launch side and the comparison are imported where they are used: a bad request is
+# answered before the seconds that importing torch takes.
+
+TAIL_LINES = 25
+
+
+class BadInput(ValueError):
+    """The request cannot be run as given (exit 2, one line)."""
+
+
+class Untestable(RuntimeError):
+    """A run of the loop did not do what the comparison needs (exit 3)."""
+
+
+def doctor_run_flags(steps: int) -> dict[str, Any]:
+    """The run settings of every doctor run: a checkpoint, kept, and a row after every step."""
+    return {"steps": steps, "checkpoint_every": 1, "keep_checkpoints": steps + 1, "log_every": 1}
+
+
+# -- the loops ----------------------------------------------------------------------------------------
+
+
+class Loop:
+    """How to create a run of one loop, and the command of each of its processes."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
+        raise NotImplementedError
+
+    def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        """The command of one process of this loop's run in ``run_dir``, and its extra environment."""
+        raise NotImplementedError
+
+
+@dataclass
+class ScriptLoop(Loop):
+    script: Path
+    args: list[str]
+
+    def describe(self) -> str:
+        return f"script {self.script}" + (f" {' '.join(self.args)}" if self.args else "")
+
+    def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
+        from trm_cluster.core.wandb_options import WandbOptions
+        from trm_cluster.rundir.creation import create_script_run
+
+        create_script_run(
+            run_dir,
+            script=self.script,
+            script_args=self.args,
+            run_flags=doctor_run_flags(steps),
+            name=run_dir.name,
+            wandb=WandbOptions(mode="disabled"),
+            launch={"executor": "process", "cwd": str(cwd), "doctor": True},
+        )
+
+    def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        from trm_cluster.runtime.plan import RUN_DIR_ENV
+
+        return [sys.executable, str(self.script), *self.args], {RUN_DIR_ENV: str(run_dir)}
+
+
+@dataclass
+class PresetLoop(Loop):
+    name: str
+    workload: str
+    config: dict[str, Any]
+
+    def describe(self) -> str:
+        return f"preset {self.name} ({self.workload})"
+
+    @classmethod
+    def load(cls, name: str, steps: int) -> PresetLoop:
+        """The preset's config, its run settings overridden by the doctor's; every check before a write."""
+        try:
+            preset = load_preset(name)
+            workload = load_workload(preset.workload)
+            job = workload.config_from_dict(preset.job)
+            run = dataclass_from_dict(RunConfig, {**preset.run, **doctor_run_flags(steps)})
+            run.validate()
+        except (PresetError, ValueError, TypeError) as error:
+            raise BadInput(str(error)) from None
+        from trm_cluster.launch.runs import resolved_config
+
+        return cls(name, preset.workload, resolved_config(run, job))
+
+    def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
+        from trm_cluster.core.wandb_options import WandbOptions
+        from trm_cluster.rundir.creation import create_run
+
+        create_run(
+            run_dir,
+            run_dir.name,
+            self.workload,
+            self.config,
+            WandbOptions(mode="disabled"),
+            max_requeues=20,
+            launch={"executor": "process", "preset": self.name, "cwd": str(cwd), "doctor": True},
+        )
+
+    def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        code = f"from trm_cluster.scheduler.job import TrainingJob; TrainingJob({str(run_dir)!r})()"
+        return [sys.executable, "-c", code], {}
+
+
+@dataclass
+class Request:
+    """What to examine: N steps of a loop, stopped after step K and resumed (parsed by doctor.py)."""
+
+    steps: int
+    at: int
+    cwd: Path
+    keep: Path | None
+    ignore: list[str]
+    timeout_s: float
+    serial: bool
+    loop: Loop
+
+
+# -- running the processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    label: str
+    returncode: int
+    seconds: float
+    stdout: Path
+    stderr: Path
+
+    def text(self, which: str = "stderr") -> str:
+        path = self.stderr if which == "stderr" else self.stdout
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        text = self.text("stderr").strip() or self.text("stdout").strip()
+        shown = text.splitlines()[-lines:]
+        return "\n".join(f"    | {line}" for line in shown) if shown else "    | (no output)"
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The user's environment without anything that would make the child a scheduler's task or stop it,
+    W&B off (also for a script that calls wandb itself), and this very trm_cluster first on the path."""
+    from trm_cluster.runtime.plan import RUN_DIR_ENV, STOP_AFTER_ENV
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SUBMITIT_", "SLURM_")) and key not in (RUN_DIR_ENV, STOP_AFTER_ENV)
+    }
+    package_root = Path(__file__).resolve().parent.parent
+    if package_root.name not in ("site-packages", "dist-packages"):  # a checkout: put it first
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
+    env["WANDB_MODE"] = "disabled"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Running:
+    """One process of a loop, started; :meth:`wait` gives its :class:`Process`."""
+
+    def __init__(
+        self,
+        label: str,
+        loop: Loop,
+        run_dir: Path,
+        logs: Path,
+        cwd: Path,
+        timeout_s: float,
+        stop_after: int | None,
+    ) -> None:
+        from trm_cluster.runtime.plan import STOP_AFTER_ENV
+
+        command, extra = loop.command(run_dir)
+        if stop_after is not None:
+            extra = {**extra, STOP_AFTER_ENV: str(stop_after)}
+        slug = label.replace(" ", "-")
+        self.label, self.timeout_s = label, timeout_s
+        self.stdout, self.stderr = logs / f"{slug}.out", logs / f"{slug}.err"
+        self._out, self._err = self.stdout.open("wb"), self.stderr.open("wb")
+        self.started = time.monotonic()
+        self.popen = subprocess.Popen(
+            command, cwd=cwd, env=child_environment(extra), stdout=self._out, stderr=self._err
+        )
+
+    def wait(self) -> Process:
+        remaining = self.timeout_s - (time.monotonic() - self.started)
+        try:
+            code = self.popen.wait(timeout=max(remaining, 0.01))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = -1
+            self._err.write(f"\n[doctor] killed after {self.timeout_s:g} s (--timeout)\n".encode())
+        seconds = time.monotonic() - self.started
+        self._out.close()
+        self._err.close()
+        return Process(self.label, code, seconds, self.stdout, self.stderr)
+
+    def kill(self) -> None:
+        """Kill this process (only it: the doctor's own child) if it still runs."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _expect(process: Process, code: int, what: str) -> None:
+    from trm_cluster.runtime.plan import EXIT_STOPPED
+
+    if process.returncode == code:
+        return
+    if process.returncode == 0 and code == EXIT_STOPPED:
+        why = (
+            "ran to its end instead of stopping: does the loop iterate `for step in run.steps():` "
+            "and is the stop step inside the run?"
+        )
+    elif process.returncode == EXIT_STOPPED:
+        why = f"stopped early (exit {EXIT_STOPPED}) though nothing asked it to"
+    elif process.returncode == -1:
+        why = "timed out"
+    else:
+        why = f"crashed (exit status {process.returncode})"
+    raise Untestable(
+        f"{process.label} ({what}) {why} after {process.seconds:.1f} s; its last lines:\n{process.tail()}"
+    )
+
+
+# -- reading the checkpoints --------------------------------------------------------------------------
+
+
+class Checkpoints(Mapping[int, Mapping[str, Any]]):
+    """A run's checkpoints by step, each verified against its manifest digest and loaded when asked."""
+
+    def __init__(self, run_dir: Path, label: str) -> None:
+        self.run_dir, self.label = run_dir, label
+        self.records = {c.step: c for c in RunManifest(run_dir).read().checkpoints}
+        self._cached: tuple[int, Mapping[str, Any]] | None = None
+
+    def require(self, steps: range) -> None:
+        missing = [s for s in steps if s not in self.records]
+        if missing:
+            raise Untestable(
+                f"{self.label} left no checkpoint of step(s) {_ranges(missing)} (it holds "
+                f"{_ranges(sorted(self.records)) or 'none'}): the doctor asks for one after every step "
+                "(checkpoint_every=1); does the loop override it?"
+            )
+
+    def __getitem__(self, step: int) -> Mapping[str, Any]:
+        if self._cached is not None and self._cached[0] == step:
+            return self._cached[1]
+        import torch
+
+        from trm_cluster.rundir.checkpoints import sha256_of
+
+        record = self.records[step]
+        path = self.run_dir / record.file
+        if not path.is_file() or path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
+            raise Untestable(f"{self.label}: checkpoint {record.file} is missing or fails its digest")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        self._cached = (step, payload)
+        return payload  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self.records))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _ranges(steps: Sequence[int]) -> str:
+    """``1-3, 7`` for ``[1, 2, 3, 7]``."""
+    runs: list[list[int]] = []
+    for step in steps:
+        if runs and runs[-1][1] == step - 1:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _status(run_dir: Path, label: str, steps: int) -> None:
+    data = RunManifest(run_dir).read()
+    if data.status != "completed" or data.step != steps:
+        raise Untestable(f"{label} ended {data.status} at step {data.step}, not completed at step {steps}")
+
+
+# -- the examination ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    causes: list[Cause]
+    warnings: list[Cause]
+
+
+def examine(request: Request, work: Path, say: Any = print) -> Outcome:
+    """Run A, B stopped at K and B resumed in ``work``, and compare them. Run A runs alongside run B
+    unless ``request.serial``."""
+    from trm_cluster.doctor.causes import divergence_causes, warning_causes
+    from trm_cluster.doctor.compare import compare_runs
+    from trm_cluster.runtime.plan import EXIT_STOPPED
+
+    n, k = request.steps, request.at
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    run_a, run_b = work / "uninterrupted", work / "resumed"
+    request.loop.create(run_a, n, request.cwd)
+    request.loop.create(run_b, n, request.cwd)
+    running: list[Running] = []
+
+    def start(label: str, run_dir: Path, stop_after: int | None) -> Running:
+        process = Running(label, request.loop, run_dir, logs, request.cwd, request.timeout_s, stop_after)
+        running.append(process)
+        return process
+
+    def finish(process: Running, code: int, what: str) -> Process:
+        done = process.wait()
+        say(f"  {(done.label + ' (' + what + ')'):<44} exit {done.returncode:<3} {done.seconds:6.1f} s")
+        _expect(done, code, what)
+        return done
+
+    a_what = f"uninterrupted, steps 1..{n}"
+    try:
+        a = start("run A", run_a, None)
+        if request.serial:
+            finish(a, 0, a_what)
+        b = start("run B", run_b, k)
+        finish(b, EXIT_STOPPED, f"stopped after step {k}")
+        b_resumed = start("run B resumed", run_b, None)
+        if not request.serial:
+            finish(a, 0, a_what)
+        resumed = finish(b_resumed, 0, f"fresh process, steps {k + 1}..{n}")
+    finally:
+        for process in running:
+            process.kill()
+    _status(run_a, "run A", n)
+    _status(run_b, "run B", n)
+    a_checkpoints, b_checkpoints = Checkpoints(run_a, "run A"), Checkpoints(run_b, "run B")
+    a_checkpoints.require(range(1, n + 1))
+    b_checkpoints.require(range(1, n + 1))
+    verdict = compare_runs(a_checkpoints, b_checkpoints, k, n, ignore=request.ignore)
+    warnings = warning_causes(resumed.text("stderr"))
+    return Outcome(verdict, divergence_causes(verdict), warnings)

@@ -1,0 +1,179 @@
+"""``submit --fork RUN_DIR[@STEP]``: a new run that starts from another run's checkpoint.
+
+Why beside ``--resume``: a resume continues the SAME run (same W&B run, same directory); a fork branches
+(try a curriculum from step 15000, compare two continuations in W&B) and must leave the parent as it was.
+The child gets its own directory, run uid and W&B run id; its first checkpoint is the parent's at STEP,
+re-owned by the child (the loader refuses a file of another run), so the child resumes it exactly as the
+parent would have. Every check runs, and the parent's checkpoint is read and verified, before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.launch.runs import config_differences
+from trm_cluster.rundir.checkpoints import CheckpointError, CheckpointStore
+from trm_cluster.rundir.creation import create_run
+from trm_cluster.rundir.manifest import (
+    CheckpointRecord,
+    ConfigChange,
+    ForkOrigin,
+    ManifestData,
+    ManifestError,
+    RunManifest,
+    utc_now,
+)
+from trm_cluster.runtime.grace import advice_from_history
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Where a fork starts: a run directory and a step (None: its newest checkpoint)."""
+
+    run_dir: Path
+    step: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | Path) -> ForkPoint:
+        """``runs/a`` or ``runs/a@1500`` (a directory name holding ``@`` is kept whole unless a step follows)."""
+        raw = str(text)
+        head, at, tail = raw.rpartition("@")
+        if at and tail.isdigit() and head:
+            return cls(Path(head), int(tail))
+        if at and head and not Path(raw).exists():
+            raise ValueError(f"--fork {raw}: the step after '@' must be a non-negative integer")
+        return cls(Path(raw))
+
+
+def checkpoint_steps(parent: ManifestData, run_dir: Path) -> list[int]:
+    """Steps of the parent whose checkpoint file is still on disk (retention deletes older ones)."""
+    return [c.step for c in parent.checkpoints if (run_dir / c.file).is_file()]
+
+
+def fork_step(point: ForkPoint) -> int:
+    """The step the fork starts from; refused, with the steps that have a checkpoint, when it has none."""
+    parent_dir = point.run_dir.resolve()
+    steps = checkpoint_steps(RunManifest(parent_dir).read(), parent_dir)
+    if not steps:
+        raise ManifestError(f"{parent_dir} has no checkpoint to fork from")
+    step = steps[-1] if point.step is None else point.step
+    if step not in steps:
+        listed = ", ".join(map(str, steps))
+        raise ManifestError(f"{parent_dir} has no checkpoint at step {step}; steps with one: {listed}")
+    return step
+
+
+def read_fork_point(point: ForkPoint) -> tuple[ManifestData, int, list[dict[str, Any]]]:
+    """The parent's manifest, the chosen step and every rank's verified payload at it (rank order).
+
+    Refuses a step without a checkpoint, naming the steps that have one.
+    """
+    parent_dir = point.run_dir.resolve()
+    parent = RunManifest(parent_dir).read()
+    step = fork_step(point)
+    store = CheckpointStore(RunManifest(parent_dir), keep_last=len(parent.checkpoints))
+    record = next(c for c in parent.checkpoints if c.step == step)
+    try:
+        payloads = [store.load_step(step, 0, parent.run_uid).payload]
+        for part in sorted(record.parts, key=lambda p: int(p["rank"])):
+            payloads.append(store.load_step(step, int(part["rank"]), parent.run_uid).payload["rank_part"])
+    except CheckpointError as error:
+        raise ManifestError(f"cannot fork {parent_dir} at step {step}: {error}") from None
+    return parent, step, payloads
+
+
+def fork_wandb(
+    parent: ManifestData,
+    mode: str | None = None,
+    project: str | None = None,
+    entity: str | None = None,
+    group: str | None = None,
+    tags: tuple[str, ...] | None = None,
+    job_type: str | None = None,
+    notes: str | None = None,
+) -> WandbOptions:
+    """The child's W&B settings: what is given, else the parent's (project, entity, mode, tags, job
+    type, notes); the group is the parent's name unless given (W&B then shows the family together)."""
+    info = parent.wandb
+    return WandbOptions(
+        project=project or info.project,
+        entity=entity or info.entity,
+        mode=mode or info.mode,
+        group=group or parent.name,
+        tags=tuple(info.tags) if tags is None else tuple(tags),
+        job_type=job_type or info.job_type,
+        notes=notes or info.notes,
+    )
+
+
+def fork_run(
+    point: ForkPoint,
+    child_dir: Path,
+    name: str,
+    config: dict[str, Any],
+    wandb: WandbOptions,
+    max_requeues: int,
+    launch: Mapping[str, Any],
+) -> ManifestData:
+    """Create the child run at ``child_dir`` from the parent's checkpoint; the parent is only read."""
+    parent, step, payloads = read_fork_point(point)
+    parent_dir = point.run_dir.resolve()
+    child_dir = child_dir.resolve()
+    if child_dir == parent_dir:
+        raise ManifestError(f"the fork needs its own directory, not the parent's ({parent_dir})")
+    total = int(config["run"].get("steps", parent.total_steps))
+    if total <= step:
+        raise ManifestError(f"the fork starts at step {step}; pass --steps N with N > {step}")
+    changes = config_differences(parent.config, config)
+    existed = child_dir.exists()
+    data = create_run(child_dir, name, parent.workload, config, wandb, max_requeues, launch)
+    try:
+        _adopt_checkpoint(child_dir, data, step, payloads)
+        with RunManifest(child_dir).update() as data:
+            data.forked_from = ForkOrigin(
+                run_dir=str(parent_dir), name=parent.name, run_uid=parent.run_uid,
+                wandb_run_id=parent.wandb.run_id, step=step, changes=changes,
+            )  # fmt: skip
+            data.wandb.last_step = step  # the child's W&B run begins after the fork point
+            if changes:
+                data.config_changes.append(ConfigChange(at_step=step, time=utc_now(), changes=changes))
+    except BaseException:
+        if not existed:
+            shutil.rmtree(child_dir, ignore_errors=True)
+        raise
+    return data
+
+
+def _adopt_checkpoint(
+    child_dir: Path, child: ManifestData, step: int, payloads: list[dict[str, Any]]
+) -> None:
+    """Write the parent's state as the child's own checkpoint at ``step`` (every rank's part), published."""
+    store = CheckpointStore(RunManifest(child_dir), keep_last=1)
+    parts = []
+    for rank, payload in enumerate(payloads):
+        meta = {**payload.get("meta", {}), "run_uid": child.run_uid}
+        if rank == 0:
+            meta["run_name"] = child.name
+        written = store.write_part(step, rank, {**payload, "meta": meta})
+        parts.append(written)
+    main, others = parts[0], parts[1:]
+    store.publish(
+        CheckpointRecord(
+            step=step, file=main["file"], bytes=main["bytes"], sha256=main["sha256"],
+            created_at=utc_now(), parts=others,
+        )
+    )  # fmt: skip
+
+
+def fork_advice(parent: ManifestData, wandb_mode: str, signal_delay_s: float) -> str | None:
+    """``submit --fork``'s grace-window advice, from the parent's measured history (grace.py): the fork
+    trains the parent's workload from the parent's state, so the parent's slowest step and save are the
+    best guess of what the fork's stop needs. None: it fits, or the parent measured nothing."""
+    advice = advice_from_history(parent.segments, wandb_mode, signal_delay_s)
+    return None if advice is None else f"warning: from the parent run's measured history: {advice}"

@@ -1,0 +1,256 @@
+"""Checkpoint files: atomic writes with digests, retention, and a loader that falls back past bad ones.
+
+A checkpoint is a plain dict loaded with ``torch.load(weights_only=True)`` (nothing in it can execute
+code): ``{"model": weights, "trainer": the rest of the trainer state, "rng": ..., "meta": ...}``.
+Capturing the state (:func:`capture`) is separate from writing it, so a writer can later run in the
+background while training goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from trm_cluster.rundir.atomic import atomic_writer
+from trm_cluster.rundir.lease import ensure_held
+from trm_cluster.rundir.manifest import CheckpointRecord, RunManifest, utc_now
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that belongs to another run."""
+
+
+def checkpoint_name(step: int, rank: int = 0) -> str:
+    """``step_000000200.pt``; another rank's own part of the same checkpoint: ``step_000000200.rank1.pt``."""
+    return f"step_{step:09d}.pt" if rank == 0 else f"step_{step:09d}.rank{rank}.pt"
+
+
+def capture(state: Any, copy: bool = False) -> Any:
+    """Every tensor of a nested state detached and on the CPU.
+
+    The job writes synchronously, before the next step can change anything, so CPU tensors are not
+    copied (``copy=False``: saving costs no extra memory); an asynchronous writer must pass
+    ``copy=True`` so training can go on mutating its own tensors while the file is written.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=copy)
+    if isinstance(state, Mapping):
+        return {key: capture(value, copy) for key, value in state.items()}
+    if isinstance(state, list):
+        return [capture(value, copy) for value in state]
+    if isinstance(state, tuple):
+        return tuple(capture(value, copy) for value in state)
+    return state
+
+
+PARALLEL_HASH_BYTES = 1 << 20
+"""Writes at least this large are hashed on a second thread while this one writes them (hashlib and
+the write both release the GIL), so a large save costs about the longer of the two, not their sum."""
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through it (a context manager: it
+    owns the hashing thread of large writes)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._hasher: ThreadPoolExecutor | None = None
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self.size += view.nbytes
+        if view.nbytes < PARALLEL_HASH_BYTES:
+            self.digest.update(view)
+            return self._handle.write(view)
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="trm-cluster-hash")
+        hashed = self._hasher.submit(self.digest.update, view)
+        try:
+            return self._handle.write(view)
+        finally:
+            hashed.result()  # in order: the next chunk is hashed only after this one
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def __enter__(self) -> _HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._hasher is not None:
+            self._hasher.shutdown()
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    record: CheckpointRecord
+    payload: dict[str, Any]
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` folder of one run, published through its manifest."""
+
+    def __init__(self, manifest: RunManifest, keep_last: int, holder: int | None = None) -> None:
+        """``holder``: the segment that writes; a publish after its lease was taken over is refused."""
+        self.manifest = manifest
+        self.holder = holder
+        self.run_dir = manifest.run_dir
+        self.directory = self.run_dir / CHECKPOINT_DIR
+        self.keep_last = keep_last
+
+    def save(
+        self, step: int, payload: Mapping[str, Any], parts: list[dict[str, Any]] | None = None
+    ) -> CheckpointRecord:
+        """Write atomically, then publish in the manifest (with the other ranks' durable parts), then
+        prune files beyond ``keep_last``."""
+        record = self.write(step, payload)
+        record.parts = list(parts or [])
+        self.publish(record)
+        return record
+
+    def write(self, step: int, payload: Mapping[str, Any]) -> CheckpointRecord:
+        part = self.write_part(step, 0, payload)
+        return CheckpointRecord(
+            step=step, file=part["file"], bytes=part["bytes"], sha256=part["sha256"], created_at=utc_now()
+        )
+
+    def write_part(self, step: int, rank: int, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one rank's file of a checkpoint atomically; its record for the manifest."""
+        target = self.directory / checkpoint_name(step, rank)
+        with atomic_writer(target) as handle, _HashingWriter(handle) as hashing:
+            torch.save(dict(payload), hashing)  # type: ignore[arg-type]
+        file = str(target.relative_to(self.run_dir))
+        return {"rank": rank, "file": file, "bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
+
+    def publish(self, record: CheckpointRecord) -> None:
+        with self.manifest.update() as data:
+            if self.holder is not None:
+                ensure_held(data, self.holder)  # never prune (delete) the files of the run's new holder
+            data.checkpoints = [c for c in data.checkpoints if c.step != record.step] + [record]
+            data.checkpoints.sort(key=lambda c: c.step)
+            dropped, data.checkpoints = (
+                data.checkpoints[: -self.keep_last],
+                data.checkpoints[-self.keep_last :],
+            )
+        for old in dropped:
+            for file in (old.file, *(part["file"] for part in old.parts)):
+                (self.run_dir / file).unlink(missing_ok=True)
+
+    def load_latest(self, run_uid: str) -> LoadedCheckpoint | None:
+        """The newest checkpoint that exists, matches its digest and loads; None when there is none.
+
+        Falls back past missing or corrupt files with a warning. A valid file that belongs to another
+        run is an error, not a fallback: it means the directory was mixed up by hand.
+        """
+        records = self.manifest.read().checkpoints
+        for record in reversed(records):
+            payload = self._verified_payload(record)
+            if payload is None:
+                continue
+            owner = payload.get("meta", {}).get("run_uid")
+            if owner != run_uid:
+                raise CheckpointError(
+                    f"{record.file} belongs to run {owner!r}, not to this run {run_uid!r}; refusing to load it"
+                )
+            return LoadedCheckpoint(record, payload)
+        if records:
+            raise CheckpointError(
+                f"none of the {len(records)} checkpoints recorded in {self.manifest.path} is usable "
+                "(all missing or corrupt); refusing to restart from scratch"
+            )
+        return None
+
+    def load_step(self, step: int, rank: int, run_uid: str) -> LoadedCheckpoint:
+        """The checkpoint at ``step`` that rank 0 chose, with this rank's own part merged in as
+        ``payload["rank_part"]`` (ranks other than 0). No fallback here: every rank loads the same step."""
+        record = next((c for c in self.manifest.read().checkpoints if c.step == step), None)
+        payload = self._verified_payload(record) if record is not None else None
+        if record is None or payload is None or payload.get("meta", {}).get("run_uid") != run_uid:
+            raise CheckpointError(f"checkpoint of step {step} is not usable on rank {rank}")
+        if rank:
+            part = next((p for p in record.parts if p["rank"] == rank), None)
+            if part is None:
+                raise CheckpointError(f"checkpoint of step {step} holds no part for rank {rank}")
+            loaded = self._verified_file(part["file"], part["bytes"], part["sha256"], step)
+            if loaded is None:
+                raise CheckpointError(
+                    f"rank {rank}'s part of checkpoint {step} ({part['file']}) is not usable"
+                )
+            payload["rank_part"] = loaded
+        return LoadedCheckpoint(record, payload)
+
+    def _verified_payload(self, record: CheckpointRecord) -> dict[str, Any] | None:
+        payload = self._verified_file(record.file, record.bytes, record.sha256, record.step)
+        if payload is None:
+            return None
+        if "model" not in payload:
+            log.warning("checkpoint %s has no 'model' entry; falling back", record.file)
+            return None
+        missing = [p["file"] for p in record.parts if not (self.run_dir / p["file"]).is_file()]
+        if missing:
+            log.warning(
+                "checkpoint %s lacks the rank file(s) %s; falling back", record.file, ", ".join(missing)
+            )
+            return None
+        return payload
+
+    def _verified_file(self, file: str, size: int, sha256: str, step: int) -> dict[str, Any] | None:
+        path = self.run_dir / file
+        if not path.is_file():
+            log.warning("checkpoint %s (step %d) is missing; falling back", file, step)
+            return None
+        if os.path.getsize(path) != size or sha256_of(path) != sha256:
+            log.warning("checkpoint %s (step %d) fails its digest; falling back", file, step)
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            log.warning("checkpoint %s does not load (%s); falling back", file, error)
+            return None
+        if not isinstance(payload, dict):
+            log.warning("checkpoint %s is not a dict; falling back", file)
+            return None
+        return payload
+
+    def remove_orphans(self) -> list[str]:
+        """Delete files a killed process left behind: temp files and unpublished checkpoints."""
+        if not self.directory.is_dir():
+            return []
+        published = {
+            Path(file).name
+            for c in self.manifest.read().checkpoints
+            for file in (c.file, *(part["file"] for part in c.parts))
+        }
+        removed = []
+        for path in self.directory.iterdir():
+            is_temp = path.name.startswith(".") and path.name.endswith(".tmp")
+            is_unpublished = path.suffix == ".pt" and path.name not in published
+            if is_temp or is_unpublished:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        if removed:
+            log.warning("removed %d unpublished checkpoint file(s): %s", len(removed), ", ".join(removed))
+        return removed

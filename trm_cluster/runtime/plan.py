@@ -1,0 +1,123 @@
+"""What a process's owner tells its session, and what a session tells its owner back.
+
+A :class:`SessionPlan` says which run this process trains, where it runs and what to rehearse; the
+script job serves one to the ``trm_cluster.session()`` call inside the user's script, and a plain
+``python train.py`` makes its own (:func:`standalone_plan`). A stopped segment comes back to the owner
+as :class:`SegmentEnded`, carrying the :class:`SegmentOutcome`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from trm_cluster.core.job_context import JobContext
+from trm_cluster.core.signals import StopSignals
+from trm_cluster.rundir.creation import create_script_run
+
+RUN_DIR_ENV = "TRM_CLUSTER_RUN_DIR"
+"""Outside ``submit``: the run directory of ``session()`` (resumed when it holds a run)."""
+STOP_AFTER_ENV = "TRM_CLUSTER_STOP_AFTER"
+"""Outside ``submit``: stop (save, exit) after this many steps, as a preemption would (the doctor)."""
+EXIT_STOPPED = 75
+"""Exit status of a process outside ``submit`` that stopped before the end: run it again to resume."""
+
+
+class UsageError(RuntimeError):
+    """The loop-side API used in a way that cannot work; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    reason: str
+    """completed, timeout, preempted or cancelled."""
+    step: int
+    requeue: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+    rehearsed: bool = False
+    """The stop came from the preemption rehearsal's own signal."""
+
+
+class SegmentEnded(BaseException):
+    """Raised out of ``run.steps()`` once a stopped segment is saved and closed.
+
+    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (job.py)
+    catches it and requeues; the stop signals stay deferred (``signals``) until it has.
+    """
+
+    def __init__(self, outcome: SegmentOutcome, signals: StopSignals) -> None:
+        super().__init__(f"segment stopped at step {outcome.step}: {outcome.reason}")
+        self.outcome = outcome
+        self.signals = signals
+
+
+@dataclass
+class SessionPlan:
+    """What the process owner tells the session: the run, where it runs, and its rehearsal."""
+
+    run_dir: Path
+    context: JobContext
+    wandb_resume: str = "allow"
+    preempt_at: tuple[int, ...] = ()
+    quiet: bool = False
+    standalone: bool = False
+    """No submitit owner (``python train.py``): a stop saves and exits with :data:`EXIT_STOPPED`."""
+    stop_after: int | None = None
+    used: bool = False
+    """Whether a session was opened for this plan (a script that never opens one is an error)."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """The run's summary, once a session completed it."""
+
+
+class StateSource(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+_active_plan: SessionPlan | None = None
+
+
+@contextlib.contextmanager
+def serving(plan: SessionPlan) -> Iterator[SessionPlan]:
+    """Make ``plan`` the one that ``session()`` calls in this process pick up (the script job)."""
+    global _active_plan
+    previous, _active_plan = _active_plan, plan
+    try:
+        yield plan
+    finally:
+        _active_plan = previous
+
+
+def active_plan() -> SessionPlan | None:
+    """The plan a process owner (the script job) serves, or None outside one."""
+    return _active_plan
+
+
+def standalone_plan() -> SessionPlan:
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("session")
+    run_dir = Path(os.environ.get(RUN_DIR_ENV) or f"runs/{script.stem}-{datetime.now():%Y%m%d-%H%M%S}")
+    if not (run_dir / "manifest.json").exists():
+        create_script_run(run_dir.resolve(), script=script, script_args=sys.argv[1:], run_flags={})
+        print(f"[trm_cluster] new run in {run_dir} (outside submit: rerun with {RUN_DIR_ENV}={run_dir} "
+              "to resume it)", flush=True)  # fmt: skip
+    return SessionPlan(
+        run_dir=run_dir.resolve(),
+        context=JobContext.detect(),
+        standalone=True,
+        stop_after=stop_after_from_env(),
+    )
+
+
+def stop_after_from_env() -> int | None:
+    raw = os.environ.get(STOP_AFTER_ENV)
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        raise UsageError(f"{STOP_AFTER_ENV}={raw!r} is not a step number") from None

@@ -1,0 +1,450 @@
+"""The loop-side API, and the one path of a requeue that both doorways share.
+
+Your own loop, made preemptible and exactly resumable::
+
+    import trm_cluster
+
+    with trm_cluster.session() as run:
+        step = run.restore(model=model, optimizer=optimizer, scheduler=scheduler, data=loader)
+        for step in run.steps():            # from the resume point; stops only at a step boundary
+            ...                             # your step
+            run.log({"loss": loss.item()})
+        ...                                 # runs once the run is complete, never on a preemption
+
+The Trainer protocol's job (job.py) drives its trainer through this same :class:`Session`. The path,
+top to bottom: stop signals deferred -> manifest read, segment opened -> registered state loaded
+from the newest valid checkpoint, RNG restored -> W&B resumed above the watermark -> steps ->
+[signal recorded] -> step boundary -> full state saved atomically -> W&B finished as preempted ->
+segment closed with its reason -> :class:`SegmentEnded` raised out of the loop to the process owner,
+which hands over to the scheduler's requeue (job.py). The code after the loop never runs on a stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, NoReturn
+
+from trm_cluster.core.rng import rng_fingerprint
+from trm_cluster.core.signals import StopRequest, StopSignals
+from trm_cluster.rundir import segments
+from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.rundir.segment_timings import SegmentTimings
+from trm_cluster.runtime.background_save import BackgroundSaver
+from trm_cluster.runtime.opening import join_run, segment_parts
+from trm_cluster.runtime.plan import (
+    EXIT_STOPPED,
+    RUN_DIR_ENV,
+    SegmentEnded,
+    SegmentOutcome,
+    SessionPlan,
+    StateSource,
+    UsageError,
+    active_plan,
+    standalone_plan,
+)
+from trm_cluster.runtime.registered import RegisteredState, StateError
+from trm_cluster.runtime.rehearsal import PreemptionInjector
+from trm_cluster.runtime.saves import SavePath
+from trm_cluster.runtime.snapshot import load_step, restore_step
+from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
+
+log = logging.getLogger(__name__)
+
+
+def session(**run_defaults: Any) -> Session:
+    """The run of this process: the one ``submit --script`` started, or (plain ``python train.py``)
+    a run of its own in ``$TRM_CLUSTER_RUN_DIR`` or ``runs/<script>-<time>``.
+
+    ``run_defaults`` are RunConfig fields (steps, checkpoint_every, log_every, ...): the script's own
+    defaults, which flags given to ``submit`` override.
+    """
+    plan = active_plan()
+    if plan is None:
+        plan = standalone_plan()
+    elif plan.used:
+        raise UsageError("trm_cluster.session() was opened twice in one run; open it once around the loop")
+    plan.used = True
+    return Session(plan, run_defaults)
+
+
+class Session:
+    """One process's segment of a run: open it, restore the state, run the steps, close it."""
+
+    def __init__(self, plan: SessionPlan, run_defaults: Mapping[str, Any] | None = None) -> None:
+        self.plan = plan
+        self.run_dir = plan.run_dir
+        self.manifest = RunManifest(plan.run_dir)
+        self._defaults = dict(run_defaults or {})
+        self._signals = StopSignals()
+        self._tracker: Tracker = NullTracker()
+        self._injector = PreemptionInjector((), start_step=0)
+        self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
+        self._in_step = False
+        self.timings = SegmentTimings()
+        """What this process measured of its segment (segment_timings.py): the manifest's record of it."""
+        self._saves: SavePath | None = None
+        self._wandb_start: WandbStart | None = None
+        self._restored_rng: str | None = None
+        self._stopping = False
+        self.step = 0
+        """Steps done so far (inside the loop: the 0-based index of the step being run)."""
+        self.total_steps = 0
+        self.total_steps_changed: tuple[int, int] | None = None
+        """(saved total, new total) when this segment's total differs from the checkpoint's
+        (``--resume --steps``): rebuild or stretch a schedule that depends on it."""
+        self.outcome: SegmentOutcome | None = None
+        self.summary: dict[str, Any] = {}
+
+    # -- opening ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        if self._state != "new":
+            raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
+        self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
+        entered = time.time()
+        try:
+            joined = join_run(self.manifest, self.plan, self._defaults)  # refused: nothing recorded
+        except BaseException:
+            self._signals.restore()
+            raise
+        self._before, self.config, self.ranks = joined.before, joined.config, joined.ranks
+        try:
+            parts = segment_parts(self.manifest, self.plan, joined, entered)
+        except BaseException as error:
+            with contextlib.suppress(Exception):  # for the failure's record, if the manifest reads
+                self.segment = self.manifest.read().segments[-1]
+            self._fail(error)
+            self._signals.restore()
+            raise
+        self.data, self.segment, self.timings = parts.data, parts.segment, parts.timings
+        self.store, self._goodput, self._saves = parts.store, parts.clock, parts.saves
+        self._grace, self._log = parts.grace, parts.log
+        self.total_steps = self.data.total_steps
+        self._state = "entered"
+        return self
+
+    # -- restoring ----------------------------------------------------------------------------------
+
+    def restore(self, **objects: Any) -> int:
+        """Register the loop's state and load it from the newest valid checkpoint; return the step.
+
+        Objects with ``state_dict``/``load_state_dict`` (model, optimizer, scheduler, scaler, EMA,
+        torchdata's StatefulDataLoader), dicts (restored in place), tensors and torch Generators. The
+        RNG streams (python, numpy, torch, CUDA) are restored last: call this after building
+        everything, right before the loop. With several ranks, wrap the objects whose state differs
+        between ranks in :func:`per_rank` (each rank saves its own); the rest is saved once, by rank 0.
+        """
+        return self._restore(RegisteredState(objects), require_model=False)
+
+    def restore_trainer(self, trainer: StateSource) -> int:
+        """The Trainer protocol's doorway: one object whose state holds the weights under "model"."""
+        return self._restore(trainer, require_model=True)
+
+    def _restore(self, source: StateSource, require_model: bool) -> int:
+        self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
+        journal: Any = ()
+        if self.data.wandb.mode != "disabled" and self.ranks.is_main:  # overlaps the load
+            self._wandb_start = WandbStart(
+                self.data, self.run_dir, self.plan.wandb_resume, self.plan.quiet, self._before.open_segment
+            )
+        began = time.time()
+        loaded = load_step(self.store, self.ranks, self.data.run_uid)
+        load_s, waited = time.time() - began, time.time()
+        if self._wandb_start is not None:  # W&B's thread is done before any RNG stream is restored
+            self._tracker, self._wandb_start = self._wandb_start.join(), None
+        wandb_wait_s, restoring = time.time() - waited, time.time()
+        if loaded is not None:
+            restored = restore_step(loaded, source, self.manifest, self.ranks, self.data.run_uid)
+            self.data = self.manifest.read()
+            self._restored_rng = rng_fingerprint()
+            self.step = restored["step"]
+            if self.ranks.is_main and self.step != self.segment.start_step:  # fell back past a bad file
+                segments.record_start_step(self.manifest, self.segment.index, self.step)
+            journal = restored["tracking"].get("journal", ())
+            self._log.window.load_state_dict(restored["tracking"].get("window", {}))
+            saved_total = restored["total_steps"]
+            if saved_total is not None and int(saved_total) != self.total_steps:
+                self.total_steps_changed = (int(saved_total), self.total_steps)
+        resumed = time.time()
+        self.timings.load_s = load_s + (resumed - restoring)
+        self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
+                  f"on {self.plan.context.host}")  # fmt: skip
+        self._tracker = resumed_tracker(self._tracker, self.data, journal, self.step)
+        if isinstance(self._tracker, WandbTracker):  # started, even where its folder is outside the run's
+            segments.record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
+        self.timings.wandb_init_s = wandb_wait_s + (time.time() - resumed)  # what the load did not hide
+        self._log.tracker = self._tracker
+        self.saves.attach(
+            source, require_model, self._log.tracking_state, self.data, self.total_steps, self.step
+        )
+        self._state = "restored"
+        return self.step
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[int]:
+        """Step indices from the resume point to the end; a stop request ends the loop at a boundary.
+
+        After a stop the state is saved, W&B finished and the segment closed before the loop is left
+        (by :class:`SegmentEnded`), so the code after the loop runs only when the run is complete.
+        """
+        if self._state == "entered":
+            raise self._misuse("call run.restore(model=..., optimizer=..., ...) before run.steps()")
+        self._expect("steps", "restored", "run.steps() is called once per session: one loop")
+        self._state = "looping"
+        return self._loop()
+
+    def _loop(self) -> Iterator[int]:
+        if self._restored_rng is not None and rng_fingerprint() != self._restored_rng:
+            log.warning(
+                "the global RNG was drawn from between run.restore() and the first step, so this resumed "
+                "process draws other numbers than an uninterrupted run; call run.restore() right before the loop"
+            )
+        rehearsed = self.plan.preempt_at if self.ranks.is_main else ()  # rank 0 signals itself; all agree
+        self._injector = PreemptionInjector(rehearsed, start_step=self.step)
+        self._injector.start()
+        self._log.loop_started(self.step)
+        self._grace.loop_started(self.step)
+        try:
+            while self.step < self.total_steps and not self._stop_requested():
+                if self.timings.first_step_s is None:  # process start to the first step
+                    self.timings.first_step_s = time.time() - self.plan.context.started_at
+                self._in_step = True
+                yield self.step
+                self._in_step = False
+                self.step += 1
+                self._injector.reached(self.step)
+                self._end_of_step()
+        finally:
+            self._injector.stop()
+        if self._stopping:
+            self._stop()
+        self._grace.before_save(self.step)
+        self.saves.save_if_unsaved(self.step)  # durable before the code after the loop runs
+        self._state = "done"
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop: every rank gets the same answer at the same boundary."""
+        stop_after = self.plan.stop_after
+        if stop_after is not None and self.step >= stop_after and self._signals.request is None:
+            self._signals.request = StopRequest(int(signal.SIGUSR2), time.time())
+        if not self.ranks.agree(self._signals.request is not None):
+            return False
+        if self.ranks.distributed:  # rank 0 classifies the stop: give it a request if only others got one
+            requests = [r for r in self.ranks.gather(self._signals.request) if r is not None]
+            if self.ranks.is_main and self._signals.request is None:
+                self._signals.request = requests[0]
+        self._stopping = True
+        return True
+
+    def _end_of_step(self) -> None:
+        done = self.step
+        self._log.step_done(done)
+        if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
+            self._grace.before_save(done)
+            self.saves.save_or_report(done, background=self._may_save_in_background(done))
+        self._goodput.step_done(done)
+        if not self._grace.done:
+            self._check_grace_window()
+
+    def _may_save_in_background(self, done: int) -> bool:
+        """Every periodic save but the last step's (the end needs the state durable before the segment
+        closes). The answer must be the same on every rank, so it depends on nothing a rank holds alone:
+        a stop signal reaches ranks at different boundaries, and one rank saving synchronously (training
+        thread's group) while another saved in the background (the writers' group) and went on to the next
+        stop check would pair different collectives and hang. A save that a stop follows is joined by the
+        stop, which then finds it done."""
+        return not self.config.sync_checkpoints and done < self.total_steps
+
+    # -- logging ------------------------------------------------------------------------------------
+
+    def log(self, metrics: Mapping[str, Any]) -> None:
+        """Log scalars. Inside the loop they join the step's ``log_every`` window (one row per window,
+        reduced by ``log_reduce``); outside it (an eval before or after the loop) a row is written now."""
+        self._expect_restored("log")
+        if self._in_step:
+            self._log.window.add(metrics)
+        else:
+            self.log_now(metrics)
+
+    def log_now(self, metrics: Mapping[str, Any]) -> None:
+        """Write a row at the current step now, outside the window (e.g. an eval every N steps)."""
+        self._expect_restored("log_now")
+        self._log.row_now(self.step + (1 if self._in_step else 0), metrics)
+
+    @property
+    def will_log(self) -> bool:
+        """Whether values logged now reach W&B at this step: compute expensive diagnostics only then."""
+        if not self._in_step:
+            return True
+        return self._log.will_log(self.step + 1)
+
+    @property
+    def wandb(self) -> Any:
+        """This process's wandb Run (None when W&B is disabled), for media, define_metric, watch."""
+        return self._tracker.run
+
+    # -- saving and stopping: the requeue path --------------------------------------------------------
+
+    @property
+    def saves(self) -> SavePath:
+        """This segment's save path (save_path.py): how a save is staged, written, joined, reported."""
+        assert self._saves is not None, "the session is entered first"
+        return self._saves
+
+    @property
+    def saver(self) -> BackgroundSaver:
+        """The periodic saves written in the background, and their counts (``saver.stats``)."""
+        return self.saves.saver
+
+    def _check_grace_window(self) -> None:
+        """Warn (log, manifest) once the step and save times are known, if a stop does not fit the
+        signal delay. A background save's write stands in for the final, synchronous one."""
+        self._grace.saved(self.saves.write_s)
+        warning = self._grace.check(self.manifest.read().segments[:-1], self.data.wandb.mode)
+        if warning is not None:
+            log.warning("%s", warning)
+            segments.record_warning(self.manifest, self.segment.index, warning, self.timings)
+
+    def _stop(self) -> NoReturn:
+        """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
+        saved_before = self._goodput.save_s
+        # 1. the full state, every rank's part durable, at this boundary
+        self._grace.before_save(self.step)
+        saved = self.saves.save_or_report(self.step)  # a save in flight joined, then this step's, if unsaved
+        self.timings.stop_save_s = self._goodput.save_s - saved_before
+        if not saved:  # the write failed: the next process resumes from the last good checkpoint
+            self.step = self.manifest.read().step
+        request = self._signals.request  # 2. read once: a signal during the save still means "stop"
+        reason, requeue = "preempted", False
+        if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
+            reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
+            requeue = self._close(reason, request)  # 4. W&B finished, the segment closed, requeue counted
+        self.ranks.barrier()  # the other ranks leave only once the segment is closed
+        self.ranks.close()
+        self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
+        self._state = "stopped"
+        raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
+
+    def _close(self, reason: str, request: StopRequest | None) -> bool:
+        """Rank 0: W&B finished, the segment's record completed and the segment closed with its reason;
+        whether the run is to be requeued (its budget counted)."""
+        finishing = time.time()
+        self._tracker.finish(preempting=reason in ("timeout", "preempted"), failed=reason == "cancelled")
+        self.timings.finish_s = time.time() - finishing
+        self._grace.saved(self.saves.write_s)  # the record as closed holds a save's time
+        self.saves.count_into(self.timings)
+        requeue = segments.close_segment(
+            self.manifest, self.segment.index, self.step, reason, request, self._tracker.durable_step,
+            self.timings,
+        )  # fmt: skip
+        self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
+        return requeue
+
+    def _classify(self, request: StopRequest | None) -> str:
+        if request is None:
+            return "preempted"
+        signal_delay_s = float(self.data.launch.get("signal_delay_s", 120))
+        time_min = self.data.launch.get("time_min")
+        return self.plan.context.classify(request, signal_delay_s, float(time_min) * 60 if time_min else None)
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._injector.stop()
+        if isinstance(exc, SegmentEnded):
+            if self.plan.standalone:  # no scheduler to requeue us: say how to continue, and exit
+                self._signals.restore()
+                print(f"[trm_cluster] stopped at step {exc.outcome.step} ({exc.outcome.reason}); the state "
+                      f"is saved. Continue with {RUN_DIR_ENV}={self.run_dir} and the same command, or "
+                      f"python -m trm_cluster.submit --resume {self.run_dir}", flush=True)  # fmt: skip
+                raise SystemExit(EXIT_STOPPED) from None
+            return  # the owner requeues; the stop signals stay deferred until it has
+        misuse = exc if isinstance(exc, UsageError | StateError) else None
+        clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._state == "done"
+        try:
+            if exc is None or clean_exit:
+                self._complete()
+            else:
+                self._fail(exc)
+        except (UsageError, StateError) as error:
+            misuse = error
+            if not self.plan.standalone:
+                raise
+        finally:
+            self._signals.restore()
+        if misuse is not None and self.plan.standalone:  # our own process: one line, no traceback
+            print(f"trm_cluster: error: {misuse}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    def _complete(self) -> None:
+        if self._state in ("entered", "restored"):
+            raise self._misuse(
+                "the session ended without run.steps(): write the loop as `for step in run.steps():`"
+            )
+        if self._state == "looping":  # the loop was left with `break`: the run ends here
+            self.step += 1 if self._in_step else 0
+            self._in_step = False
+            self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
+            self._grace.before_save(self.step)
+            self.saves.save_if_unsaved(self.step)
+        if self.ranks.is_main:
+            self.timings.stop_save_s = self._goodput.last_save_s
+            self._close("completed", None)
+        self.ranks.barrier()
+        self.ranks.close()
+        self.summary = segments.completion_summary(self.manifest.read(), self.step, self.saves.final_digest)
+        self.outcome = SegmentOutcome("completed", self.step, False, self.summary)
+        self.plan.summary = self.summary
+
+    def _fail(self, error: BaseException) -> None:
+        if self._saves is not None:
+            self._saves.join_quietly()  # a save in flight is a valid checkpoint: let it become durable
+        if self._wandb_start is not None:  # failed while W&B was starting: its run is finished too
+            self._wandb_start.abandon()
+        self._tracker.finish(preempting=False, failed=True)
+        if hasattr(self, "ranks"):
+            self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable
+            if not self.ranks.is_main:
+                return  # rank 0 records the failure (it sees the dead or failing rank in its next collective)
+        killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        message = segments.failure_message(error, self.ranks.world_size if hasattr(self, "ranks") else 1)
+        try:
+            in_loop = self._state in ("looping", "done") and not isinstance(error, UsageError | StateError)
+            step = self.step if in_loop and not killed else None  # only these may be retried (retries.py)
+            segments.fail_segment(
+                self.manifest, self.segment.index, "killed" if killed else "failed", message, step
+            )
+        except Exception as manifest_error:  # the original error matters more
+            log.error("could not record the failure in the manifest: %s", manifest_error)
+
+    # -- misuse ---------------------------------------------------------------------------------------
+
+    def _expect(self, call: str, state: str, rule: str) -> None:
+        if self._state == "new":
+            raise UsageError(f"run.{call}() outside `with trm_cluster.session() as run:`")
+        if self._state != state:
+            raise self._misuse(rule)
+
+    def _expect_restored(self, call: str) -> None:
+        if self._state in ("new", "entered"):
+            raise self._misuse(f"run.{call}() before run.restore(...): register the state first")
+
+    def _misuse(self, rule: str) -> UsageError:
+        error = UsageError(rule)
+        if self._state not in ("new", "stopped"):
+            self._fail(error)
+            self._state = "failed"
+        return error
+
+    def _say(self, line: str) -> None:
+        if not self.plan.quiet:
+            print(line, flush=True)

@@ -1,7 +1,0 @@
-"""peptide-trm: a Tiny Recursive Model for de novo peptide sequencing (the training workload)."""
-
-from trm_cluster.trm.config import TRMConfig
-from trm_cluster.trm.curriculum import CURRICULA, CurriculumConfig
-from trm_cluster.trm.workload import PEPTIDE_TRM
-
-__all__ = ["CURRICULA", "PEPTIDE_TRM", "CurriculumConfig", "TRMConfig"]
