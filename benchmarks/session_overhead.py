@@ -39,6 +39,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -49,17 +50,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import train_script  # examples/ (on sys.path below)
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdata.stateful_dataloader import StatefulDataLoader
-from train_script import evaluate, synthetic_regression
 
 import trm_cluster
 from trm_cluster.core.job_context import JobContext
-from trm_cluster.launch import runs as launch
+from trm_cluster.core.wandb_options import WandbOptions
+from trm_cluster.rundir.creation import create_script_run
 from trm_cluster.runtime.plan import SessionPlan
 from trm_cluster.runtime.session import Session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import train_script  # the example script, examples/train_script.py
+from train_script import evaluate, synthetic_regression
 
 SCRIPT = Path(train_script.__file__)
 LOG_EVERY = 10
@@ -203,7 +207,7 @@ def run_session(
     run_dir = root / name
     flags = {"steps": steps, "checkpoint_every": checkpoint_every, "log_every": LOG_EVERY}
     t0 = time.perf_counter()
-    launch.create_script_run(run_dir, SCRIPT, [], flags, wandb=launch.WandbOptions(mode=mode))
+    create_script_run(run_dir, SCRIPT, [], flags, wandb=WandbOptions(mode=mode))
     created = time.perf_counter()
     parts = Parts(num_workers, with_trm=True)
     tops: list[float] = []
@@ -264,7 +268,7 @@ def hot_session(root: Path, name: str, steps: int, mode: str, log: bool) -> floa
     final save counts; the same two comparisons per step as :func:`hot_bare`."""
     run_dir = root / name
     flags = {"steps": steps, "checkpoint_every": 0, "log_every": LOG_EVERY}
-    launch.create_script_run(run_dir, SCRIPT, [], flags, wandb=launch.WandbOptions(mode=mode))
+    create_script_run(run_dir, SCRIPT, [], flags, wandb=WandbOptions(mode=mode))
     last, start, end = steps - 1, 0.0, 0.0
     with (
         contextlib.redirect_stdout(io.StringIO()),

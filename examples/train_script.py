@@ -5,11 +5,11 @@ diagnostic computed only when it will be logged, a validation every N steps, and
 and "save the final model" after the loop. The lines that trm_cluster needs are marked ``# +``;
 ``# ~`` marks a line that changed. Run it under the scheduler, requeued as often as needed::
 
-    python -m trm_cluster.submit --script trm_cluster/examples/train_script.py --script-args --max-steps 400
+    python -m trm_cluster.submit --script examples/train_script.py --script-args --max-steps 400
 
-or by itself (``python trm_cluster/examples/train_script.py``), or prove it resumes exactly::
+or by itself (``python examples/train_script.py``), or prove it resumes exactly::
 
-    python -m trm_cluster.doctor --script trm_cluster/examples/train_script.py
+    python -m trm_cluster.doctor --script examples/train_script.py
 
 ``--plain-loader`` and ``--forget-scheduler`` plant the two commonest exactness bugs (for the doctor).
 """

@@ -178,7 +178,7 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("SUBMITIT_", "SLURM_")) and key not in (RUN_DIR_ENV, STOP_AFTER_ENV)
     }
-    package_root = Path(__file__).resolve().parent.parent
+    package_root = Path(__file__).resolve().parents[2]  # trm_cluster/doctor/runs.py -> the checkout
     if package_root.name not in ("site-packages", "dist-packages"):  # a checkout: put it first
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
     env["WANDB_MODE"] = "disabled"
