@@ -67,7 +67,7 @@ class Preset:
 
 def preset_directories() -> list[Path]:
     """Where named presets live: the checkout's ``jobs/`` first, then the copy inside the wheel."""
-    checkout = Path(__file__).resolve().parent.parent / "jobs"
+    checkout = Path(__file__).resolve().parents[2] / "jobs"  # trm_cluster/launch/ -> the checkout
     installed = Path(str(resources.files("trm_cluster") / "_jobs"))
     return [d for d in (checkout, installed) if d.is_dir()]
 
