@@ -6,46 +6,61 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class WandbOptions:
-    """What ``wandb.init`` gets besides the id; chosen when the run is created, kept for every process."""
+    """What ``wandb.init`` gets besides the id; chosen when the run is created, kept for every process.
 
-    project: str = "peptide-trm"
+    One unit from the command line to the manifest: as given, a field left out is None (the mode
+    "auto"); :meth:`resolved` fills it from the WANDB_* variables and the run's own default project (its
+    workload's name, or a script's stem), :meth:`over` from another run's (a fork's parent)."""
+
+    project: str | None = None
+    """None: not chosen. No default here: the workload's name or the script's stem is the default, given
+    by submit (launch/parse.py); a run created with none records rundir/creation.py's NO_PROJECT."""
     entity: str | None = None
     mode: str = "auto"
     """auto (online when an API key is configured, else offline), online, offline, disabled."""
     group: str | None = None
-    tags: tuple[str, ...] = ()
+    tags: tuple[str, ...] | None = None
+    """None: not given (a given empty list clears them)."""
     job_type: str | None = None
     notes: str | None = None
 
-    @classmethod
-    def resolve(
-        cls,
-        default_project: str,
-        mode: str = "auto",
-        project: str | None = None,
-        entity: str | None = None,
-        group: str | None = None,
-        tags: tuple[str, ...] | None = None,
-        job_type: str | None = None,
-        notes: str | None = None,
-    ) -> WandbOptions:
-        """Flags first, then the WANDB_* variables W&B itself honours, read here once (a requeued process
-        on a compute node may not see the submitting shell's environment)."""
-        env = os.environ
-        env_tags = tuple(t for t in env.get("WANDB_TAGS", "").split(",") if t.strip())
-        return cls(
-            project=project or env.get("WANDB_PROJECT") or default_project,
-            entity=entity or env.get("WANDB_ENTITY") or None,
-            mode=mode,
-            group=group or env.get("WANDB_RUN_GROUP") or None,
-            tags=tuple(tags) if tags is not None else tuple(t.strip() for t in env_tags),
-            job_type=job_type or env.get("WANDB_JOB_TYPE") or None,
-            notes=notes or env.get("WANDB_NOTES") or None,
+    def over(self, base: WandbOptions) -> WandbOptions:
+        """These options, each one left out (None, an empty string, mode auto) taken from ``base``."""
+        return WandbOptions(
+            project=self.project or base.project,
+            entity=self.entity or base.entity,
+            mode=base.mode if self.mode == "auto" else self.mode,
+            group=self.group or base.group,
+            tags=base.tags if self.tags is None else tuple(self.tags),
+            job_type=self.job_type or base.job_type,
+            notes=self.notes or base.notes,
         )
+
+    def resolved(self, default_project: str) -> WandbOptions:
+        """Flags first, then the WANDB_* variables W&B itself honours, read here once (a requeued process
+        on a compute node may not see the submitting shell's environment), then ``default_project``."""
+        env = os.environ
+        env_tags = tuple(t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip())
+        from_env = WandbOptions(
+            project=env.get("WANDB_PROJECT") or default_project,
+            entity=env.get("WANDB_ENTITY") or None,
+            group=env.get("WANDB_RUN_GROUP") or None,
+            tags=env_tags,
+            job_type=env.get("WANDB_JOB_TYPE") or None,
+            notes=env.get("WANDB_NOTES") or None,
+        )
+        return self.over(from_env)
+
+    def changes(self) -> dict[str, Any]:
+        """What a ``--resume`` given these options changes in the run: the group, tags, job type and notes
+        given again (the project, entity and mode stay the run's)."""
+        given = {"group": self.group, "tags": self.tags, "job_type": self.job_type, "notes": self.notes}
+        return {key: value for key, value in given.items() if value is not None}
 
 
 def new_run_id() -> str:

@@ -88,28 +88,13 @@ def read_fork_point(point: ForkPoint) -> tuple[ManifestData, int, list[dict[str,
     return parent, step, payloads
 
 
-def fork_wandb(
-    parent: ManifestData,
-    mode: str | None = None,
-    project: str | None = None,
-    entity: str | None = None,
-    group: str | None = None,
-    tags: tuple[str, ...] | None = None,
-    job_type: str | None = None,
-    notes: str | None = None,
-) -> WandbOptions:
+def fork_wandb(parent: ManifestData, given: WandbOptions) -> WandbOptions:
     """The child's W&B settings: what is given, else the parent's (project, entity, mode, tags, job
     type, notes); the group is the parent's name unless given (W&B then shows the family together)."""
     info = parent.wandb
-    return WandbOptions(
-        project=project or info.project,
-        entity=entity or info.entity,
-        mode=mode or info.mode,
-        group=group or parent.name,
-        tags=tuple(info.tags) if tags is None else tuple(tags),
-        job_type=job_type or info.job_type,
-        notes=notes or info.notes,
-    )
+    base = WandbOptions(project=info.project, entity=info.entity, mode=info.mode, group=parent.name,
+                        tags=tuple(info.tags), job_type=info.job_type, notes=info.notes)  # fmt: skip
+    return given.over(base)
 
 
 def fork_run(

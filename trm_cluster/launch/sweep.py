@@ -2,8 +2,8 @@
 
 Why an array: one ``sbatch`` for N runs, one line in ``squeue``, and Slurm requeues each element on its
 own (submitit's requeue names the element, ``ARRAY_TASK``), so a preempted element never restarts its
-peers. Each element is exactly the run a single ``submit`` with those flags would be (its argv is the
-sweep's argv plus ``--KEY VALUE``, parsed by the same code): its own directory under the sweep folder,
+peers. Each element is exactly the run a single ``submit`` with those flags would be (parse.py reads the
+sweep's argv plus ``--KEY VALUE`` as that submit): its own directory under the sweep folder,
 manifest, W&B run id, and W&B group (the sweep's name unless ``--wandb-group``). Everything is checked
 before anything is written.
 """
@@ -17,8 +17,7 @@ import re
 import sys
 import time
 import typing
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,27 +25,15 @@ from typing import Any
 import submitit
 
 from trm_cluster.core.config import RunConfig
-from trm_cluster.core.wandb_options import WandbOptions
-from trm_cluster.launch.runs import LOG_DIR, preemption_steps
+from trm_cluster.launch.request import Axis, Resume, Sweep, SweepResume
+from trm_cluster.launch.runs import LOG_DIR, preemption_steps, refuse_resume, resume_run
 from trm_cluster.rundir.creation import create_run
 from trm_cluster.rundir.manifest import RunManifest, utc_now
-from trm_cluster.rundir.sweep_record import SWEEP_RECORD, read_record, write_record
+from trm_cluster.rundir.sweep_record import read_record, write_record
 from trm_cluster.scheduler.executors import ExecutorOptions, make_executor
 
 NAME_LIMIT = 120
 """Longest element directory name kept as is; longer ones are cut and given a digest (names stay unique)."""
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One ``--sweep KEY=V1,V2`` flag: a config field (as its flag, ``lr``, ``curriculum``) and its values."""
-
-    key: str
-    values: tuple[str, ...]
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.key.replace("_", "-")
 
 
 def split_sweep_flags(argv: list[str]) -> tuple[list[str], list[Axis]]:
@@ -157,69 +144,29 @@ def element_name(values: dict[str, str]) -> str:
     return f"{safe[: NAME_LIMIT - 9]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
-@dataclass
-class Element:
-    """One element, parsed as a single submit of it would be, before anything is written."""
-
-    args: Any
-    """submit's SubmitArgs of this element."""
-    workload: str
-    config: dict[str, Any]
-    launch: dict[str, Any]
-    values: dict[str, str] = dataclasses.field(default_factory=dict)
-    dir: Path = Path()
-    name: str = ""
-    kind: str = ""
-    """The resolved executor (slurm, local, debug)."""
-    wandb_changes: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """On --resume: the W&B settings given again (group, tags...)."""
-    preempt_at: tuple[int, ...] = ()
-    """Its rehearsal's preemption steps (--preemptions)."""
-
-
-def plan(
-    sweep_dir: Path,
-    sweep_name: str,
-    axes: Sequence[Axis],
-    job_type: type[Any],
-    parse: Callable[[list[str]], Element],
-) -> list[Element]:
-    """Every element parsed (``parse``: the sweep's argv plus these flags, as one submit) and named;
-    refuses a folder that already holds anything."""
+def refuse_occupied(sweep_dir: Path) -> None:
+    """A sweep needs a new folder: one that holds anything is refused before any element is parsed."""
     if sweep_dir.exists() and any(sweep_dir.iterdir()):
         held = ", ".join(sorted(p.name for p in sweep_dir.iterdir())[:3])
         raise ValueError(f"{sweep_dir} is not empty (holds {held}); a sweep needs a new --run-dir")
-    planned = []
-    for values in elements(axes):
-        element = parse(element_argv(values, job_type))
-        element.values, element.dir = values, sweep_dir / element_name(values)
-        element.name = f"{sweep_name}-{element.dir.name}"
-        steps = int(element.config["run"]["steps"])
-        element.preempt_at = preemption_steps(element.args.preemptions, steps, element.name)
-        planned.append(element)
-    return planned
 
 
-def create(
-    sweep_dir: Path,
-    sweep_name: str,
-    axes: Sequence[Axis],
-    planned: Sequence[Element],
-    wandb: WandbOptions,
-    kind: str,
-) -> None:
+def create(request: Sweep) -> None:
     """Write every element's manifest (own W&B id, the sweep's group) and the sweep record."""
-    for element in planned:
-        launch = {**element.launch, "preempt_at": list(element.preempt_at), "sweep": str(sweep_dir),
+    sweep_dir, wandb = request.sweep_dir, request.wandb
+    for element in request.elements:
+        launch = {**request.launch.record, "preempt_at": list(element.preempt_at), "sweep": str(sweep_dir),
                   "log_dir": str(sweep_dir / LOG_DIR)}  # fmt: skip
-        create_run(element.dir, element.name, element.workload, element.config, wandb,
-                   element.args.executor.max_requeues, launch)  # fmt: skip
+        create_run(element.run_dir, element.name, request.workload, element.config, wandb,
+                   request.launch.executor.max_requeues, launch)  # fmt: skip
     record = {
-        "name": sweep_name,
+        "name": request.name,
         "created_at": utc_now(),
-        "executor": kind,
-        "axes": [{"key": a.key, "values": list(a.values)} for a in axes],
-        "elements": [{"dir": e.dir.name, "values": e.values, "job_id": None} for e in planned],
+        "executor": request.launch.kind,
+        "axes": [{"key": a.key, "values": list(a.values)} for a in request.axes],
+        "elements": [
+            {"dir": e.run_dir.name, "values": dict(e.values), "job_id": None} for e in request.elements
+        ],
         "array_job_id": None,
         "wandb_group": wandb.group,
         "log_dir": LOG_DIR,
@@ -264,70 +211,65 @@ def default_name(preset: str) -> str:
     return f"{preset}-sweep-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def run(
-    sweep_dir: Path,
-    sweep_name: str,
-    axes: Sequence[Axis],
-    planned: Sequence[Element],
-    wandb: WandbOptions,
-    kind: str,
-) -> int:
+def run(request: Sweep) -> int:
     """Create, submit as one array and report; ``--wait`` (or debug) follows every element to its end."""
-    create(sweep_dir, sweep_name, axes, planned, wandb, kind)
-    dirs, rehearsals = [e.dir for e in planned], [e.preempt_at for e in planned]
-    jobs = submit_array(sweep_dir, kind, planned[0].args.executor, dirs, rehearsals)
-    return follow(sweep_dir, f"submitted sweep {sweep_name}", planned, jobs, kind)
+    create(request)
+    dirs = [e.run_dir for e in request.elements]
+    launch = request.launch
+    jobs = submit_array(
+        request.sweep_dir, launch.kind, launch.executor, dirs, [e.preempt_at for e in request.elements]
+    )
+    return follow(request.sweep_dir, f"submitted sweep {request.name}", dirs, jobs, launch.kind, launch.wait)
 
 
-def unfinished(sweep_dir: Path, parse: Callable[[Path], Element]) -> list[Element]:
-    """``--resume SWEEP_DIR``: each element not completed at its (new) last step, parsed as
-    ``--resume ELEMENT`` with the same flags would be; checked (not active, same ranks) before any write."""
-    from trm_cluster.launch.runs import refuse_resume
-
-    record = read_record(sweep_dir)
-    if record is None:
-        raise ValueError(f"{sweep_dir / SWEEP_RECORD} is unreadable")
+def unfinished(request: SweepResume) -> list[Resume]:
+    """The elements not completed at their (new) last step, each checked (not active, same ranks) as
+    ``--resume ELEMENT`` would be, before anything is written."""
     planned = []
-    for entry in record["elements"]:
-        element = parse(sweep_dir / entry["dir"])
-        element.values, element.dir = dict(entry["values"]), sweep_dir / entry["dir"]
-        data = RunManifest(element.dir).read()
-        element.name = data.name
+    for element in request.elements:
+        data = RunManifest(element.run_dir).read()
         if data.status == "completed" and data.step >= int(element.config["run"]["steps"]):
             continue
-        refuse_resume(data, element.launch)
+        refuse_resume(data, element.launch.record)
         planned.append(element)
     if not planned:
-        raise ValueError(f"every element of {sweep_dir} is completed; pass --steps N to train them further")
+        raise ValueError(
+            f"every element of {request.sweep_dir} is completed; pass --steps N to train them further"
+        )
     return planned
 
 
-def resume(sweep_dir: Path, planned: Sequence[Element], wandb_resume: str) -> int:
+def resume(sweep_dir: Path, planned: Sequence[Resume]) -> int:
     """Resume these elements (each as ``--resume`` would: config changes recorded) as one new array."""
-    from trm_cluster.launch.runs import resume_run
-
     rehearsals = []
     for element in planned:
-        current = RunManifest(element.dir).read().step
+        current = RunManifest(element.run_dir).read().step
         remaining = int(element.config["run"]["steps"]) - current
-        steps = preemption_steps(element.args.preemptions, remaining, str(element.dir))
+        steps = preemption_steps(element.launch.preemptions, remaining, str(element.run_dir))
         preempt_at = tuple(current + s for s in steps)
-        launch = {**element.launch, "preempt_at": list(preempt_at), "sweep": str(sweep_dir),
+        launch = {**element.launch.record, "preempt_at": list(preempt_at), "sweep": str(sweep_dir),
                   "log_dir": str(sweep_dir / LOG_DIR)}  # fmt: skip
-        data = resume_run(element.dir, element.config, launch, element.wandb_changes)
+        data = resume_run(element.run_dir, element.config, launch, element.wandb.changes())
         if data.config_changes and data.config_changes[-1].at_step == data.step:
             for key, (old, new) in data.config_changes[-1].changes.items():
-                print(f"{element.dir.name}: config change at step {data.step}: {key}: {old!r} -> {new!r}")
+                print(f"{element.run_dir.name}: config change at step {data.step}: {key}: {old!r} -> {new!r}")
         rehearsals.append(preempt_at)
-    kind = planned[0].kind
-    dirs = [e.dir for e in planned]
-    jobs = submit_array(sweep_dir, kind, planned[0].args.executor, dirs, rehearsals, wandb_resume)
+    first = planned[0]
+    dirs = [e.run_dir for e in planned]
+    wandb_resume = "must" if first.must_resume else "allow"
+    kind = first.launch.kind
+    jobs = submit_array(sweep_dir, kind, first.launch.executor, dirs, rehearsals, wandb_resume)
     name = (read_record(sweep_dir) or {}).get("name", sweep_dir.name)
-    return follow(sweep_dir, f"resumed sweep {name}", planned, jobs, kind)
+    return follow(sweep_dir, f"resumed sweep {name}", dirs, jobs, kind, first.launch.wait)
 
 
 def follow(
-    sweep_dir: Path, title: str, planned: Sequence[Element], jobs: Sequence[submitit.Job[Any]], kind: str
+    sweep_dir: Path,
+    title: str,
+    dirs: Sequence[Path],
+    jobs: Sequence[submitit.Job[Any]],
+    kind: str,
+    wait: bool,
 ) -> int:
     """Report the submission; with ``--wait`` (or debug) follow every element to its end."""
     record = read_record(sweep_dir) or {}
@@ -335,23 +277,23 @@ def follow(
     print(f"{title}: {len(jobs)} elements as {'array job ' + array if array else 'jobs'} ({kind})")
     print(f"  sweep dir: {sweep_dir}")
     print(f"  logs:      {sweep_dir / LOG_DIR}")
-    width = max(len(e.dir.name) for e in planned)
-    for element, job in zip(planned, jobs, strict=True):
-        run_id = RunManifest(element.dir).read().wandb.run_id
-        print(f"  {element.dir.name:<{width}}  job {job.job_id}  W&B {run_id}")
+    width = max(len(d.name) for d in dirs)
+    for run_dir, job in zip(dirs, jobs, strict=True):
+        run_id = RunManifest(run_dir).read().wandb.run_id
+        print(f"  {run_dir.name:<{width}}  job {job.job_id}  W&B {run_id}")
     if kind == "debug":  # no scheduler: one element after the other, in this process
         from trm_cluster.scheduler.in_process import run_in_process
 
-        for element, job in zip(planned, jobs, strict=True):
+        for run_dir, job in zip(dirs, jobs, strict=True):
             error = run_in_process(job)
             if error is not None:
-                print(f"trm-submit: {element.dir.name} failed: {error}", file=sys.stderr)
-    elif not planned[0].args.wait:
+                print(f"trm-submit: {run_dir.name} failed: {error}", file=sys.stderr)
+    elif not wait:
         return 0
     else:
         while not all(job.done() for job in jobs):
             time.sleep(1.0)
-    states = [RunManifest(e.dir).read() for e in planned]
-    for element, data in zip(planned, states, strict=True):
-        print(f"{element.dir.name}: {data.status} at step {data.step}/{data.total_steps}")
+    states = [RunManifest(d).read() for d in dirs]
+    for run_dir, data in zip(dirs, states, strict=True):
+        print(f"{run_dir.name}: {data.status} at step {data.step}/{data.total_steps}")
     return 0 if all(d.status == "completed" for d in states) else 1

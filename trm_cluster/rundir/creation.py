@@ -5,6 +5,7 @@ All checks run before anything is written: a refused request leaves the disk as 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import Mapping
@@ -14,6 +15,11 @@ from typing import Any
 from trm_cluster.core.wandb_options import WandbOptions, new_run_id, resolve_mode
 from trm_cluster.core.workload import SCRIPT_WORKLOAD, is_script_workload
 from trm_cluster.rundir.manifest import ManifestData, ManifestError, RunManifest, WandbInfo, config_hash
+
+NO_PROJECT = "uncategorized"
+"""The W&B project of a run created with none chosen (W&B's own name for such runs). Only callers that
+name no workload's project do that: tests, the doctor's probes, the benchmarks; submit always gives one
+(the workload's name, or the script's stem), and so does :func:`create_script_run` (the stem)."""
 
 
 def create_run(
@@ -39,12 +45,12 @@ def create_run(
         config_hash=config_hash(config),
         total_steps=int(config["run"].get("steps", 0)),
         wandb=WandbInfo(
-            project=wandb.project,
+            project=wandb.project or NO_PROJECT,
             entity=wandb.entity,
             run_id=new_run_id(),
             mode=resolve_mode(wandb.mode),
             group=wandb.group,
-            tags=list(wandb.tags),
+            tags=list(wandb.tags or ()),
             job_type=wandb.job_type,
             notes=wandb.notes,
         ),
@@ -70,7 +76,10 @@ def create_script_run(
     over what the script passes to ``session()``), ``config["script"]`` what to run and its arguments."""
     record = script_config(script, entry, script_args)
     stem = Path(record["path"]).stem if record["path"] else str(entry).partition(":")[0].rsplit(".", 1)[-1]
-    wandb = wandb or WandbOptions.resolve(default_project=stem)
+    if wandb is None:
+        wandb = WandbOptions().resolved(default_project=stem)
+    elif wandb.project is None:  # the script's stem, as submit --script gives
+        wandb = dataclasses.replace(wandb, project=stem)
     config = {"run": dict(run_flags), "job": {}, "script": record}
     return create_run(
         run_dir,
