@@ -16,5 +16,5 @@ mypy
 scripts/slurm-local.sh start
 eval "$(scripts/slurm-local.sh env)"
 # two workers, one test file each at a time (a file's module fixtures are built once; every Slurm test is
-# in tests/test_slurm.py, so they run one after another on the one test node)
+# in tests/scheduler/test_slurm.py, so they run one after another on the one test node)
 python -m pytest -n 2 --dist loadfile --durations=30 "$@"

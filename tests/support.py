@@ -1,7 +1,9 @@
 """Shared test helpers: run the real CLIs in subprocesses and read back what they left on disk.
 
-A module of its own, imported as ``from support import ...``: ``from conftest import`` finds whichever
-conftest.py was imported last (tests/ or tests/trm/), so a subset of the test files would not import.
+The one place for helpers that more than one test file uses (tests/trm_testing.py: the peptide-trm
+configurations; tests/conftest.py: the fixtures; tests/ci_guard.py: the skip-or-fail plugin). A module of
+its own, imported as ``from support import ...`` from any folder under tests/ (``pythonpath`` in
+pyproject.toml): a test module never imports another test module, nor ``conftest``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,82 @@ def cli(
             raise
     assert wait_for_writers([proc.pid]) == [], f"wandb-core of {argv} never ended"
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+LOCAL_RUN = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
+"""A regression run on submitit's local executor, W&B offline, ``submit`` waiting for its end."""
+
+
+def start_local_run(workdir: Path, run_dir: Path, *extra: str, **env: str) -> subprocess.Popen[str]:
+    """``submit`` of a ``LOCAL_RUN`` (and ``extra``) into ``run_dir``, not waited for: its pipes are read
+    by ``communicate()``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", *LOCAL_RUN, "--run-dir", str(run_dir), *extra],
+        cwd=workdir, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 120, what: str = "condition not reached") -> Any:
+    """What ``condition()`` returns, once it is true (an event, however slow the machine). A manifest not
+    written yet, or being replaced, counts as not yet (FileNotFoundError, ValueError, KeyError, IndexError);
+    after ``timeout`` seconds, ``TimeoutError(what)``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = condition()
+        except (FileNotFoundError, ValueError, KeyError, IndexError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def open_segment_pid(run_dir: Path, timeout: float = 120) -> int:
+    """The pid of the run's open segment (the task that trains it), once there is one."""
+
+    def pid() -> int | None:
+        segments = manifest(run_dir)["segments"]
+        return int(segments[-1]["pid"]) if segments and segments[-1]["end_reason"] is None else None
+
+    return int(wait_for(pid, timeout, "no running segment"))
+
+
+def wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 120) -> None:
+    """Until the manifest publishes a checkpoint at ``step`` or later."""
+    wait_for(
+        lambda: any(c["step"] >= step for c in manifest(run_dir)["checkpoints"]),
+        timeout,
+        f"no checkpoint at step {step}",
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the local executor's tasks are its controller's)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (a process group's rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def manifest(run_dir: Path) -> dict[str, Any]:
@@ -241,9 +321,6 @@ def new_run(run_dir: Path, max_requeues: int = 3) -> Any:
 
 def this_process() -> Any:
     """The ``JobContext`` of this (test) process, as a directly called job sees itself."""
-    import socket
-    import time
-
     from trm_cluster.core.job_context import JobContext
 
     return JobContext(

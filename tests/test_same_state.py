@@ -16,9 +16,9 @@ from support import (
     assert_same_state,
     assert_same_training_state,
     final_checkpoint_payload,
+    new_run,
     state_differences,
 )
-from test_manifest import make_manifest
 
 from trm_cluster.core.rng import capture_rng
 from trm_cluster.rundir.checkpoints import CheckpointStore, capture
@@ -134,7 +134,7 @@ def test_ignored_paths_are_skipped_and_nothing_else(payload: dict[str, Any]) -> 
 def test_the_loader_reads_the_newest_published_checkpoint_and_refuses_a_missing_one(
     tmp_path: Path, payload: dict[str, Any]
 ) -> None:
-    store = CheckpointStore(make_manifest(tmp_path), keep_last=3)
+    store = CheckpointStore(new_run(tmp_path), keep_last=3)
     with pytest.raises(AssertionError, match="publishes no checkpoint"):
         final_checkpoint_payload(tmp_path)
     store.save(4, {**payload, "meta": {**payload["meta"], "step": 4}})
@@ -176,7 +176,7 @@ def test_two_runs_compare_on_everything_but_identity_and_timings(
 ) -> None:
     reference = {"rows": ALL_ROWS, "complete_above": -1} if isinstance(resumed, dict) else ALL_ROWS
     for name, rows, uid in [("a", reference, "a1"), ("b", resumed, "b2")]:
-        store = CheckpointStore(make_manifest(tmp_path / name), keep_last=1)
+        store = CheckpointStore(new_run(tmp_path / name), keep_last=1)
         store.save(5, {**payload, "tracking": {"journal": rows}, "meta": {**payload["meta"], "run_uid": uid}})
     if error is None:
         assert_same_training_state(tmp_path / "a", tmp_path / "b")

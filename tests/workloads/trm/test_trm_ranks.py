@@ -5,12 +5,12 @@ state once, each rank's carry and RNG as its own part) continues exactly."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support import free_port
 from trm_testing import small_config
 
 from trm_cluster.core.rng import capture_rng, restore_rng
@@ -53,10 +53,7 @@ def _train(rank: int, port: int, tmp: str) -> None:
 
 
 def test_two_ranks_share_the_batch_and_resume_exactly(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_train, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_train, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"result{r}.pt", weights_only=True) for r in range(2)]
     for result in results:
         assert "carry" not in result["straight"]  # with several ranks each rank's rows are its own part

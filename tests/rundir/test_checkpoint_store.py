@@ -1,4 +1,4 @@
-"""What tests/test_checkpoint.py leaves out: the checkpoint of several ranks (each rank's own part,
+"""What tests/rundir/test_checkpoint.py leaves out: the checkpoint of several ranks (each rank's own part,
 loaded by step), capturing a state for a background writer, and what the orphan sweep leaves alone."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The small promises of trm_cluster.core.rng the resume relies on: what a seed sets, what the fingerprint
-sees, which seed a re-derived rank gets, and the deterministic-kernel switch (tests/test_rng_restore.py
+sees, which seed a re-derived rank gets, and the deterministic-kernel switch (tests/core/test_rng_restore.py
 covers capture and restore end to end)."""
 
 from __future__ import annotations

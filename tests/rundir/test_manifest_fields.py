@@ -1,5 +1,5 @@
 """Every field of a manifest survives a write and a read, and a manifest written before the lists
-existed (no segments, checkpoints or config changes yet) still reads (tests/test_manifest.py: locking,
+existed (no segments, checkpoints or config changes yet) still reads (tests/rundir/test_manifest.py: locking,
 atomicity, refusals)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``status`` of a Slurm run when Slurm does not answer: one line saying why, never a failure.
-(The live answers themselves, from a real controller, are tested in tests/test_slurm.py.)"""
+(The live answers themselves, from a real controller, are tested in tests/scheduler/test_slurm.py.)"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from support import clean_env, cli, manifest
+from support import alive, clean_env, cli, manifest
 
 
 def test_resume_of_a_run_whose_local_job_still_trains_is_refused(workdir: Path) -> None:
@@ -59,7 +59,7 @@ def test_resume_of_a_run_whose_local_job_still_trains_is_refused(workdir: Path) 
                 )
                 time.sleep(0.05)
             assert segments[0]["end_reason"] == "killed" and segments[1]["host"] == "node-b"
-            while _alive(controller):  # the fenced holder's next heartbeat ends its job
+            while alive(controller):  # the fenced holder's next heartbeat ends its job
                 assert time.monotonic() < deadline, "the old holder went on training"
                 time.sleep(0.1)
             logs = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.err"))
@@ -81,11 +81,3 @@ def _on_another_host(run_dir: Path, cwd: Path, **env: str) -> subprocess.Popen[s
     command = f"hostname node-b && exec {sys.executable} -c {shlex.quote(code)}"
     return subprocess.Popen(["unshare", "--uts", "sh", "-c", command], cwd=cwd, env=clean_env(**env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")

@@ -1,7 +1,7 @@
 """End to end through the real CLI and submitit's local executor, with real signals.
 
 The regression example workload (milliseconds per step) keeps these fast; the TRM workload has its
-own exact-resume test in tests/trm/.
+own exact-resume test in tests/workloads/trm/.
 """
 
 from __future__ import annotations
@@ -9,25 +9,26 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from support import (
+    LOCAL_RUN,
     assert_one_continuous_wandb_run,
     assert_same_training_state,
-    clean_env,
+    children,
     cli,
     manifest,
+    open_segment_pid,
+    start_local_run,
     status_json,
+    wait_for_checkpoint,
     wandb_history,
 )
 
 from trm_cluster.wandb.tracker import FINISH_TIMEOUT_ENV, finish_timeout_s
 from trm_cluster.wandb.writers import live_writers
-
-COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
 
 
 def expected_steps(total: int = 200, every: int = 5) -> list[int]:
@@ -37,9 +38,9 @@ def expected_steps(total: int = 200, every: int = 5) -> list[int]:
 def test_preempted_three_times_ends_bit_identical_to_uninterrupted(workdir: Path) -> None:
     straight = workdir / "straight"
     interrupted = workdir / "interrupted"
-    first = cli("submit", *COMMON, "--run-dir", str(straight), cwd=workdir)
+    first = cli("submit", *LOCAL_RUN, "--run-dir", str(straight), cwd=workdir)
     assert first.returncode == 0, first.stdout + first.stderr
-    second = cli("submit", *COMMON, "--run-dir", str(interrupted), "--preemptions", "3", cwd=workdir)
+    second = cli("submit", *LOCAL_RUN, "--run-dir", str(interrupted), "--preemptions", "3", cwd=workdir)
     assert second.returncode == 0, second.stdout + second.stderr
 
     data = manifest(interrupted)
@@ -73,9 +74,9 @@ def test_preempted_three_times_ends_bit_identical_to_uninterrupted(workdir: Path
 
 def test_sigterm_saves_at_the_next_step_and_requeues(workdir: Path) -> None:
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02")
-    pid = _wait_for_segment(run_dir, min_step=0)
-    _wait_for_checkpoint(run_dir, 50)
+    proc = start_local_run(workdir, run_dir, "--step-delay-s", "0.02")
+    pid = open_segment_pid(run_dir)
+    wait_for_checkpoint(run_dir, 50)
     os.kill(pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
@@ -86,10 +87,10 @@ def test_sigterm_saves_at_the_next_step_and_requeues(workdir: Path) -> None:
 
 def test_sigkill_then_resume_closes_segment_as_killed_and_never_logs_a_step_twice(workdir: Path) -> None:
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", "--steps", "300",
+    proc = start_local_run(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", "--steps", "300",
                   "--checkpoint-every", "100")  # fmt: skip
-    pid = _wait_for_segment(run_dir, min_step=0)
-    _wait_for_checkpoint(run_dir, 100)
+    pid = open_segment_pid(run_dir)
+    wait_for_checkpoint(run_dir, 100)
     ahead = _freeze_with_wandb_ahead_of_the_checkpoint(proc, pid, run_dir)
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
@@ -130,7 +131,7 @@ def _freeze_with_wandb_ahead_of_the_checkpoint(
 def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(workdir: Path) -> None:
     run_dir = workdir / "run"
     result = cli(
-        "submit", *COMMON, "--run-dir", str(run_dir),
+        "submit", *LOCAL_RUN, "--run-dir", str(run_dir),
         "--time-min", "1", "--signal-delay-s", "50", "--max-requeues", "1",
         "--steps", "100000", "--step-delay-s", "0.002",
         cwd=workdir,
@@ -153,37 +154,6 @@ def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(wo
     assert data["requeues"]["timeout"] == 4 and data["timeouts_at_submit"] == 2 and data["status"] == "failed"
 
 
-def _start(workdir: Path, run_dir: Path, *extra: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "trm_cluster.submit", *COMMON, "--run-dir", str(run_dir), *extra],
-        cwd=workdir,
-        env=clean_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for_segment(run_dir: Path, min_step: int, timeout: float = 120) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run_dir / "manifest.json").exists():
-            segments = manifest(run_dir)["segments"]
-            if segments and segments[-1]["end_reason"] is None and segments[-1]["start_step"] >= min_step:
-                return int(segments[-1]["pid"])
-        time.sleep(0.1)
-    raise TimeoutError("no running segment")
-
-
-def _wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(c["step"] >= step for c in manifest(run_dir)["checkpoints"]):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"no checkpoint at step {step}")
-
-
 def _printed_step(run_dir: Path) -> int:
     """The last step the open segment's job printed (after logging its row; 0 before any)."""
     log = run_dir / "logs" / f"{manifest(run_dir)['segments'][-1]['job_id']}_0_log.out"
@@ -199,31 +169,19 @@ def _wait_for_printed_step(proc: subprocess.Popen[str], run_dir: Path, step: int
         time.sleep(0.02)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def test_dataloader_workers_survive_and_ignore_a_signal_sent_to_every_process(workdir: Path) -> None:
     """Slurm signals every process of the step, DataLoader workers included: they must neither die of
     USR2 nor act on it (a forked worker with the job's handler would otherwise save and requeue)."""
     reference = workdir / "reference"
     big = ("--dataset-size", "8192")  # one epoch outlasts the run: the workers stay the same processes
-    done = cli("submit", *COMMON, *big, "--run-dir", str(reference), cwd=workdir)
+    done = cli("submit", *LOCAL_RUN, *big, "--run-dir", str(reference), cwd=workdir)
     assert done.returncode == 0, done.stdout + done.stderr
 
     run_dir = workdir / "workers"
-    proc = _start(workdir, run_dir, *big, "--num-workers", "2", "--step-delay-s", "0.02")
-    pid = _wait_for_segment(run_dir, min_step=0)
-    _wait_for_checkpoint(run_dir, 50)
-    workers = _children(pid)
+    proc = start_local_run(workdir, run_dir, *big, "--num-workers", "2", "--step-delay-s", "0.02")
+    pid = open_segment_pid(run_dir)
+    wait_for_checkpoint(run_dir, 50)
+    workers = children(pid)
     assert len([w for w in workers if "python" in Path(f"/proc/{w}/cmdline").read_text()]) >= 2
     for target in [pid, *workers]:
         os.kill(target, signal.SIGUSR2)
@@ -241,9 +199,9 @@ def test_wandb_core_killed_by_sigterm_does_not_stop_training_or_lose_rows(workdi
     """Slurm's SIGTERM reaches every process of the job, wandb-core included, which exits at once without
     flushing. Training must go on, save at the boundary, and the next process must fill the W&B gap."""
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
-    pid = _wait_for_segment(run_dir, min_step=0)
-    _wait_for_checkpoint(run_dir, 50)
+    proc = start_local_run(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1")
+    pid = open_segment_pid(run_dir)
+    wait_for_checkpoint(run_dir, 50)
     cores = live_writers([pid])
     assert cores, "no wandb-core child found"
     for core in cores:
@@ -266,9 +224,11 @@ def test_a_hung_wandb_core_does_not_hold_up_the_requeue(workdir: Path) -> None:
     ``finish`` until the scheduler kills the job, unrequeued. The finish is bounded: the job kills its
     wandb-core, requeues, and the next process re-logs the rows that never reached the disk."""
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", **{FINISH_TIMEOUT_ENV: "3"})
-    pid = _wait_for_segment(run_dir, min_step=0)
-    _wait_for_checkpoint(run_dir, 50)
+    proc = start_local_run(
+        workdir, run_dir, "--step-delay-s", "0.02", "--log-every", "1", **{FINISH_TIMEOUT_ENV: "3"}
+    )
+    pid = open_segment_pid(run_dir)
+    wait_for_checkpoint(run_dir, 50)
     (core,) = live_writers([pid])
     os.kill(core, signal.SIGSTOP)
     os.kill(pid, signal.SIGUSR2)

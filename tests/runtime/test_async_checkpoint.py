@@ -1,7 +1,7 @@
 """Periodic checkpoints written in the background (async_save.py): a true snapshot of their step,
 training goes on while they are written, a request while one is in flight waits, a failed write fails
 the run. (A SIGKILL mid-write, in the background, loses only that checkpoint and the resumed run is
-bit-identical to one with synchronous saves: tests/test_kill_mid_write.py.)"""
+bit-identical to one with synchronous saves: tests/rundir/test_kill_mid_write.py.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The test seam of every durable write (``TRM_CLUSTER_PAUSE_IN_WRITE``): a write it does not name never
-waits. (That a named write is held is what tests/test_kill_mid_write.py relies on: were it not, that test
+waits. (That a named write is held is what tests/rundir/test_kill_mid_write.py relies on: were it not, that test
 would never find the write it kills, and fail.)"""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_a_write_the_pause_does_not_name_never_waits(tmp_path: Path, monkeypatch
 def test_a_named_write_is_held_after_its_temp_file_is_whole_and_before_the_replace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pause (the seam tests/test_kill_mid_write.py kills a writer in) lasts the seconds given after the
+    """The pause (the seam tests/rundir/test_kill_mid_write.py kills a writer in) lasts the seconds given after the
     last ':', so a name may hold ':' too; the target is still the old file while it lasts."""
     target = tmp_path / "run:1.json"
     target.write_bytes(b"old")

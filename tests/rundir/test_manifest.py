@@ -9,27 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import new_run
 
-from trm_cluster.rundir.manifest import ManifestData, ManifestError, RunManifest, WandbInfo, config_hash
-
-CONFIG = {"run": {"steps": 10}, "job": {"x": 1}}
-
-
-def make_manifest(run_dir: Path) -> RunManifest:
-    manifest = RunManifest(run_dir, lock_timeout_s=60)
-    manifest.create(
-        ManifestData(
-            name="t",
-            run_uid="uid",
-            workload="m:W",
-            config=CONFIG,
-            config_hash=config_hash(CONFIG),
-            total_steps=10,
-            wandb=WandbInfo(project="p", entity=None, run_id="abc", mode="offline"),
-            max_requeues=3,
-        )
-    )
-    return manifest
+from trm_cluster.rundir.manifest import ManifestError, RunManifest
 
 
 def _bump(run_dir: str, writer: int, times: int, ready: Any) -> None:
@@ -42,7 +24,7 @@ def _bump(run_dir: str, writer: int, times: int, ready: Any) -> None:
 
 
 def test_concurrent_writer_processes_lose_no_update(tmp_path: Path) -> None:
-    make_manifest(tmp_path)
+    new_run(tmp_path)
     writers, times = 4, 15
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(writers)
@@ -59,7 +41,7 @@ def test_concurrent_writer_processes_lose_no_update(tmp_path: Path) -> None:
 
 
 def test_lock_timeout_gives_a_clear_error(tmp_path: Path) -> None:
-    make_manifest(tmp_path)
+    new_run(tmp_path)
     holder = RunManifest(tmp_path)
     waiter = RunManifest(tmp_path, lock_timeout_s=0.2)
     inside, release = threading.Event(), threading.Event()
@@ -84,10 +66,10 @@ def test_lock_timeout_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_create_refuses_an_existing_run(tmp_path: Path) -> None:
-    make_manifest(tmp_path)
+    new_run(tmp_path)
     before = (tmp_path / "manifest.json").read_bytes()
     with pytest.raises(ManifestError, match="already holds a run"):
-        make_manifest(tmp_path)
+        new_run(tmp_path)
     assert (tmp_path / "manifest.json").read_bytes() == before
 
 
@@ -105,7 +87,7 @@ def test_create_refuses_an_existing_run(tmp_path: Path) -> None:
     ],
 )
 def test_bad_manifests_are_refused_and_left_alone(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
-    manifest = make_manifest(tmp_path)
+    manifest = new_run(tmp_path)
     corrupt = mutate(manifest.path.read_text())
     manifest.path.write_text(corrupt)
     with pytest.raises(ManifestError, match=message):

@@ -8,19 +8,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from support import (
+    alive,
     assert_one_continuous_wandb_run,
     assert_same_state,
     assert_same_training_state,
+    children,
     clean_env,
     cli,
     manifest,
     tree_digest,
+    wait_for,
     wandb_history,
 )
 
@@ -88,8 +90,8 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(straight: Path
         cwd=workdir, env=clean_env(TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="30"), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    rank0 = _wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
-    (rank1,) = [pid for pid in _task_pids(int(manifest(run_dir)["launch"]["job_id"])) if pid != rank0]
+    rank0 = wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
+    (rank1,) = [pid for pid in children(int(manifest(run_dir)["launch"]["job_id"])) if pid != rank0]
     os.kill(rank1, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)  # rank 0 does not hang: its next collective fails
     assert proc.returncode == 1, out + err
@@ -118,19 +120,19 @@ def test_a_frozen_rank_does_not_hold_the_job_forever(workdir: Path) -> None:
         cwd=workdir, env=clean_env(TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="5", TRM_CLUSTER_KILL_ON_BAD_EXIT_S="1"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    rank0 = _wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
+    rank0 = wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
     controller = int(manifest(run_dir)["launch"]["job_id"])
-    (rank1,) = [pid for pid in _task_pids(controller) if pid != rank0]
+    (rank1,) = [pid for pid in children(controller) if pid != rank0]
     os.kill(rank1, signal.SIGSTOP)
     try:  # the controller (a child of submit, gone by now) holds the pipes until it ends
         out, err = proc.communicate(timeout=300)
     finally:
-        frozen = _running(rank1)
+        frozen = alive(rank1)
         if frozen:
             os.kill(rank1, signal.SIGKILL)
     assert not frozen
     # the pipes close during the controller's own exit: give its interpreter a moment to finish leaving
-    assert _wait_for(lambda: not _running(controller), timeout=10)
+    assert wait_for(lambda: not alive(controller), timeout=10)
     assert "ending the 1 left (as srun --kill-on-bad-exit)" in err, out + err
     failed = manifest(run_dir)
     assert failed["status"] == "failed" and failed["segments"][0]["end_reason"] == "failed"
@@ -157,40 +159,6 @@ def test_another_number_of_ranks_is_refused_then_allowed(straight: Path, workdir
     assert {"world_size": [2, 1]} in [c["changes"] for c in data["config_changes"]]
     # the W&B config of the new segment says so, as for any other change made on resume
     assert wandb_history(run_dir)[-1].config.get("world_size_modified") is True
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def _task_pids(controller: int) -> list[int]:
-    """The local executor's tasks: the controller's children."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == controller:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _wait_for(condition, timeout: float = 120):  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = condition()
-        except (FileNotFoundError, ValueError, KeyError, IndexError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not reached")
 
 
 STOP_AT_A_SAVE = """

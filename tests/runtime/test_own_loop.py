@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from support import (
     manifest,
     small_script,
     tree_digest,
+    wait_for_checkpoint,
     wandb_history,
 )
 
@@ -98,7 +98,7 @@ def test_script_sigkilled_then_resumed_ends_bit_identical(workdir: Path) -> None
          "--script-args", "--max-steps", "200", "--out", str(workdir / "final.pt"), "--sleep-per-step", "0.02"],
         cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    _wait_until(lambda: any(c["step"] >= 100 for c in manifest(run_dir)["checkpoints"]))
+    wait_for_checkpoint(run_dir, 100)
     os.kill(int(manifest(run_dir)["segments"][-1]["pid"]), signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, out + err
@@ -158,18 +158,6 @@ def test_misusing_the_session_gives_one_line_naming_the_fix_and_loses_nothing(wo
         assert tree_digest(workdir / "run" / "checkpoints") == checkpoints, case
         last = manifest(workdir / "run")["segments"][-1]
         assert last["end_reason"] == "failed" and expected in last["message"], case
-
-
-def _wait_until(condition: object, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if callable(condition) and condition():
-                return
-        except (FileNotFoundError, ValueError, KeyError):
-            pass  # the manifest does not exist yet, or is being replaced
-        time.sleep(0.05)
-    raise TimeoutError("condition not reached")
 
 
 SMALL_SCRIPT = small_script("steps=6, log_every=1")

@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 import torch
+from support import REPO
 
 from trm_cluster.doctor.causes import divergence_causes, warning_causes
 from trm_cluster.doctor.cli import main
 from trm_cluster.doctor.compare import Tally, compare_payloads, compare_runs
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "train_script.py"
 
 

@@ -10,14 +10,13 @@ import datetime
 import json
 import os
 import resource
-import socket
 import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from support import manifest, new_run
+from support import free_port, manifest, new_run
 
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.rundir.checkpoints import CheckpointStore
@@ -64,16 +63,10 @@ def _worker(rank: int, port: int, run_dir: str) -> None:
         raise
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_rank_whose_background_write_fails_stops_no_rank_and_publishes_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     new_run(run_dir)
-    mp.start_processes(_worker, args=(_free_port(), str(run_dir)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), str(run_dir)), nprocs=2, join=True, start_method="spawn")
     rank0 = json.loads((run_dir / "rank0.json").read_text())
     rank1 = json.loads((run_dir / "rank1.json").read_text())
     assert rank1["1"].startswith("OSError: [Errno 27] File too large"), rank1  # its own error, EFBIG

@@ -1,4 +1,4 @@
-"""Small, fast configurations shared by the peptide-trm tests (imported by the test modules)."""
+"""Small, fast configurations shared by the peptide-trm tests (tests/workloads/trm/; imported by them)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from trm_cluster.workloads.trm.trainer import PeptideTRMTrainer
 
 MGF = Path("/work/shared/data/casanovo-sample-spectra.mgf")
 if not MGF.is_file():  # the checkout's sibling shared/ folder
-    MGF = Path(__file__).resolve().parents[3] / "shared" / "data" / "casanovo-sample-spectra.mgf"
+    MGF = Path(__file__).resolve().parents[2] / "shared" / "data" / "casanovo-sample-spectra.mgf"
 
 
 def small_config(curriculum: str = "default", horizon: int = 20, **overrides: object) -> TRMConfig:

@@ -5,51 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import assert_one_continuous_wandb_run, clean_env, cli, manifest, wandb_history
-
-COMMON = ("--preset", "regression", "--wandb-mode", "offline", "--executor", "local", "--wait")
-
-
-def _start(workdir: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "trm_cluster.submit", *COMMON, "--run-dir", str(run_dir), *extra],
-        cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _open_segment_pid(run_dir: Path, timeout: float = 120) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            segments = manifest(run_dir)["segments"]
-        except (FileNotFoundError, ValueError):
-            segments = []
-        if segments and segments[-1]["end_reason"] is None:
-            return int(segments[-1]["pid"])
-        time.sleep(0.02)
-    raise TimeoutError("no running segment")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
-    except (OSError, IndexError):
-        return "zombie"
+from support import (
+    alive,
+    assert_one_continuous_wandb_run,
+    cli,
+    manifest,
+    open_segment_pid,
+    start_local_run,
+    wandb_history,
+)
 
 
 @pytest.mark.slow
@@ -60,12 +29,12 @@ def test_usr2_again_and_again_during_the_hand_over_still_requeues(workdir: Path)
     process is gone (the exit skips the interpreter's teardown, so the window is tens of ms), and some
     arrive after the segment closed."""
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--step-delay-s", "0.02", "--no-wandb")
-    pid = _open_segment_pid(run_dir)
+    proc = start_local_run(workdir, run_dir, "--step-delay-s", "0.02", "--no-wandb")
+    pid = open_segment_pid(run_dir)
     while not manifest(run_dir)["checkpoints"]:
         time.sleep(0.05)
     sent: list[float] = []
-    while _alive(pid):
+    while alive(pid):
         try:
             os.kill(pid, signal.SIGUSR2)
             sent.append(time.time())
@@ -87,8 +56,8 @@ def test_a_kill_after_the_final_checkpoint_is_finished_by_the_resume(workdir: Pa
     """SIGKILL while the final evaluation runs (after the final checkpoint, before the segment closed)
     left status "running 200/200" and a resume that refused; W&B lacked the last rows and the eval."""
     run_dir = workdir / "run"
-    proc = _start(workdir, run_dir, "--eval-every", "0", "--eval-delay-s", "600")
-    pid = _open_segment_pid(run_dir)
+    proc = start_local_run(workdir, run_dir, "--eval-every", "0", "--eval-delay-s", "600")
+    pid = open_segment_pid(run_dir)
     while not any(c["step"] == 200 for c in manifest(run_dir)["checkpoints"]):
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)

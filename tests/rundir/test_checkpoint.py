@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_manifest import make_manifest
+from support import new_run
 
 from trm_cluster.rundir.checkpoints import CheckpointError, CheckpointStore, sha256_of
 from trm_cluster.rundir.manifest import CheckpointRecord, utc_now
@@ -23,7 +23,7 @@ def payload(step: int, run_uid: str = "uid") -> dict[str, object]:
 
 
 def store_with(tmp_path: Path, steps: list[int], keep: int = 10) -> CheckpointStore:
-    store = CheckpointStore(make_manifest(tmp_path), keep_last=keep)
+    store = CheckpointStore(new_run(tmp_path), keep_last=keep)
     for step in steps:
         store.save(step, payload(step))
     return store

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import REPO
 from trm_testing import build, small_config
 
 from trm_cluster.core.workload import load_workload
@@ -15,7 +16,7 @@ from trm_cluster.launch.presets import load_preset
 from trm_cluster.workloads.trm import PEPTIDE_TRM, TRMConfig
 from trm_cluster.workloads.trm.evaluate import main
 
-PACKAGE = Path(__file__).resolve().parents[2] / "trm_cluster" / "trm"
+PACKAGE = REPO / "trm_cluster" / "workloads" / "trm"
 
 
 def _checkpoint(tmp_path: Path) -> Path:
