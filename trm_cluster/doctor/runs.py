@@ -3,7 +3,7 @@
 :func:`examine` creates run A and run B, runs A uninterrupted alongside B stopped after step K (exit
 75, as a preemption stops it), then B resumed in another process, checks that each did what the
 comparison needs (or raises :class:`Untestable` with its last lines), and compares their checkpoints
-(doctor_compare.py) and the causes (doctor_causes.py). The command is doctor.py.
+(doctor/compare.py) and the causes (doctor/causes.py). The command is doctor/cli.py.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class PresetLoop(Loop):
 
 @dataclass
 class Request:
-    """What to examine: N steps of a loop, stopped after step K and resumed (parsed by doctor.py)."""
+    """What to examine: N steps of a loop, stopped after step K and resumed (parsed by doctor/cli.py)."""
 
     steps: int
     at: int

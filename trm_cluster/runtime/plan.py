@@ -47,7 +47,7 @@ class SegmentOutcome:
 class SegmentEnded(BaseException):
     """Raised out of ``run.steps()`` once a stopped segment is saved and closed.
 
-    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (job.py)
+    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (scheduler/job.py)
     catches it and requeues; the stop signals stay deferred (``signals``) until it has.
     """
 

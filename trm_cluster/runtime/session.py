@@ -11,12 +11,12 @@ Your own loop, made preemptible and exactly resumable::
             run.log({"loss": loss.item()})
         ...                                 # runs once the run is complete, never on a preemption
 
-The Trainer protocol's job (job.py) drives its trainer through this same :class:`Session`. The path,
+The Trainer protocol's job (scheduler/job.py) drives its trainer through this same :class:`Session`. The path,
 top to bottom: stop signals deferred -> manifest read, segment opened -> registered state loaded
 from the newest valid checkpoint, RNG restored -> W&B resumed above the watermark -> steps ->
 [signal recorded] -> step boundary -> full state saved atomically -> W&B finished as preempted ->
 segment closed with its reason -> :class:`SegmentEnded` raised out of the loop to the process owner,
-which hands over to the scheduler's requeue (job.py). The code after the loop never runs on a stop.
+which hands over to the scheduler's requeue (scheduler/job.py). The code after the loop never runs on a stop.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Session:
         self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
         self._in_step = False
         self.timings = SegmentTimings()
-        """What this process measured of its segment (segment_timings.py): the manifest's record of it."""
+        """What this process measured of its segment (rundir/segment_timings.py): its manifest record."""
         self._saves: SavePath | None = None
         self._wandb_start: WandbStart | None = None
         self._restored_rng: str | None = None
@@ -294,7 +294,7 @@ class Session:
 
     @property
     def saves(self) -> SavePath:
-        """This segment's save path (save_path.py): how a save is staged, written, joined, reported."""
+        """This segment's save path (saves.py): how a save is staged, written, joined, reported."""
         assert self._saves is not None, "the session is entered first"
         return self._saves
 
@@ -330,7 +330,7 @@ class Session:
         self.ranks.close()
         self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
         self._state = "stopped"
-        raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
+        raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (scheduler/job.py)
 
     def _close(self, reason: str, request: StopRequest | None) -> bool:
         """Rank 0: W&B finished, the segment's record completed and the segment closed with its reason;

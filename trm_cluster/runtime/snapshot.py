@@ -6,7 +6,7 @@ once, by rank 0. Rank 0's own part rides in the main file (so a one-rank checkpo
 rank r's goes to ``step_N.rankR.pt``. The checkpoint is published in the manifest, by rank 0, only
 after every part is durable: a checkpoint that the manifest names is always complete. A save is
 staged (:func:`stage_step`, at the step boundary) and then written (:func:`write_step`): both on the
-training thread for a synchronous save, the write on async_save's writer thread for a background one.
+training thread for a synchronous save, the write on background_save's writer thread for a background one.
 
 Loading: rank 0 picks the newest valid checkpoint (falling back past bad ones), every rank loads the
 same step, each with its own part.
@@ -50,7 +50,7 @@ def stage_step(
 ) -> StagedStep:
     """What :func:`write_step` writes, taken at the step boundary (the RNG streams now).
     ``shared`` is needed on rank 0 only: ``{"model": weights, ...rest}``. ``on_cpu=False`` leaves the
-    tensors where they are, for a background save that copies them itself (async_save.snapshot_copy)."""
+    tensors where they are, for a background save that copies them itself (background_save.snapshot_copy)."""
     take = capture if on_cpu else _as_is
     part = {"rng": take(capture_rng()), "rank_state": take(dict(rank_state))}
     if not ranks.is_main:
