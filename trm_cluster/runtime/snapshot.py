@@ -21,7 +21,13 @@ from typing import Any, Protocol
 
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.core.rng import capture_rng, derived_seed, restore_rng, seed_everything
-from trm_cluster.rundir.checkpoints import CheckpointError, CheckpointStore, LoadedCheckpoint, capture
+from trm_cluster.rundir.checkpoints import (
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointStore,
+    LoadedCheckpoint,
+    capture,
+)
 from trm_cluster.rundir.manifest import ConfigChange, ManifestData, RunManifest, utc_now
 
 log = logging.getLogger(__name__)
@@ -60,7 +66,7 @@ def stage_step(
     state = dict(shared)
     model = state.pop("model")
     meta = {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "step": step,
         "total_steps": total_steps,
         "world_size": ranks.world_size,

@@ -191,21 +191,6 @@ class WandbTracker:
         self.replayed = 0
 
     @classmethod
-    def start(
-        cls,
-        data: ManifestData,
-        run_dir: Path,
-        resume: str = "allow",
-        quiet: bool = False,
-        journal: Mapping[str, Any] | Sequence[Mapping[str, Any]] = (),
-        resume_step: int = 0,
-        killed: Segment | None = None,
-    ) -> WandbTracker:
-        tracker = cls.begin(data, run_dir, resume, quiet, killed)
-        tracker.resumed(data, journal, resume_step)
-        return tracker
-
-    @classmethod
     def begin(
         cls,
         data: ManifestData,
