@@ -38,16 +38,7 @@ def create_run(
         config=config,
         config_hash=config_hash(config),
         total_steps=int(config["run"].get("steps", 0)),
-        wandb=WandbInfo(
-            project=wandb.project,
-            entity=wandb.entity,
-            run_id=new_run_id(),
-            mode=resolve_mode(wandb.mode),
-            group=wandb.group,
-            tags=list(wandb.tags),
-            job_type=wandb.job_type,
-            notes=wandb.notes,
-        ),
+        wandb=WandbInfo.chosen(wandb, run_id=new_run_id(), mode=resolve_mode(wandb.mode)),
         max_requeues=max_requeues,
         launch=dict(launch),
     )

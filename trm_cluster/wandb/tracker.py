@@ -165,17 +165,6 @@ def _wait_for_killed_writer(previous: Segment | None) -> None:
         log.warning("wandb-core %s of killed pid %d still writes; steps may repeat", stragglers, previous.pid)
 
 
-def _optional_init_arguments(info: WandbInfo) -> dict[str, Any]:
-    """group, tags, job_type, notes: passed only when set, so W&B's own defaults apply otherwise."""
-    values = {
-        "group": info.group,
-        "tags": list(info.tags) or None,
-        "job_type": info.job_type,
-        "notes": info.notes,
-    }
-    return {key: value for key, value in values.items() if value}
-
-
 class WandbTracker:
     """The W&B run of one process, bound to the manifest's run id and watermark."""
 
@@ -212,16 +201,12 @@ class WandbTracker:
         word = "Resuming" if info.started else "Starting new"
         print(f"{word} W&B run: {info.run_id}", flush=True)
         run = wandb.init(
-            id=info.run_id,
+            **info.init_arguments(),
             resume=resume,  # type: ignore[arg-type]
-            project=info.project,
-            entity=info.entity,
             name=data.name,
             dir=str(run_dir),
-            mode=info.mode,  # type: ignore[arg-type]
             config=data.config,
             settings=wandb.Settings(console="off", quiet=quiet),
-            **_optional_init_arguments(info),
         )
         return cls(run, watermark, run_dir)
 
