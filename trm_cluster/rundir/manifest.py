@@ -88,7 +88,12 @@ class WandbInfo:
     def init_arguments(self) -> dict[str, Any]:
         """What ``wandb.init`` gets from this record: id, project, entity and mode; group, tags, job_type
         and notes only when set, so that W&B's own defaults apply otherwise."""
-        optional = {"group": self.group, "tags": list(self.tags), "job_type": self.job_type, "notes": self.notes}
+        optional = {
+            "group": self.group,
+            "tags": list(self.tags),
+            "job_type": self.job_type,
+            "notes": self.notes,
+        }
         given = {key: value for key, value in optional.items() if value}
         return {"id": self.run_id, "project": self.project, "entity": self.entity, "mode": self.mode, **given}
 
