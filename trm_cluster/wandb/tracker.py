@@ -195,7 +195,7 @@ class WandbTracker:
         drop_empty_wandb_env()
         info: WandbInfo = data.wandb
         _wait_for_killed_writer(killed)
-        from trm_cluster.wandb import files as wandb_files
+        from trm_cluster.wandb import files as wandb_files  # imports wandb: not in a run with W&B disabled
 
         watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
         word = "Resuming" if info.started else "Starting new"
