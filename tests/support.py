@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from trm_cluster.wandb import files as wandb_files
+from trm_cluster.wandb import writers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def cli(
             proc.kill()
             proc.communicate()
             raise
-    assert wandb_files.wait_for_writers([proc.pid]) == [], f"wandb-core of {argv} never ended"
+    assert writers.wait_for_writers([proc.pid]) == [], f"wandb-core of {argv} never ended"
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
