@@ -211,7 +211,7 @@ def run_session(
     created = time.perf_counter()
     parts = Parts(num_workers, with_trm=True)
     tops: list[float] = []
-    # WandbTracker.start prints its run id whatever `quiet` says; keep the table readable
+    # WandbTracker.begin prints its run id whatever `quiet` says; keep the table readable
     with contextlib.redirect_stdout(io.StringIO()):
         t1 = time.perf_counter()
         with Session(SessionPlan(run_dir, JobContext.detect(), quiet=True), flags) as run:

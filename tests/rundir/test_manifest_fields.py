@@ -4,16 +4,19 @@ atomicity, refusals)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from support import new_run
 
+from trm_cluster.core.wandb_options import WandbOptions
 from trm_cluster.rundir.manifest import (
     CheckpointRecord,
     ConfigChange,
     RunManifest,
     Segment,
+    WandbInfo,
     config_hash,
     utc_now,
 )
@@ -60,3 +63,29 @@ def test_the_file_is_for_people_too_and_its_times_are_utc(tmp_path: Path) -> Non
     text = (run_dir / "manifest.json").read_text()
     assert text.startswith('{\n  "name": "there",\n  "run_uid": "uid",\n') and text.endswith("}\n")
     assert utc_now().endswith("+00:00") and RunManifest(run_dir).read().created_at.endswith("+00:00")
+
+
+def test_the_wandb_options_reach_wandb_init_as_a_unit_and_unset_ones_are_left_to_wandb() -> None:
+    options = WandbOptions(
+        project="p", entity="team", group="g", tags=("a", "b"), job_type="train", notes="n"
+    )
+    info = WandbInfo.chosen(options, run_id="abcd1234", mode="offline")
+    given = {f.name for f in dataclasses.fields(WandbOptions)} - {"mode"}  # "auto" is resolved at creation
+    assert info.init_arguments() == {"id": "abcd1234", "mode": "offline", "project": "p", "entity": "team",
+                                     "group": "g", "tags": ["a", "b"], "job_type": "train", "notes": "n"}  # fmt: skip
+    assert given <= set(info.init_arguments())  # an option added to WandbOptions must reach wandb.init too
+    bare = WandbInfo.chosen(WandbOptions(project="p"), run_id="abcd1234", mode="disabled")
+    assert bare.init_arguments() == {"id": "abcd1234", "mode": "disabled", "project": "p", "entity": None}
+
+
+def test_the_wandb_record_keeps_its_json_fields(tmp_path: Path) -> None:
+    """Manifests on disk hold exactly these keys; an older one without the options still reads."""
+    new_run(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert list(raw["wandb"]) == ["project", "entity", "run_id", "mode", "last_step", "started", "group",
+                                  "tags", "job_type", "notes"]  # fmt: skip
+    for key in ("group", "tags", "job_type", "notes"):
+        del raw["wandb"][key]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    info = RunManifest(tmp_path).read().wandb
+    assert (info.group, info.tags, info.job_type, info.notes) == (None, [], None, None)

@@ -1,5 +1,6 @@
 """A SIGKILLed trainer's wandb-core lives on for a moment, flushing into its .wandb file: the next
-process must read the W&B watermark only once it is gone (``WandbTracker.start(killed=...)``)."""
+process must read the W&B watermark only once it is gone (``WandbStart(..., killed)``, as the session
+starts W&B)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import wandb  # noqa: F401  # imported here, not in start(): its import outlasts the writer, hiding a skipped wait
+import wandb  # noqa: F401  # imported here, not in begin(): its import outlasts the writer, hiding a skipped wait
 from support import new_run
 
 from trm_cluster.rundir.manifest import Segment, utc_now
-from trm_cluster.wandb import writers  # the same: start() imports it before the wait
-from trm_cluster.wandb.tracker import WandbTracker
+from trm_cluster.wandb import writers
+from trm_cluster.wandb.tracker import WandbStart
 
 WRITER = """
 import sys, time
@@ -42,8 +43,8 @@ def test_start_waits_until_a_killed_processs_wandb_core_is_gone(tmp_path: Path) 
         data = new_run(tmp_path / "run").read()
         data.wandb.mode = "disabled"
         killed = Segment(0, "1", None, 0, socket.gethostname(), trainer.pid, "local", utc_now(), 0)
-        tracker = WandbTracker.start(data, tmp_path / "run", quiet=True, killed=killed)
-        assert writer.poll() is not None, "start() returned while the killed process's wandb-core wrote"
+        tracker = WandbStart(data, tmp_path / "run", "allow", True, killed).join()
+        assert writer.poll() is not None, "W&B started while the killed process's wandb-core wrote"
         assert rows.read_text().endswith("19\nflushed\n")
         tracker.finish(preempting=False)
     finally:

@@ -20,9 +20,11 @@ from trm_cluster.wandb.tracker import (
     JOURNAL_ROWS,
     NullTracker,
     RowJournal,
+    WandbStart,
     WandbTracker,
     change_annotations,
     drop_empty_wandb_env,
+    resumed_tracker,
 )
 
 
@@ -135,6 +137,16 @@ def _own_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
 
 
+def _started(data: ManifestData, run_dir: Path, journal: object = (), resume_step: int = 0) -> WandbTracker:
+    """W&B started as the session starts it: ``wandb.init`` on its own thread (WandbStart), joined, then
+    the checkpoint's journal replayed (resumed_tracker)."""
+    tracker = resumed_tracker(
+        WandbStart(data, run_dir, "allow", True, None).join(), data, journal, resume_step
+    )
+    assert isinstance(tracker, WandbTracker)
+    return tracker
+
+
 def test_start_opens_the_manifests_run_with_its_settings_and_replays_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -144,9 +156,7 @@ def test_start_opens_the_manifests_run_with_its_settings_and_replays_the_journal
     data.wandb.mode, data.wandb.group, data.wandb.tags = "offline", "g", ["a", "b"]
     data.wandb.job_type, data.wandb.notes, data.wandb.entity = "train", "why", "team"
     rows = [{"step": step, "metrics": {"x": float(step)}} for step in (1, 2, 3)]
-    tracker = WandbTracker.start(
-        data, run_dir, quiet=True, journal={"rows": rows, "complete_above": 0}, resume_step=2
-    )
+    tracker = _started(data, run_dir, journal={"rows": rows, "complete_above": 0}, resume_step=2)
     assert (tracker.watermark, tracker.replayed, tracker.run.name) == (-1, 2, "run")
     assert str(tracker.segment_dir).startswith("wandb/offline-run-")
     tracker.finish(preempting=False)
@@ -158,7 +168,7 @@ def test_start_opens_the_manifests_run_with_its_settings_and_replays_the_journal
     assert segment.config["run"] == {"steps": 10} and segment.config["steps_modified"] is True
     assert (segment.exit_code, segment.preempting, tracker.durable_step) == (0, False, 2)
     data.wandb.mode, data.wandb.started = "disabled", True
-    WandbTracker.start(data, run_dir, quiet=True).finish(preempting=False)
+    _started(data, run_dir).finish(preempting=False)
     assert capsys.readouterr().out.splitlines() == [
         "Starting new W&B run: abcd1234",
         "Resuming W&B run: abcd1234",
@@ -203,7 +213,7 @@ def test_start_replays_the_rows_the_disk_lacks(
 ) -> None:
     data = new_run(tmp_path / "run").read()
     data.wandb.mode, data.wandb.last_step = "disabled", watermark
-    tracker = WandbTracker.start(data, tmp_path / "run", quiet=True, journal=journal, resume_step=4)  # type: ignore[arg-type]
+    tracker = _started(data, tmp_path / "run", journal=journal, resume_step=4)
     assert [row["step"] for row in tracker.journal()["rows"]] == replayed and tracker.replayed == len(
         replayed
     )

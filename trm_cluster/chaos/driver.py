@@ -34,6 +34,7 @@ from trm_cluster.launch.presets import PresetError, load_preset
 from trm_cluster.rundir.atomic import PAUSE_ENV
 from trm_cluster.rundir.checkpoints import CHECKPOINT_DIR
 from trm_cluster.rundir.manifest import ManifestError, RunManifest
+from trm_cluster.submit import main as submit_main
 
 KILLS = ("kill", "kill-tree", "usr2-kill", "kill-in-checkpoint-write", "kill-in-manifest-write")
 STOPS = ("usr2", "term", "usr2-twice")
@@ -96,8 +97,6 @@ class Driver:
 
     def submit(self, *argv: str) -> int:
         """``python -m trm_cluster.submit ARGV`` in this process; the job id (the local controller's pid)."""
-        from trm_cluster.submit import main as submit_main
-
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             code = submit_main(list(argv))

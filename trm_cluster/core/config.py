@@ -51,7 +51,3 @@ class RunConfig:
             raise ValueError(f"log_reduce must be 'last' or 'mean', got {self.log_reduce!r}")
         if self.wandb_step not in ("done", "index"):
             raise ValueError(f"wandb_step must be 'done' or 'index', got {self.wandb_step!r}")
-
-    def logs_after(self, steps_done: int) -> bool:
-        """Whether the step that brings the run to ``steps_done`` ends a log window (writes a row)."""
-        return steps_done % self.log_every == 0 or steps_done == self.steps

@@ -8,6 +8,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+NO_PROJECT = "uncategorized"
+"""The W&B project of a run created with none chosen (W&B's own name for such runs). Only callers that
+name no workload's project do that: tests, the doctor's probes, the benchmarks; submit always gives one
+(the workload's name, or the script's stem), and so does :func:`create_script_run` (the stem)."""
+
 
 @dataclass(frozen=True)
 class WandbOptions:
@@ -19,7 +24,7 @@ class WandbOptions:
 
     project: str | None = None
     """None: not chosen. No default here: the workload's name or the script's stem is the default, given
-    by submit (launch/parse.py); a run created with none records rundir/creation.py's NO_PROJECT."""
+    by submit (launch/parse.py); a run created with none records :data:`NO_PROJECT`."""
     entity: str | None = None
     mode: str = "auto"
     """auto (online when an API key is configured, else offline), online, offline, disabled."""

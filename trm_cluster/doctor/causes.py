@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from trm_cluster.doctor.compare import Verdict
 
-# phrases of the trm_cluster logger's warnings (loop_state.py, loop_session.py, checkpoint.py)
+# phrases of the trm_cluster logger's warnings (runtime/registered.py, runtime/session.py,
+# rundir/checkpoints.py)
 LOADER_PLAIN = "plain torch DataLoader"
 LOADER_NO_GENERATOR = "has no generator of its own"
 RNG_DRAWN = "the global RNG was drawn from between run.restore()"

@@ -9,7 +9,7 @@ It runs the loop three times, each in a fresh process, with W&B disabled and a c
 row after every step: run A uninterrupted for N steps; run B stopped after step K (as a preemption
 would stop it: saved, segment closed, exit status 75), then resumed in another process up to N. Then
 it compares B's checkpoint of every step from K to N with A's: every tensor bit for bit, every other
-value, every key, and every metric the resumed process logged (doctor_compare.py), and reports
+value, every key, and every metric the resumed process logged (doctor/compare.py), and reports
 ``exact`` or the first step where they diverge, with the diverging keys and the likely causes.
 
 Exit status: 0 exact; 1 not exact; 2 bad input (one line on stderr, nothing written); 3 the loop
@@ -45,7 +45,7 @@ from trm_cluster.rundir.manifest import ManifestError
 if TYPE_CHECKING:
     from trm_cluster.doctor.causes import Cause
 
-# The runs are doctor_runs.py, the comparison doctor_compare.py, the causes doctor_causes.py; torch is
+# The runs are doctor/runs.py, the comparison doctor/compare.py, the causes doctor/causes.py; torch is
 # imported only once the runs are under way: a bad request is answered before the seconds it takes.
 
 PROG = "python -m trm_cluster.doctor"

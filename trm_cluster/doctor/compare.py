@@ -1,5 +1,5 @@
 """The resume doctor's verdict: two runs' checkpoints compared step by step (the causes of a divergence
-are doctor_causes.py's).
+are doctor/causes.py's).
 
 Run A ran a loop uninterrupted; run B ran it in one process up to step K and resumed it in another.
 Both saved a checkpoint after every step and logged a row after every step. Every checkpoint of B is

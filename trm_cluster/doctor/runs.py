@@ -3,7 +3,7 @@
 :func:`examine` creates run A and run B, runs A uninterrupted alongside B stopped after step K (exit
 75, as a preemption stops it), then B resumed in another process, checks that each did what the
 comparison needs (or raises :class:`Untestable` with its last lines), and compares their checkpoints
-(doctor_compare.py) and the causes (doctor_causes.py). The command is doctor.py.
+(doctor/compare.py) and the causes (doctor/causes.py). The command is doctor/cli.py.
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trm_cluster.core.config import RunConfig
+from trm_cluster.core.wandb_options import WandbOptions
 from trm_cluster.core.workload import dataclass_from_dict, load_workload
+from trm_cluster.doctor.causes import Cause, divergence_causes, warning_causes
 from trm_cluster.launch.presets import PresetError, load_preset
+from trm_cluster.rundir.creation import create_run, create_script_run
 from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.runtime.plan import EXIT_STOPPED, RUN_DIR_ENV, STOP_AFTER_ENV
 
 if TYPE_CHECKING:
-    from trm_cluster.doctor.causes import Cause
     from trm_cluster.doctor.compare import Verdict
 
-# torch, the launch side and the comparison are imported where they are used: a bad request is
-# answered before the seconds that importing torch takes.
+# The launch side (launch/runs.py), the comparison (compare.py) and the checkpoints' reader import torch:
+# they are imported where they are used, so a bad request is answered before the seconds torch takes.
 
 TAIL_LINES = 25
 
@@ -71,9 +74,6 @@ class ScriptLoop(Loop):
         return f"script {self.script}" + (f" {' '.join(self.args)}" if self.args else "")
 
     def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
-        from trm_cluster.core.wandb_options import WandbOptions
-        from trm_cluster.rundir.creation import create_script_run
-
         create_script_run(
             run_dir,
             script=self.script,
@@ -85,8 +85,6 @@ class ScriptLoop(Loop):
         )
 
     def command(self, run_dir: Path) -> tuple[list[str], dict[str, str]]:
-        from trm_cluster.runtime.plan import RUN_DIR_ENV
-
         return [sys.executable, str(self.script), *self.args], {RUN_DIR_ENV: str(run_dir)}
 
 
@@ -110,14 +108,11 @@ class PresetLoop(Loop):
             run.validate()
         except (PresetError, ValueError, TypeError) as error:
             raise BadInput(str(error)) from None
-        from trm_cluster.launch.runs import resolved_config
+        from trm_cluster.launch.runs import resolved_config  # torch, submitit: see the top
 
         return cls(name, preset.workload, resolved_config(run, job))
 
     def create(self, run_dir: Path, steps: int, cwd: Path) -> None:
-        from trm_cluster.core.wandb_options import WandbOptions
-        from trm_cluster.rundir.creation import create_run
-
         create_run(
             run_dir,
             run_dir.name,
@@ -135,7 +130,7 @@ class PresetLoop(Loop):
 
 @dataclass
 class Request:
-    """What to examine: N steps of a loop, stopped after step K and resumed (parsed by doctor.py)."""
+    """What to examine: N steps of a loop, stopped after step K and resumed (parsed by doctor/cli.py)."""
 
     steps: int
     at: int
@@ -171,8 +166,6 @@ class Process:
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """The user's environment without anything that would make the child a scheduler's task or stop it,
     W&B off (also for a script that calls wandb itself), and this very trm_cluster first on the path."""
-    from trm_cluster.runtime.plan import RUN_DIR_ENV, STOP_AFTER_ENV
-
     env = {
         key: value
         for key, value in os.environ.items()
@@ -200,8 +193,6 @@ class Running:
         timeout_s: float,
         stop_after: int | None,
     ) -> None:
-        from trm_cluster.runtime.plan import STOP_AFTER_ENV
-
         command, extra = loop.command(run_dir)
         if stop_after is not None:
             extra = {**extra, STOP_AFTER_ENV: str(stop_after)}
@@ -235,8 +226,6 @@ class Running:
 
 
 def _expect(process: Process, code: int, what: str) -> None:
-    from trm_cluster.runtime.plan import EXIT_STOPPED
-
     if process.returncode == code:
         return
     if process.returncode == 0 and code == EXIT_STOPPED:
@@ -278,7 +267,7 @@ class Checkpoints(Mapping[int, Mapping[str, Any]]):
     def __getitem__(self, step: int) -> Mapping[str, Any]:
         if self._cached is not None and self._cached[0] == step:
             return self._cached[1]
-        import torch
+        import torch  # see the top
 
         from trm_cluster.rundir.checkpoints import sha256_of
 
@@ -327,9 +316,7 @@ class Outcome:
 def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     """Run A, B stopped at K and B resumed in ``work``, and compare them. Run A runs alongside run B
     unless ``request.serial``."""
-    from trm_cluster.doctor.causes import divergence_causes, warning_causes
-    from trm_cluster.doctor.compare import compare_runs
-    from trm_cluster.runtime.plan import EXIT_STOPPED
+    from trm_cluster.doctor.compare import compare_runs  # torch: see the top
 
     n, k = request.steps, request.at
     logs = work / "logs"

@@ -37,7 +37,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
 
 
 def _queue(data: ManifestData) -> dict[str, Any]:
-    """A Slurm run's live job state (queue_state.py); nothing asked of Slurm for other executors."""
+    """A Slurm run's live job state (scheduler/queue_state.py); nothing asked of Slurm for other executors."""
     job_id = run_job_id(data.launch, data.segments)
     if data.launch.get("executor") != "slurm" or job_id is None:
         return {"queue": None, "queue_error": None}

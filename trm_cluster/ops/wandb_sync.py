@@ -20,6 +20,7 @@ from pathlib import Path
 
 import filelock
 
+from trm_cluster.core.wandb_options import api_key_configured
 from trm_cluster.rundir.manifest import ManifestData, RunManifest
 
 SYNC_LOCK = "sync.lock"
@@ -87,9 +88,7 @@ def holds_no_record(wandb_file: Path) -> bool:
     Why: SIGKILL before wandb-core's first flush leaves such a file; it has no run record, so there is
     nothing to upload, and ``wandb sync`` cannot attribute it to the run.
     """
-    from trm_cluster.wandb.files import (
-        iter_records,  # imports wandb's protobuf modules: only paid with W&B files
-    )
+    from trm_cluster.wandb.files import iter_records  # wandb's protobuf modules: paid only with W&B files
 
     try:
         return next(iter_records(wandb_file), None) is None
@@ -205,8 +204,6 @@ def sync_run(run_dir: Path, entity: str | None, project: str | None) -> list[int
 
     Why a lock: two concurrent syncs would both see no marker and upload the same segment twice.
     """
-    from trm_cluster.core.wandb_options import api_key_configured
-
     if not api_key_configured():
         raise SyncError(
             "no W&B API key configured (WANDB_API_KEY or ~/.netrc); run this where you are logged in to "

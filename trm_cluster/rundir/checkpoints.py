@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
+"""``meta["format"]`` of a checkpoint's main file (runtime/snapshot.py writes it): the layout this module's
+docstring describes. Nothing reads it yet (every checkpoint written so far has format 1): it lets a later
+layout tell the older files apart."""
 
 
 class CheckpointError(RuntimeError):
@@ -38,21 +41,21 @@ def checkpoint_name(step: int, rank: int = 0) -> str:
     return f"step_{step:09d}.pt" if rank == 0 else f"step_{step:09d}.rank{rank}.pt"
 
 
-def capture(state: Any, copy: bool = False) -> Any:
+def capture(state: Any) -> Any:
     """Every tensor of a nested state detached and on the CPU.
 
-    The job writes synchronously, before the next step can change anything, so CPU tensors are not
-    copied (``copy=False``: saving costs no extra memory); an asynchronous writer must pass
-    ``copy=True`` so training can go on mutating its own tensors while the file is written.
+    For a synchronous save, written before the next step can change anything: CPU tensors are not
+    copied (saving costs no extra memory). A background save copies the state itself instead
+    (runtime/background_save.py's ``snapshot_copy``), so training can go on changing its own tensors.
     """
     if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=copy)
+        return state.detach().to("cpu")
     if isinstance(state, Mapping):
-        return {key: capture(value, copy) for key, value in state.items()}
+        return {key: capture(value) for key, value in state.items()}
     if isinstance(state, list):
-        return [capture(value, copy) for value in state]
+        return [capture(value) for value in state]
     if isinstance(state, tuple):
-        return tuple(capture(value, copy) for value in state)
+        return tuple(capture(value) for value in state)
     return state
 
 

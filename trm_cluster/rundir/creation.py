@@ -16,11 +16,6 @@ from trm_cluster.core.wandb_options import WandbOptions, new_run_id, resolve_mod
 from trm_cluster.core.workload import SCRIPT_WORKLOAD, is_script_workload
 from trm_cluster.rundir.manifest import ManifestData, ManifestError, RunManifest, WandbInfo, config_hash
 
-NO_PROJECT = "uncategorized"
-"""The W&B project of a run created with none chosen (W&B's own name for such runs). Only callers that
-name no workload's project do that: tests, the doctor's probes, the benchmarks; submit always gives one
-(the workload's name, or the script's stem), and so does :func:`create_script_run` (the stem)."""
-
 
 def create_run(
     run_dir: Path,
@@ -44,16 +39,7 @@ def create_run(
         config=config,
         config_hash=config_hash(config),
         total_steps=int(config["run"].get("steps", 0)),
-        wandb=WandbInfo(
-            project=wandb.project or NO_PROJECT,
-            entity=wandb.entity,
-            run_id=new_run_id(),
-            mode=resolve_mode(wandb.mode),
-            group=wandb.group,
-            tags=list(wandb.tags or ()),
-            job_type=wandb.job_type,
-            notes=wandb.notes,
-        ),
+        wandb=WandbInfo.chosen(wandb, run_id=new_run_id(), mode=resolve_mode(wandb.mode)),
         max_requeues=max_requeues,
         launch=dict(launch),
     )

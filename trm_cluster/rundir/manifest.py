@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import filelock
 
+from trm_cluster.core.wandb_options import NO_PROJECT, WandbOptions
 from trm_cluster.rundir.atomic import atomic_write_bytes, make_private_dirs, stale_temp_files
 from trm_cluster.rundir.schema import SchemaError, check, check_paths
 from trm_cluster.rundir.segment_timings import SegmentTimings, timings_from_segment
@@ -53,6 +54,9 @@ def config_hash(config: dict[str, Any]) -> str:
 
 @dataclass
 class WandbInfo:
+    """The run's W&B options, chosen once when the run was created (core/wandb_options.py), its run id,
+    and what the processes have done with it so far."""
+
     project: str
     entity: str | None
     run_id: str
@@ -66,6 +70,32 @@ class WandbInfo:
     tags: list[str] = field(default_factory=list)
     job_type: str | None = None
     notes: str | None = None
+
+    @classmethod
+    def chosen(cls, options: WandbOptions, run_id: str, mode: str) -> WandbInfo:
+        """A new run's record: ``options`` as given, the run id and the resolved mode (never "auto")."""
+        return cls(
+            project=options.project or NO_PROJECT,
+            entity=options.entity,
+            run_id=run_id,
+            mode=mode,
+            group=options.group,
+            tags=list(options.tags or ()),
+            job_type=options.job_type,
+            notes=options.notes,
+        )
+
+    def init_arguments(self) -> dict[str, Any]:
+        """What ``wandb.init`` gets from this record: id, project, entity and mode; group, tags, job_type
+        and notes only when set, so that W&B's own defaults apply otherwise."""
+        optional = {
+            "group": self.group,
+            "tags": list(self.tags),
+            "job_type": self.job_type,
+            "notes": self.notes,
+        }
+        given = {key: value for key, value in optional.items() if value}
+        return {"id": self.run_id, "project": self.project, "entity": self.entity, "mode": self.mode, **given}
 
 
 @dataclass

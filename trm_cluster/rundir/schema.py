@@ -61,7 +61,7 @@ def _check_value(value: Any, hint: Any, where: str) -> None:
     elif hint in (str, bool):
         _expect(isinstance(value, hint), where, "a string" if hint is str else "true or false")
     else:  # pragma: no cover - a new annotation kind in the manifest's dataclasses
-        raise TypeError(f"manifest_schema cannot check {where}: {hint!r}")
+        raise TypeError(f"the manifest schema cannot check {where}: {hint!r}")
 
 
 def _expect(ok: bool, where: str, what: str) -> None:

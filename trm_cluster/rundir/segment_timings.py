@@ -1,5 +1,5 @@
-"""One record of what a process measured of its own segment, read by goodput (goodput.py: startup,
-saving) and by the grace-window check (grace.py: a step, a save, the W&B finish).
+"""One record of what a process measured of its own segment, read by goodput (ops/goodput.py: startup,
+saving) and by the grace-window check (runtime/grace.py: a step, a save, the W&B finish).
 
 Why one record: both used to keep their own copies of the same moments (a first step, a save's
 time) in two places of the segment; one record cannot disagree with itself. The session fills it; it
@@ -46,7 +46,8 @@ class SegmentTimings:
     finish_s: float | None = None
     """The W&B finish when the segment stopped."""
     background_saves: int | None = None
-    """Periodic saves written in the background (async_save.py), counted when the segment closed."""
+    """Periodic saves written in the background (runtime/background_save.py), counted when the segment
+    closed."""
     save_waits: int | None = None
     """Save requests that found the previous background save still in flight and waited for it."""
 

@@ -207,13 +207,6 @@ def record_failed_save(manifest: RunManifest, index: int, step: int, error: Base
         log.error("could not record the failed checkpoint in the manifest either: %s", manifest_error)
 
 
-def record_first_step(manifest: RunManifest, index: int) -> None:
-    """The segment's first step is done: startup (imports, restore, W&B) ends here."""
-    with manifest.update() as data:
-        ensure_held(data, index)
-        data.segments[index].timings.first_step_time = utc_now()
-
-
 def record_wandb_started(manifest: RunManifest, index: int, segment_dir: str | None) -> None:
     with manifest.update() as data:
         ensure_held(data, index)

@@ -9,7 +9,7 @@ from typing import Any
 from trm_cluster.rundir.atomic import atomic_write_bytes
 
 SWEEP_RECORD = "sweep.json"
-"""A sweep folder's record (sweep.py): its elements are listed with the runs beside it."""
+"""A sweep folder's record (launch/sweep.py): its elements are listed with the runs beside it."""
 
 
 def is_sweep(path: Path) -> bool:

@@ -8,12 +8,17 @@ save whose time it knows, with the value to use, in the job's log and in the man
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from trm_cluster.rundir import segments
+from trm_cluster.rundir.manifest import RunManifest
 from trm_cluster.rundir.segment_timings import SegmentTimings
+
+log = logging.getLogger(__name__)
 
 SAFETY = 2.0
 """A stop must fit twice over: saves on a shared file system and W&B's finish vary a lot."""
@@ -94,3 +99,12 @@ class GraceCheck:
         if not self.enabled or self.signal_delay_s is None:
             return None
         return grace_warning(self.signal_delay_s, step_s, save_s, finish_estimate_s(earlier, wandb_mode))
+
+    def report(self, save_s: float | None, manifest: RunManifest, index: int, wandb_mode: str) -> None:
+        """:meth:`saved`, then :meth:`check`; its warning, if any, logged and recorded on the segment
+        ``index`` with the timings behind it (``status`` shows it)."""
+        self.saved(save_s)
+        warning = self.check(manifest.read().segments[:-1], wandb_mode)
+        if warning is not None:
+            log.warning("%s", warning)
+            segments.record_warning(manifest, index, warning, self.timings)

@@ -1,7 +1,7 @@
 """Opening a process's segment of a run: its settings, its ranks, the segment itself, and the parts that
 serve it (checkpoint store, save path, goodput clock, grace check, step log).
 
-Why its own module: the session (loop_session.py) is the path of a segment from its first step to its
+Why its own module: the session (session.py) is the path of a segment from its first step to its
 requeue; what exists before the first step is set up here, in two stages, because they fail differently:
 :func:`join_run` may be refused (another live holder, a bad setting) and then leaves no trace in the
 manifest, while a failure in :func:`segment_parts` happens with a segment open, which the session

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trm_cluster.core.job_context import JobContext
-from trm_cluster.core.signals import StopSignals
+from trm_cluster.core.signals import StopRequest, StopSignals
 from trm_cluster.rundir.creation import create_script_run
 
 RUN_DIR_ENV = "TRM_CLUSTER_RUN_DIR"
@@ -47,7 +47,7 @@ class SegmentOutcome:
 class SegmentEnded(BaseException):
     """Raised out of ``run.steps()`` once a stopped segment is saved and closed.
 
-    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (job.py)
+    A BaseException, so a loop's ``except Exception`` cannot swallow it. The process owner (scheduler/job.py)
     catches it and requeues; the stop signals stay deferred (``signals``) until it has.
     """
 
@@ -73,6 +73,15 @@ class SessionPlan:
     """Whether a session was opened for this plan (a script that never opens one is an error)."""
     summary: dict[str, Any] = field(default_factory=dict)
     """The run's summary, once a session completed it."""
+
+    def classify(self, request: StopRequest | None, launch: Mapping[str, Any]) -> str:
+        """'timeout', 'preempted' or 'cancelled' for this process's stop (JobContext.classify), from the
+        limits of its submission (``launch``: the manifest's executor options)."""
+        if request is None:
+            return "preempted"
+        time_min = launch.get("time_min")
+        time_limit_s = float(time_min) * 60 if time_min else None
+        return self.context.classify(request, float(launch.get("signal_delay_s", 120)), time_limit_s)
 
 
 class StateSource(Protocol):

@@ -1,8 +1,8 @@
 """Every checkpoint save of one segment: staged at a step boundary, written now or in the background,
 joined, and a failed write reported instead of ending the run.
 
-Why its own object: the session (loop_session.py) decides *when* to save (a period, a stop, the end);
-this decides *how* (snapshot.py's stage and write, async_save.py's writer thread, the goodput clock),
+Why its own object: the session (session.py) decides *when* to save (a period, a stop, the end);
+this decides *how* (snapshot.py's stage and write, background_save.py's writer thread, the goodput clock),
 so the requeue path in the session reads top to bottom without the details of a save.
 """
 
@@ -82,7 +82,7 @@ class SavePath:
 
     def save(self, step: int, background: bool = False) -> None:
         """The full state of ``step``, every rank's part durable, then published (snapshot.py).
-        ``background``: copied now, written and published by the writer thread (async_save.py).
+        ``background``: copied now, written and published by the writer thread (background_save.py).
         The time the loop waits for it counts as saving (goodput); a background write's does not."""
         with self.clock.saving():
             self._save_now(step, background)

@@ -11,17 +11,18 @@ Your own loop, made preemptible and exactly resumable::
             run.log({"loss": loss.item()})
         ...                                 # runs once the run is complete, never on a preemption
 
-The Trainer protocol's job (job.py) drives its trainer through this same :class:`Session`. The path,
+The Trainer protocol's job (scheduler/job.py) drives its trainer through this same :class:`Session`. The path,
 top to bottom: stop signals deferred -> manifest read, segment opened -> registered state loaded
 from the newest valid checkpoint, RNG restored -> W&B resumed above the watermark -> steps ->
 [signal recorded] -> step boundary -> full state saved atomically -> W&B finished as preempted ->
 segment closed with its reason -> :class:`SegmentEnded` raised out of the loop to the process owner,
-which hands over to the scheduler's requeue (job.py). The code after the loop never runs on a stop.
+which hands over to the scheduler's requeue (scheduler/job.py). The code after the loop never runs on a stop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import signal
 import sys
@@ -73,6 +74,19 @@ def session(**run_defaults: Any) -> Session:
     return Session(plan, run_defaults)
 
 
+class Stage(enum.Enum):
+    """Where a session is; the calls check it (one out of order is a :class:`UsageError`). In order:
+    NOT_ENTERED -> OPEN -> RESTORED -> LOOPING -> STEPS_DONE; a stop ends it STOPPED, a misuse MISUSED."""
+
+    NOT_ENTERED = "built; its `with` not entered yet"
+    OPEN = "entered: the segment is open; run.restore() comes next"
+    RESTORED = "the state is registered and loaded; run.steps() comes next"
+    LOOPING = "the loop has begun (a `break` leaves it here)"
+    STEPS_DONE = "the loop ran out of steps and the last state is saved"
+    STOPPED = "a stop request ended the segment at a step boundary: saved, closed, SegmentEnded raised"
+    MISUSED = "a call out of order ended the segment, recorded as its failure"
+
+
 class Session:
     """One process's segment of a run: open it, restore the state, run the steps, close it."""
 
@@ -84,10 +98,10 @@ class Session:
         self._signals = StopSignals()
         self._tracker: Tracker = NullTracker()
         self._injector = PreemptionInjector((), start_step=0)
-        self._state = "new"  # new -> entered -> restored -> looping -> done | stopped
+        self._stage = Stage.NOT_ENTERED
         self._in_step = False
         self.timings = SegmentTimings()
-        """What this process measured of its segment (segment_timings.py): the manifest's record of it."""
+        """What this process measured of its segment (rundir/segment_timings.py): its manifest record."""
         self._saves: SavePath | None = None
         self._wandb_start: WandbStart | None = None
         self._restored_rng: str | None = None
@@ -104,7 +118,7 @@ class Session:
     # -- opening ------------------------------------------------------------------------------------
 
     def __enter__(self) -> Session:
-        if self._state != "new":
+        if self._stage is not Stage.NOT_ENTERED:
             raise UsageError("a session is entered once: use one `with trm_cluster.session() as run:`")
         self._signals.install()  # from here on USR2/TERM are only recorded; we act at step boundaries
         entered = time.time()
@@ -126,7 +140,7 @@ class Session:
         self.store, self._goodput, self._saves = parts.store, parts.clock, parts.saves
         self._grace, self._log = parts.grace, parts.log
         self.total_steps = self.data.total_steps
-        self._state = "entered"
+        self._stage = Stage.OPEN
         return self
 
     # -- restoring ----------------------------------------------------------------------------------
@@ -147,7 +161,7 @@ class Session:
         return self._restore(trainer, require_model=True)
 
     def _restore(self, source: StateSource, require_model: bool) -> int:
-        self._expect("restore", "entered", "run.restore(...) is called once, after entering the session")
+        self._expect("restore", Stage.OPEN, "run.restore(...) is called once, after entering the session")
         journal: Any = ()
         if self.data.wandb.mode != "disabled" and self.ranks.is_main:  # overlaps the load
             self._wandb_start = WandbStart(
@@ -183,7 +197,7 @@ class Session:
         self.saves.attach(
             source, require_model, self._log.tracking_state, self.data, self.total_steps, self.step
         )
-        self._state = "restored"
+        self._stage = Stage.RESTORED
         return self.step
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -194,10 +208,10 @@ class Session:
         After a stop the state is saved, W&B finished and the segment closed before the loop is left
         (by :class:`SegmentEnded`), so the code after the loop runs only when the run is complete.
         """
-        if self._state == "entered":
+        if self._stage is Stage.OPEN:
             raise self._misuse("call run.restore(model=..., optimizer=..., ...) before run.steps()")
-        self._expect("steps", "restored", "run.steps() is called once per session: one loop")
-        self._state = "looping"
+        self._expect("steps", Stage.RESTORED, "run.steps() is called once per session: one loop")
+        self._stage = Stage.LOOPING
         return self._loop()
 
     def _loop(self) -> Iterator[int]:
@@ -227,7 +241,7 @@ class Session:
             self._stop()
         self._grace.before_save(self.step)
         self.saves.save_if_unsaved(self.step)  # durable before the code after the loop runs
-        self._state = "done"
+        self._stage = Stage.STEPS_DONE
 
     def _stop_requested(self) -> bool:
         """Whether any rank was asked to stop: every rank gets the same answer at the same boundary."""
@@ -250,8 +264,8 @@ class Session:
             self._grace.before_save(done)
             self.saves.save_or_report(done, background=self._may_save_in_background(done))
         self._goodput.step_done(done)
-        if not self._grace.done:
-            self._check_grace_window()
+        if not self._grace.done:  # a background save's write stands in for the final, synchronous one
+            self._grace.report(self.saves.write_s, self.manifest, self.segment.index, self.data.wandb.mode)
 
     def _may_save_in_background(self, done: int) -> bool:
         """Every periodic save but the last step's (the end needs the state durable before the segment
@@ -294,7 +308,7 @@ class Session:
 
     @property
     def saves(self) -> SavePath:
-        """This segment's save path (save_path.py): how a save is staged, written, joined, reported."""
+        """This segment's save path (saves.py): how a save is staged, written, joined, reported."""
         assert self._saves is not None, "the session is entered first"
         return self._saves
 
@@ -302,15 +316,6 @@ class Session:
     def saver(self) -> BackgroundSaver:
         """The periodic saves written in the background, and their counts (``saver.stats``)."""
         return self.saves.saver
-
-    def _check_grace_window(self) -> None:
-        """Warn (log, manifest) once the step and save times are known, if a stop does not fit the
-        signal delay. A background save's write stands in for the final, synchronous one."""
-        self._grace.saved(self.saves.write_s)
-        warning = self._grace.check(self.manifest.read().segments[:-1], self.data.wandb.mode)
-        if warning is not None:
-            log.warning("%s", warning)
-            segments.record_warning(self.manifest, self.segment.index, warning, self.timings)
 
     def _stop(self) -> NoReturn:
         """A stop was requested and the loop is at a step boundary: the requeue path, top to bottom."""
@@ -324,13 +329,13 @@ class Session:
         request = self._signals.request  # 2. read once: a signal during the save still means "stop"
         reason, requeue = "preempted", False
         if self.ranks.is_main:  # rank 0 alone talks to W&B and writes the manifest
-            reason = self._classify(request)  # 3. timeout, preempted or cancelled, from the scheduler
+            reason = self.plan.classify(request, self.data.launch)  # 3. timeout, preempted or cancelled
             requeue = self._close(reason, request)  # 4. W&B finished, the segment closed, requeue counted
         self.ranks.barrier()  # the other ranks leave only once the segment is closed
         self.ranks.close()
         self.outcome = SegmentOutcome(reason, self.step, requeue, rehearsed=self._injector.fired)
-        self._state = "stopped"
-        raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (job.py)
+        self._stage = Stage.STOPPED
+        raise SegmentEnded(self.outcome, self._signals)  # 5. the process owner requeues (scheduler/job.py)
 
     def _close(self, reason: str, request: StopRequest | None) -> bool:
         """Rank 0: W&B finished, the segment's record completed and the segment closed with its reason;
@@ -347,13 +352,6 @@ class Session:
         self._say(f"[trm_cluster] segment {self.segment.index} ended at step {self.step}: {reason}")
         return requeue
 
-    def _classify(self, request: StopRequest | None) -> str:
-        if request is None:
-            return "preempted"
-        signal_delay_s = float(self.data.launch.get("signal_delay_s", 120))
-        time_min = self.data.launch.get("time_min")
-        return self.plan.context.classify(request, signal_delay_s, float(time_min) * 60 if time_min else None)
-
     # -- closing ------------------------------------------------------------------------------------
 
     def __exit__(
@@ -369,7 +367,7 @@ class Session:
                 raise SystemExit(EXIT_STOPPED) from None
             return  # the owner requeues; the stop signals stay deferred until it has
         misuse = exc if isinstance(exc, UsageError | StateError) else None
-        clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._state == "done"
+        clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._stage is Stage.STEPS_DONE
         try:
             if exc is None or clean_exit:
                 self._complete()
@@ -386,11 +384,11 @@ class Session:
             raise SystemExit(2) from None
 
     def _complete(self) -> None:
-        if self._state in ("entered", "restored"):
+        if self._stage in (Stage.OPEN, Stage.RESTORED):
             raise self._misuse(
                 "the session ended without run.steps(): write the loop as `for step in run.steps():`"
             )
-        if self._state == "looping":  # the loop was left with `break`: the run ends here
+        if self._stage is Stage.LOOPING:  # the loop was left with `break`: the run ends here
             self.step += 1 if self._in_step else 0
             self._in_step = False
             self._say(f"[trm_cluster] the loop ended early (break) at step {self.step}; the run ends here")
@@ -418,8 +416,9 @@ class Session:
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
         message = segments.failure_message(error, self.ranks.world_size if hasattr(self, "ranks") else 1)
         try:
-            in_loop = self._state in ("looping", "done") and not isinstance(error, UsageError | StateError)
-            step = self.step if in_loop and not killed else None  # only these may be retried (retries.py)
+            in_loop = self._stage in (Stage.LOOPING, Stage.STEPS_DONE)
+            retried = in_loop and not killed and not isinstance(error, UsageError | StateError)
+            step = self.step if retried else None  # only these may be retried (retries.py)
             segments.fail_segment(
                 self.manifest, self.segment.index, "killed" if killed else "failed", message, step
             )
@@ -428,21 +427,21 @@ class Session:
 
     # -- misuse ---------------------------------------------------------------------------------------
 
-    def _expect(self, call: str, state: str, rule: str) -> None:
-        if self._state == "new":
+    def _expect(self, call: str, stage: Stage, rule: str) -> None:
+        if self._stage is Stage.NOT_ENTERED:
             raise UsageError(f"run.{call}() outside `with trm_cluster.session() as run:`")
-        if self._state != state:
+        if self._stage is not stage:
             raise self._misuse(rule)
 
     def _expect_restored(self, call: str) -> None:
-        if self._state in ("new", "entered"):
+        if self._stage in (Stage.NOT_ENTERED, Stage.OPEN):
             raise self._misuse(f"run.{call}() before run.restore(...): register the state first")
 
     def _misuse(self, rule: str) -> UsageError:
         error = UsageError(rule)
-        if self._state not in ("new", "stopped"):
+        if self._stage not in (Stage.NOT_ENTERED, Stage.STOPPED):
             self._fail(error)
-            self._state = "failed"
+            self._stage = Stage.MISUSED
         return error
 
     def _say(self, line: str) -> None:

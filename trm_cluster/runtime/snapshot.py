@@ -6,7 +6,7 @@ once, by rank 0. Rank 0's own part rides in the main file (so a one-rank checkpo
 rank r's goes to ``step_N.rankR.pt``. The checkpoint is published in the manifest, by rank 0, only
 after every part is durable: a checkpoint that the manifest names is always complete. A save is
 staged (:func:`stage_step`, at the step boundary) and then written (:func:`write_step`): both on the
-training thread for a synchronous save, the write on async_save's writer thread for a background one.
+training thread for a synchronous save, the write on background_save's writer thread for a background one.
 
 Loading: rank 0 picks the newest valid checkpoint (falling back past bad ones), every rank loads the
 same step, each with its own part.
@@ -21,7 +21,13 @@ from typing import Any, Protocol
 
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.core.rng import capture_rng, derived_seed, restore_rng, seed_everything
-from trm_cluster.rundir.checkpoints import CheckpointError, CheckpointStore, LoadedCheckpoint, capture
+from trm_cluster.rundir.checkpoints import (
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointStore,
+    LoadedCheckpoint,
+    capture,
+)
 from trm_cluster.rundir.manifest import ConfigChange, ManifestData, RunManifest, utc_now
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,7 @@ def stage_step(
 ) -> StagedStep:
     """What :func:`write_step` writes, taken at the step boundary (the RNG streams now).
     ``shared`` is needed on rank 0 only: ``{"model": weights, ...rest}``. ``on_cpu=False`` leaves the
-    tensors where they are, for a background save that copies them itself (async_save.snapshot_copy)."""
+    tensors where they are, for a background save that copies them itself (background_save.snapshot_copy)."""
     take = capture if on_cpu else _as_is
     part = {"rng": take(capture_rng()), "rank_state": take(dict(rank_state))}
     if not ranks.is_main:
@@ -60,7 +66,7 @@ def stage_step(
     state = dict(shared)
     model = state.pop("model")
     meta = {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "step": step,
         "total_steps": total_steps,
         "world_size": ranks.world_size,

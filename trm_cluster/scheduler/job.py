@@ -1,6 +1,6 @@
 """What submitit runs, and reruns after every requeue: the process owner of a run's segments.
 
-Each process runs one segment through a :class:`~trm_cluster.session.Session` (the requeue path
+Each process runs one segment through a :class:`~trm_cluster.runtime.session.Session` (the requeue path
 lives there, once). When a segment stops, the session raises :class:`SegmentEnded` out of the loop
 and the owner here decides: the run completed, was cancelled, spent its timeout budget, or is handed
 over to submitit's requeue (``scontrol requeue`` on Slurm, exit code 144 on the local executor). The
@@ -85,7 +85,7 @@ class SegmentedJob(submitit.helpers.Checkpointable):
         raise NotImplementedError
 
     def _retry_after_failure(self, context: JobContext) -> bool:
-        """Whether a step that raised is tried again (retries.py); rank 0 of a single-rank run decides.
+        """Whether a step that raised is tried again (runtime/retries.py); rank 0 of a one-rank run decides.
 
         With several ranks the failure ends the job (their process group cannot be rebuilt in place)."""
         if context.world_size > 1 or not RunManifest(self.run_dir).exists():

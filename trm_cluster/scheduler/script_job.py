@@ -3,7 +3,7 @@
 The script runs in the job's process as ``python train.py ARGS`` would run it (``__main__``, its
 directory first on ``sys.path``, its own arguments in ``sys.argv``, the submission's working
 directory), and opens ``trm_cluster.session()`` around its loop; that call picks up this process's
-run. A stop raises :class:`~trm_cluster.session.SegmentEnded` out of the loop, through the script,
+run. A stop raises :class:`~trm_cluster.runtime.plan.SegmentEnded` out of the loop, through the script,
 to :class:`SegmentedJob`, which requeues: the script's code after the loop does not run.
 """
 

@@ -165,17 +165,6 @@ def _wait_for_killed_writer(previous: Segment | None) -> None:
         log.warning("wandb-core %s of killed pid %d still writes; steps may repeat", stragglers, previous.pid)
 
 
-def _optional_init_arguments(info: WandbInfo) -> dict[str, Any]:
-    """group, tags, job_type, notes: passed only when set, so W&B's own defaults apply otherwise."""
-    values = {
-        "group": info.group,
-        "tags": list(info.tags) or None,
-        "job_type": info.job_type,
-        "notes": info.notes,
-    }
-    return {key: value for key, value in values.items() if value}
-
-
 class WandbTracker:
     """The W&B run of one process, bound to the manifest's run id and watermark."""
 
@@ -189,21 +178,6 @@ class WandbTracker:
         self._journal = RowJournal(watermark)
         self.skipped = 0
         self.replayed = 0
-
-    @classmethod
-    def start(
-        cls,
-        data: ManifestData,
-        run_dir: Path,
-        resume: str = "allow",
-        quiet: bool = False,
-        journal: Mapping[str, Any] | Sequence[Mapping[str, Any]] = (),
-        resume_step: int = 0,
-        killed: Segment | None = None,
-    ) -> WandbTracker:
-        tracker = cls.begin(data, run_dir, resume, quiet, killed)
-        tracker.resumed(data, journal, resume_step)
-        return tracker
 
     @classmethod
     def begin(
@@ -221,22 +195,18 @@ class WandbTracker:
         drop_empty_wandb_env()
         info: WandbInfo = data.wandb
         _wait_for_killed_writer(killed)
-        from trm_cluster.wandb import files as wandb_files
+        from trm_cluster.wandb import files as wandb_files  # imports wandb: not in a run with W&B disabled
 
         watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
         word = "Resuming" if info.started else "Starting new"
         print(f"{word} W&B run: {info.run_id}", flush=True)
         run = wandb.init(
-            id=info.run_id,
+            **info.init_arguments(),
             resume=resume,  # type: ignore[arg-type]
-            project=info.project,
-            entity=info.entity,
             name=data.name,
             dir=str(run_dir),
-            mode=info.mode,  # type: ignore[arg-type]
             config=data.config,
             settings=wandb.Settings(console="off", quiet=quiet),
-            **_optional_init_arguments(info),
         )
         return cls(run, watermark, run_dir)
 
