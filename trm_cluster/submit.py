@@ -18,9 +18,10 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import tyro
 
 from trm_cluster.core.config import RunConfig
+from trm_cluster.core.moved import current_reference
 from trm_cluster.core.pipes import quiet_on_broken_pipe
 from trm_cluster.core.wandb_options import WandbOptions
-from trm_cluster.core.workload import Workload, current_reference, dataclass_from_dict, load_workload
+from trm_cluster.core.workload import Workload, dataclass_from_dict, load_workload
 from trm_cluster.launch import sweep
 from trm_cluster.launch.flags import (
     expand_name_shorthands,
