@@ -16,6 +16,8 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
+from trm_cluster.core.moved import honour_moved_modules
+
 if TYPE_CHECKING:
     from trm_cluster.core.config import RunConfig
     from trm_cluster.core.signals import ignore_stop_signals
@@ -60,6 +62,8 @@ __all__ = [
     "session",
 ]
 __version__ = "0.1.0"
+
+honour_moved_modules()  # a job pickled before an upgrade names its class by the old module path
 
 if "SUBMITIT_FOLDER" in os.environ:  # a submitit job importing its modules: a stop signal must not kill it
     from trm_cluster.core.signals import defer_at_startup

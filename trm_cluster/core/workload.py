@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from trm_cluster.core.moved import current_reference
+
 ConfigT = TypeVar("ConfigT")
 
 
@@ -96,21 +98,6 @@ class Workload(Generic[ConfigT]):
 
 SCRIPT_WORKLOAD = "trm_cluster.scheduler.script_job:SCRIPT"
 """The workload reference of a run of a user's own script (run by the script job, not a Trainer)."""
-
-_MOVED = {
-    "trm_cluster.trm.": "trm_cluster.workloads.trm.",
-    "trm_cluster.examples.regression:": "trm_cluster.workloads.regression:",
-    "trm_cluster.script_job:": "trm_cluster.scheduler.script_job:",
-}
-"""Module paths before the package's layers (CHANGELOG.md): a manifest written then still resumes."""
-
-
-def current_reference(reference: str) -> str:
-    """``reference`` with a module path the package has since moved replaced by today's."""
-    for old, new in _MOVED.items():
-        if reference.startswith(old):
-            return new + reference[len(old) :]
-    return reference
 
 
 def is_script_workload(reference: str) -> bool:

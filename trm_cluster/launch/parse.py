@@ -21,10 +21,10 @@ from typing import Any
 import tyro
 
 from trm_cluster.core.config import RunConfig
+from trm_cluster.core.moved import current_reference
 from trm_cluster.core.workload import (
     SCRIPT_WORKLOAD,
     Workload,
-    current_reference,
     dataclass_from_dict,
     load_workload,
 )
