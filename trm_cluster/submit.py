@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ManifestError, PresetError) as error:
         print(f"trm-submit: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path the file system refuses (a file given as a run, a name too long)
+        print(f"trm-submit: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -148,6 +148,8 @@ def _one_line_error(result, fragment: str) -> None:  # type: ignore[no-untyped-d
         (["--tasks-per-node", "3", "--gpus-per-node", "2"], "one task per GPU"),
         (["--preemptions", "500", "--steps", "100"], "--preemptions 500 needs a run of at least 1001 steps"),
         (["--resume", "no/such/dir"], "holds no run"),
+        (["--fork", "/etc/hostname"], "Not a directory"),  # a file where a run directory belongs
+        (["--resume", "r" * 300], "File name too long"),
     ],
 )
 def test_bad_new_run_input_is_refused_with_one_line(
@@ -181,6 +183,7 @@ def test_new_run_in_an_occupied_directory_is_refused(workdir: Path, finished_run
 
 def test_resume_refusals_leave_the_run_untouched(workdir: Path, finished_run: Path) -> None:
     _refused_resume(workdir, finished_run, "already completed at step 20 of 20", "--steps", "20")
+    _refused_resume(workdir, finished_run, "is a preset's run, not a script's", "--script", str(__file__))
     _refused_resume(
         workdir,
         finished_run,

@@ -75,6 +75,12 @@ def parse(argv: Sequence[str]) -> Request:
     if route.resume and is_sweep(route.resume):
         return _sweep_resume(argv, route)
     source = ForkPoint.parse(route.fork).run_dir if route.fork else route.resume  # it gives the defaults
+    if (route.script or route.entry) and source and not is_script_run(source):
+        action = "fork" if route.fork else "resume"
+        raise ValueError(
+            f"{source} is a preset's run, not a script's: --script/--entry start a script run; "
+            f"drop them to {action} it"
+        )
     if route.script or route.entry or (source and is_script_run(source)):
         return _script(argv, script_args, route, source)
     if script_args is not None:
