@@ -7,9 +7,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trm_cluster.core.digest import weights_sha256
 from trm_cluster.ops.goodput import Goodput, goodput
 from trm_cluster.ops.goodput import render as render_goodput
 from trm_cluster.rundir.manifest import ManifestData, RunManifest
@@ -48,6 +45,10 @@ def _queue(data: ManifestData) -> dict[str, Any]:
 def _latest_weights_digest(run_dir: Path, data: ManifestData) -> str | None:
     if not data.checkpoints:
         return None
+    import torch  # only a run with a checkpoint pays for it: `status --help`, a folder's overview do not
+
+    from trm_cluster.core.digest import weights_sha256  # torch too
+
     path = run_dir / data.checkpoints[-1].file
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
