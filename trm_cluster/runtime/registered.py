@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from trm_cluster.runtime.loader_state import is_stateful_loader, loader_state, restore_loader
+
 log = logging.getLogger(__name__)
 
 _PLAIN = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device, torch.Size)
@@ -139,6 +141,8 @@ def _supported(obj: Any) -> bool:
 
 
 def _state_of(obj: Any) -> Any:
+    if is_stateful_loader(obj):
+        return loader_state(obj)
     if isinstance(obj, torch.Generator):
         return obj.get_state()
     if isinstance(obj, torch.Tensor):
@@ -149,7 +153,9 @@ def _state_of(obj: Any) -> Any:
 
 
 def _load_into(obj: Any, state: Any, name: str) -> None:
-    if isinstance(obj, torch.Generator):
+    if is_stateful_loader(obj):
+        restore_loader(obj, state)
+    elif isinstance(obj, torch.Generator):
         obj.set_state(state)
     elif isinstance(obj, torch.Tensor):
         with torch.no_grad():
