@@ -9,6 +9,7 @@ as :class:`SegmentEnded`, carrying the :class:`SegmentOutcome`.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,21 @@ STOP_AFTER_ENV = "TRM_CLUSTER_STOP_AFTER"
 """Outside ``submit``: stop (save, exit) after this many steps, as a preemption would (the doctor)."""
 EXIT_STOPPED = 75
 """Exit status of a process outside ``submit`` that stopped before the end: run it again to resume."""
+
+
+class Stage(enum.Enum):
+    """Where a session is; the calls check it (one out of order is a :class:`UsageError`). In order:
+    NOT_ENTERED -> OPEN -> RESTORED -> LOOPING -> STEPS_DONE; a stop ends it STOPPED, a misuse MISUSED;
+    leaving the block CLOSED."""
+
+    NOT_ENTERED = "built; its `with` not entered yet"
+    OPEN = "entered: the segment is open; run.restore() comes next"
+    RESTORED = "the state is registered and loaded; run.steps() comes next"
+    LOOPING = "the loop has begun (a `break` leaves it here)"
+    STEPS_DONE = "the loop ran out of steps and the last state is saved"
+    STOPPED = "a stop request ended the segment at a step boundary: saved, closed, SegmentEnded raised"
+    MISUSED = "a call out of order ended the segment, recorded as its failure"
+    CLOSED = "the `with` block is left: the segment is closed, nothing more reaches the run"
 
 
 class UsageError(RuntimeError):
@@ -121,6 +137,14 @@ def standalone_plan() -> SessionPlan:
         context=JobContext.detect(),
         standalone=True,
         stop_after=stop_after_from_env(),
+    )
+
+
+def standalone_stop_line(outcome: SegmentOutcome, run_dir: Path) -> str:
+    """What a plain ``python train.py`` prints when a stop ended it: how to continue."""
+    return (
+        f"[trm_cluster] stopped at step {outcome.step} ({outcome.reason}); the state is saved. Continue with "
+        f"{RUN_DIR_ENV}={run_dir} and the same command, or python -m trm_cluster.submit --resume {run_dir}"
     )
 
 

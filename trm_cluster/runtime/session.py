@@ -22,7 +22,6 @@ which hands over to the scheduler's requeue (scheduler/job.py). The code after t
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import signal
 import sys
@@ -40,14 +39,15 @@ from trm_cluster.runtime.background_save import BackgroundSaver
 from trm_cluster.runtime.opening import join_run, segment_parts
 from trm_cluster.runtime.plan import (
     EXIT_STOPPED,
-    RUN_DIR_ENV,
     SegmentEnded,
     SegmentOutcome,
     SessionPlan,
+    Stage,
     StateSource,
     UsageError,
     active_plan,
     standalone_plan,
+    standalone_stop_line,
 )
 from trm_cluster.runtime.registered import RegisteredState, StateError
 from trm_cluster.runtime.rehearsal import PreemptionInjector
@@ -74,19 +74,6 @@ def session(**run_defaults: Any) -> Session:
     return Session(plan, run_defaults)
 
 
-class Stage(enum.Enum):
-    """Where a session is; the calls check it (one out of order is a :class:`UsageError`). In order:
-    NOT_ENTERED -> OPEN -> RESTORED -> LOOPING -> STEPS_DONE; a stop ends it STOPPED, a misuse MISUSED."""
-
-    NOT_ENTERED = "built; its `with` not entered yet"
-    OPEN = "entered: the segment is open; run.restore() comes next"
-    RESTORED = "the state is registered and loaded; run.steps() comes next"
-    LOOPING = "the loop has begun (a `break` leaves it here)"
-    STEPS_DONE = "the loop ran out of steps and the last state is saved"
-    STOPPED = "a stop request ended the segment at a step boundary: saved, closed, SegmentEnded raised"
-    MISUSED = "a call out of order ended the segment, recorded as its failure"
-
-
 class Session:
     """One process's segment of a run: open it, restore the state, run the steps, close it."""
 
@@ -99,6 +86,7 @@ class Session:
         self._tracker: Tracker = NullTracker()
         self._injector = PreemptionInjector((), start_step=0)
         self._stage = Stage.NOT_ENTERED
+        self._misuse_error: UsageError | None = None
         self._in_step = False
         self.timings = SegmentTimings()
         """What this process measured of its segment (rundir/segment_timings.py): its manifest record."""
@@ -357,21 +345,28 @@ class Session:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        try:
+            self._leave(exc)
+        finally:
+            self._stage = Stage.CLOSED
+
+    def _leave(self, exc: BaseException | None) -> None:
         self._injector.stop()
         if isinstance(exc, SegmentEnded):
             if self.plan.standalone:  # no scheduler to requeue us: say how to continue, and exit
                 self._signals.restore()
-                print(f"[trm_cluster] stopped at step {exc.outcome.step} ({exc.outcome.reason}); the state "
-                      f"is saved. Continue with {RUN_DIR_ENV}={self.run_dir} and the same command, or "
-                      f"python -m trm_cluster.submit --resume {self.run_dir}", flush=True)  # fmt: skip
+                print(standalone_stop_line(exc.outcome, self.run_dir), flush=True)
                 raise SystemExit(EXIT_STOPPED) from None
             return  # the owner requeues; the stop signals stay deferred until it has
-        misuse = exc if isinstance(exc, UsageError | StateError) else None
+        # a misuse the script caught and went on from: recorded as the segment's failure when raised,
+        # so the run must not complete now
+        swallowed = self._misuse_error if exc is None and self._stage is Stage.MISUSED else None
+        misuse = swallowed or (exc if isinstance(exc, UsageError | StateError) else None)
         clean_exit = isinstance(exc, SystemExit) and exc.code in (0, None) and self._stage is Stage.STEPS_DONE
         try:
-            if exc is None or clean_exit:
+            if swallowed is None and (exc is None or clean_exit):
                 self._complete()
-            else:
+            elif swallowed is None and exc is not None:
                 self._fail(exc)
         except (UsageError, StateError) as error:
             misuse = error
@@ -382,6 +377,8 @@ class Session:
         if misuse is not None and self.plan.standalone:  # our own process: one line, no traceback
             print(f"trm_cluster: error: {misuse}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        if swallowed is not None:
+            raise swallowed
 
     def _complete(self) -> None:
         if self._stage in (Stage.OPEN, Stage.RESTORED):
@@ -434,14 +431,17 @@ class Session:
             raise self._misuse(rule)
 
     def _expect_restored(self, call: str) -> None:
+        if self._stage is Stage.CLOSED:  # a row now would be dropped: the run's W&B run is finished
+            raise UsageError(f"run.{call}() after the session closed: log inside the `with` block (its code "
+                             "after the loop runs once, when the run is complete)")  # fmt: skip
         if self._stage in (Stage.NOT_ENTERED, Stage.OPEN):
             raise self._misuse(f"run.{call}() before run.restore(...): register the state first")
 
     def _misuse(self, rule: str) -> UsageError:
         error = UsageError(rule)
-        if self._stage not in (Stage.NOT_ENTERED, Stage.STOPPED):
+        if self._stage not in (Stage.NOT_ENTERED, Stage.STOPPED, Stage.CLOSED):
             self._fail(error)
-            self._stage = Stage.MISUSED
+            self._stage, self._misuse_error = Stage.MISUSED, error
         return error
 
     def _say(self, line: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from trm_cluster.core.workload import TrainContext, Trainer, Workload
 from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.rundir.segments import fail_segment, open_segment
 from trm_cluster.runtime.plan import SessionPlan, UsageError, serving
 from trm_cluster.scheduler.job import SegmentedJob
 
@@ -45,18 +46,34 @@ class ScriptJob(SegmentedJob):
     def run_segment(self, plan: SessionPlan) -> dict[str, Any]:
         data = RunManifest(plan.run_dir).read()
         script = data.config["script"]
-        with serving(plan), _as_main(script, Path(data.launch.get("cwd") or os.getcwd())):
-            try:
-                _run(script)
-            except SystemExit as exit:
-                if exit.code not in (0, None):
-                    raise ScriptFailed(f"the script exited with status {exit.code}") from None
-        if not plan.used:
-            raise UsageError(
-                "the script never opened trm_cluster.session(): wrap its loop in "
-                "`with trm_cluster.session() as run:` (docs/your-own-loop.md)"
-            )
+        try:
+            with serving(plan), _as_main(script, Path(data.launch.get("cwd") or os.getcwd())):
+                try:
+                    _run(script)
+                except SystemExit as exit:
+                    if exit.code not in (0, None):
+                        raise ScriptFailed(f"the script exited with status {exit.code}") from None
+            if not plan.used:
+                raise UsageError(
+                    "the script never opened trm_cluster.session(): wrap its loop in "
+                    "`with trm_cluster.session() as run:` (docs/your-own-loop.md)"
+                )
+        except Exception as error:
+            if not plan.used:  # no session recorded it: the run would still say "running"
+                _record_failed_start(plan, error)
+            raise
         return plan.summary
+
+
+def _record_failed_start(plan: SessionPlan, error: BaseException) -> None:
+    """A segment, opened and closed as failed with the error's last lines, for a script that failed
+    before it opened its session (an import, its own set-up, a missing key): ``status`` and
+    ``submit --wait`` then say why, and the failure is not retried (it happened before training)."""
+    if not plan.context.is_rank_zero:
+        return
+    manifest = RunManifest(plan.run_dir)
+    segment = open_segment(manifest, plan.context)
+    fail_segment(manifest, segment.index, "failed", error)
 
 
 def _run(script: Mapping[str, Any]) -> None:
