@@ -20,6 +20,7 @@ from trm_cluster.core.moved import honour_moved_modules
 
 if TYPE_CHECKING:
     from trm_cluster.core.config import RunConfig
+    from trm_cluster.core.errors import UsageError
     from trm_cluster.core.signals import ignore_stop_signals
     from trm_cluster.core.workload import (
         Evaluates,
@@ -29,14 +30,13 @@ if TYPE_CHECKING:
         Workload,
         load_workload,
     )
-    from trm_cluster.runtime.plan import UsageError
     from trm_cluster.runtime.registered import per_rank
     from trm_cluster.runtime.session import Session, session
 
 _EXPORTS = {
     "RunConfig": "core.config",
     "Session": "runtime.session",
-    "UsageError": "runtime.plan",
+    "UsageError": "core.errors",
     "session": "runtime.session",
     "ignore_stop_signals": "core.signals",
     "per_rank": "runtime.registered",

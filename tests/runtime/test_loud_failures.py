@@ -65,7 +65,7 @@ def test_logging_after_the_session_closed_is_a_usage_error_not_a_dropped_row(wor
     done = _standalone(workdir, "after", AFTER_CLOSE)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("trm_cluster.runtime.plan.UsageError: run.log() after the session closed"), last
+    assert last.startswith("trm_cluster.core.errors.UsageError: run.log() after the session closed"), last
     assert manifest(workdir / "after")["status"] == "completed"  # the run itself is not harmed
 
 
@@ -76,3 +76,36 @@ def test_a_caught_misuse_does_not_turn_a_failed_segment_into_a_completed_run(wor
     assert len(errors) == 1 and "before run.restore" in errors[0], done.stderr
     data = manifest(workdir / "swallowed")
     assert data["status"] == "failed" and data["segments"][-1]["end_reason"] == "failed"
+
+
+OWN_INIT_BEFORE = """
+import torch, wandb, trm_cluster
+wandb.init(project="their-own")  # left in place from before trm_cluster
+model = torch.nn.Linear(2, 2)
+with trm_cluster.session(steps=3) as run:
+    run.restore(model=model)
+    for _ in run.steps():
+        wandb.log({"loss": 1.0})
+"""
+
+OWN_INIT_INSIDE = """
+import torch, wandb, trm_cluster
+model = torch.nn.Linear(2, 2)
+with trm_cluster.session(steps=3) as run:
+    wandb.init(project="their-own")
+    run.restore(model=model)
+    for _ in run.steps():
+        wandb.log({"loss": 1.0})
+"""
+
+
+def test_a_scripts_own_wandb_init_before_or_inside_the_session_is_refused_in_one_line(workdir: Path) -> None:
+    for name, text in (("before", OWN_INIT_BEFORE), ("inside", OWN_INIT_INSIDE)):
+        done = _standalone(workdir, name, text)
+        assert done.returncode == 2, name + done.stdout + done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("trm_cluster: error:")]
+        assert len(errors) == 1 and "calls wandb.init itself" in errors[0], name + done.stderr
+        assert "Traceback" not in done.stderr, name
+        data = manifest(workdir / name)
+        assert data["status"] == "failed" and data["checkpoints"] == [], name  # no step ran, nothing saved
+        assert "calls wandb.init itself" in data["segments"][-1]["message"], name

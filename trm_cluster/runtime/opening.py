@@ -17,6 +17,7 @@ from typing import Any
 
 from trm_cluster.core.config import RunConfig
 from trm_cluster.core.distributed import Ranks
+from trm_cluster.core.errors import UsageError
 from trm_cluster.core.rng import use_deterministic_kernels
 from trm_cluster.core.workload import dataclass_from_dict
 from trm_cluster.rundir.checkpoints import CheckpointStore
@@ -25,7 +26,7 @@ from trm_cluster.rundir.segment_clock import SegmentClock
 from trm_cluster.rundir.segment_timings import SegmentTimings
 from trm_cluster.rundir.segments import open_segment
 from trm_cluster.runtime.grace import GraceCheck
-from trm_cluster.runtime.plan import SessionPlan, UsageError
+from trm_cluster.runtime.plan import SessionPlan
 from trm_cluster.runtime.saves import SavePath
 from trm_cluster.runtime.step_log import StepLog
 

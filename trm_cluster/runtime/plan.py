@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from trm_cluster.core.errors import UsageError
 from trm_cluster.core.job_context import JobContext
 from trm_cluster.core.signals import StopRequest, StopSignals
 from trm_cluster.rundir.creation import create_script_run
@@ -43,10 +44,6 @@ class Stage(enum.Enum):
     STOPPED = "a stop request ended the segment at a step boundary: saved, closed, SegmentEnded raised"
     MISUSED = "a call out of order ended the segment, recorded as its failure"
     CLOSED = "the `with` block is left: the segment is closed, nothing more reaches the run"
-
-
-class UsageError(RuntimeError):
-    """The loop-side API used in a way that cannot work; the message names the fix."""
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,9 @@ Your own loop, made preemptible and exactly resumable::
             run.log({"loss": loss.item()})
         ...                                 # runs once the run is complete, never on a preemption
 
-The Trainer protocol's job (scheduler/job.py) drives its trainer through this same :class:`Session`. The path,
-top to bottom: stop signals deferred -> manifest read, segment opened -> registered state loaded
-from the newest valid checkpoint, RNG restored -> W&B resumed above the watermark -> steps ->
-[signal recorded] -> step boundary -> full state saved atomically -> W&B finished as preempted ->
-segment closed with its reason -> :class:`SegmentEnded` raised out of the loop to the process owner,
-which hands over to the scheduler's requeue (scheduler/job.py). The code after the loop never runs on a stop.
+The Trainer protocol's job (scheduler/job.py) drives its trainer through this same :class:`Session`. The
+requeue path reads top to bottom here: ``__enter__`` -> ``restore`` -> ``steps`` -> ``_stop`` (each hop, file
+by file, in docs/architecture.md). The code after the loop never runs on a stop.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
+from trm_cluster.core.errors import UsageError
 from trm_cluster.core.rng import rng_fingerprint
 from trm_cluster.core.signals import StopRequest, StopSignals
 from trm_cluster.rundir import segments
@@ -44,7 +42,6 @@ from trm_cluster.runtime.plan import (
     SessionPlan,
     Stage,
     StateSource,
-    UsageError,
     active_plan,
     standalone_plan,
     standalone_stop_line,
@@ -53,6 +50,7 @@ from trm_cluster.runtime.registered import RegisteredState, StateError
 from trm_cluster.runtime.rehearsal import PreemptionInjector
 from trm_cluster.runtime.saves import SavePath
 from trm_cluster.runtime.snapshot import load_step, restore_step
+from trm_cluster.wandb.guard import allow_foreign_init, foreign_run_message, refuse_foreign_init
 from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
 
 log = logging.getLogger(__name__)
@@ -127,6 +125,7 @@ class Session:
         self.data, self.segment, self.timings = parts.data, parts.segment, parts.timings
         self.store, self._goodput, self._saves = parts.store, parts.clock, parts.saves
         self._grace, self._log = parts.grace, parts.log
+        refuse_foreign_init()  # the script's own wandb.init would log to a stray run
         self.total_steps = self.data.total_steps
         self._stage = Stage.OPEN
         return self
@@ -150,6 +149,8 @@ class Session:
 
     def _restore(self, source: StateSource, require_model: bool) -> int:
         self._expect("restore", Stage.OPEN, "run.restore(...) is called once, after entering the session")
+        if (foreign := foreign_run_message()) is not None:  # a W&B run the script started before the session
+            raise self._misuse(foreign)
         journal: Any = ()
         if self.data.wandb.mode != "disabled" and self.ranks.is_main:  # overlaps the load
             self._wandb_start = WandbStart(
@@ -256,12 +257,10 @@ class Session:
             self._grace.report(self.saves.write_s, self.manifest, self.segment.index, self.data.wandb.mode)
 
     def _may_save_in_background(self, done: int) -> bool:
-        """Every periodic save but the last step's (the end needs the state durable before the segment
-        closes). The answer must be the same on every rank, so it depends on nothing a rank holds alone:
-        a stop signal reaches ranks at different boundaries, and one rank saving synchronously (training
-        thread's group) while another saved in the background (the writers' group) and went on to the next
-        stop check would pair different collectives and hang. A save that a stop follows is joined by the
-        stop, which then finds it done."""
+        """Every periodic save but the last step's (the end must be durable before the segment closes).
+        The same answer on every rank, from nothing a rank holds alone: a stop reaches ranks at different
+        boundaries, and one rank saving synchronously while another saves in the background would pair
+        different collectives and hang. A save that a stop follows is joined by the stop."""
         return not self.config.sync_checkpoints and done < self.total_steps
 
     # -- logging ------------------------------------------------------------------------------------
@@ -349,6 +348,7 @@ class Session:
             self._leave(exc)
         finally:
             self._stage = Stage.CLOSED
+            allow_foreign_init()
 
     def _leave(self, exc: BaseException | None) -> None:
         self._injector.stop()

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trm_cluster.core.errors import UsageError
 from trm_cluster.core.workload import TrainContext, Trainer, Workload
 from trm_cluster.rundir.manifest import RunManifest
 from trm_cluster.rundir.segments import fail_segment, open_segment
-from trm_cluster.runtime.plan import SessionPlan, UsageError, serving
+from trm_cluster.runtime.plan import SessionPlan, serving
 from trm_cluster.scheduler.job import SegmentedJob
 
 

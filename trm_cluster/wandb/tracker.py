@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from trm_cluster.core.job_context import seconds_from_env
 from trm_cluster.rundir.manifest import ManifestData, Segment, WandbInfo
+from trm_cluster.wandb.guard import wandb_init
 from trm_cluster.wandb.writers import kill_writers, wait_for_writers
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,9 @@ class WandbTracker:
         watermark = max(info.last_step, wandb_files.max_logged_step(wandb_files.find_segments(run_dir)) or -1)
         word = "Resuming" if info.started else "Starting new"
         print(f"{word} W&B run: {info.run_id}", flush=True)
-        run = wandb.init(
+        run = wandb_init(
             **info.init_arguments(),
-            resume=resume,  # type: ignore[arg-type]
+            resume=resume,
             name=data.name,
             dir=str(run_dir),
             config=data.config,
