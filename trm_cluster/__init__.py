@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         Workload,
         load_workload,
     )
+    from trm_cluster.runtime.hyperparameters import new_hyperparameters
     from trm_cluster.runtime.registered import per_rank
     from trm_cluster.runtime.session import Session, session
 
@@ -40,6 +41,7 @@ _EXPORTS = {
     "session": "runtime.session",
     "ignore_stop_signals": "core.signals",
     "per_rank": "runtime.registered",
+    "new_hyperparameters": "runtime.hyperparameters",
     "Evaluates": "core.workload",
     "FollowsTotalSteps": "core.workload",
     "TrainContext": "core.workload",
@@ -58,6 +60,7 @@ __all__ = [
     "Workload",
     "ignore_stop_signals",
     "load_workload",
+    "new_hyperparameters",
     "per_rank",
     "session",
 ]

@@ -154,8 +154,21 @@ def record_warning(manifest: RunManifest, index: int, warning: str, timings: Seg
     """A warning for ``status`` on the open segment (the grace window), with the timings behind it."""
     with manifest.update() as data:
         ensure_held(data, index)
-        data.segments[index].warning = warning
+        data.segments[index].warning = _joined(data.segments[index].warning, warning)
         data.segments[index].timings = dataclasses.replace(timings)
+
+
+def add_segment_warning(manifest: RunManifest, warning: str) -> None:
+    """Another warning for ``status`` on the open segment (kept beside any it holds)."""
+    with manifest.update() as data:
+        segment = data.open_segment
+        if segment is not None:
+            ensure_held(data, segment.index)
+            segment.warning = _joined(segment.warning, warning)
+
+
+def _joined(previous: str | None, warning: str) -> str:
+    return warning if not previous or previous == warning else f"{previous}\n{warning}"
 
 
 def record_start_step(manifest: RunManifest, index: int, step: int) -> None:

@@ -18,6 +18,14 @@ from typing import Any
 
 import torch
 
+from trm_cluster.runtime.hyperparameters import (
+    NewHyperparameters,
+    differences,
+    hyperparameters,
+    is_optimizer,
+    keep_built,
+    warning,
+)
 from trm_cluster.runtime.loader_state import is_stateful_loader, loader_state, restore_loader
 
 log = logging.getLogger(__name__)
@@ -76,9 +84,13 @@ class RegisteredState:
     ones (:func:`per_rank`) as a second dict that every rank saves for itself."""
 
     def __init__(self, objects: Mapping[str, Any]) -> None:
+        self.keep_hyperparameters = {n for n, o in objects.items() if isinstance(o, NewHyperparameters)}
+        objects = {n: o.obj if isinstance(o, NewHyperparameters) else o for n, o in objects.items()}
         self.objects = {name: obj for name, obj in objects.items() if not isinstance(obj, PerRank)}
         self.per_rank = {name: obj.obj for name, obj in objects.items() if isinstance(obj, PerRank)}
         self.unsaved: list[str] = []
+        self.warnings: list[str] = []
+        """What the last load changed that the script may not expect (hyperparameters.py)."""
         for name, obj in {**self.objects, **self.per_rank}.items():
             generator_warning = loader_generator_warning(name, obj)
             if generator_warning is not None:
@@ -131,8 +143,17 @@ class RegisteredState:
         if extra:
             log.warning("the checkpoint holds state for %s, which this loop does not register; ignored",
                         ", ".join(extra))  # fmt: skip
+        built = {name: hyperparameters(objects[name]) for name in expected if is_optimizer(objects[name])}
         for name in expected:
             _load_into(objects[name], state[name], name)
+        changed: list[str] = []
+        for name, mine in built.items():
+            if name in self.keep_hyperparameters:
+                keep_built(objects[name], mine, objects.values())
+            else:
+                changed += differences(name, mine, hyperparameters(objects[name]))
+        if changed:
+            self.warnings.append(warning(changed))
 
 
 def _supported(obj: Any) -> bool:

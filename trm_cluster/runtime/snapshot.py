@@ -29,6 +29,7 @@ from trm_cluster.rundir.checkpoints import (
     capture,
 )
 from trm_cluster.rundir.manifest import ConfigChange, ManifestData, RunManifest, utc_now
+from trm_cluster.rundir.segments import add_segment_warning
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def restore_step(
     state = dict(payload["trainer"])
     state.setdefault("model", payload["model"])
     target.load_state_dict(state)
+    for warning in getattr(target, "warnings", ()):  # e.g. the script's new hyperparameters overridden
+        log.warning("%s", warning)
+        if ranks.is_main:
+            add_segment_warning(manifest, warning)
     own = rank_part(payload, ranks.rank) if same_ranks else None
     if own is not None and hasattr(target, "load_rank_state_dict"):
         target.load_rank_state_dict(own["rank_state"])
