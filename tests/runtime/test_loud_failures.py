@@ -109,3 +109,36 @@ def test_a_scripts_own_wandb_init_before_or_inside_the_session_is_refused_in_one
         data = manifest(workdir / name)
         assert data["status"] == "failed" and data["checkpoints"] == [], name  # no step ran, nothing saved
         assert "calls wandb.init itself" in data["segments"][-1]["message"], name
+
+
+NEW_LR = """
+import sys, torch, trm_cluster
+model = torch.nn.Linear(2, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=float(sys.argv[1]))
+with trm_cluster.session(steps=4) as run:
+    run.restore(model=model, optimizer=optimizer)
+    for _ in run.steps():
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+
+
+def test_a_resume_whose_new_learning_rate_the_checkpoint_overrides_says_so_in_status(workdir: Path) -> None:
+    script = workdir / "lr.py"
+    script.write_text(NEW_LR)
+    env = clean_env(
+        TRM_CLUSTER_RUN_DIR=str(workdir / "lr"), WANDB_MODE="disabled", TRM_CLUSTER_STOP_AFTER="2"
+    )
+    first = subprocess.run(
+        [sys.executable, str(script), "0.01"], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert first.returncode == 75, first.stdout + first.stderr
+    del env["TRM_CLUSTER_STOP_AFTER"]
+    second = subprocess.run(
+        [sys.executable, str(script), "0.02"], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "optimizer group 0: lr 0.01 (checkpoint) vs 0.02" in second.stderr
+    shown = cli("status", str(workdir / "lr"), cwd=workdir).stdout
+    assert "warning: the restored optimizer trains on with the checkpoint's hyperparameters" in shown, shown
