@@ -1,13 +1,5 @@
-"""``python -m trm_cluster.sync RUN_DIR``: upload a run's offline W&B segments in manifest order, once each.
-
-Why not ``wandb sync RUN/wandb/offline-run-*``: wandb replays same-id files in start-time order from each
-node's own clock, and a segment replayed after a later one is shifted to wrong steps on the server, silently;
-replaying a file again (``--include-synced``) appends its rows again. So this runs one ``wandb sync`` per
-segment in the manifest's order, skips files that carry wandb's own ``.wandb.synced`` marker (the manifest
-is never written here) and files that hold only wandb's header (a process killed before wandb-core's first
-flush: no run record, nothing to upload), and refuses anything that could upload a partial or out-of-order
-segment.
-"""
+"""``python -m trm_cluster.sync RUN_DIR``: upload a run's offline W&B segments in manifest order, once each
+(why not plain ``wandb sync``, and how: ops/wandb_sync.py)."""
 
 from __future__ import annotations
 

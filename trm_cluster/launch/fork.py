@@ -10,6 +10,7 @@ is written.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,10 +92,7 @@ def read_fork_point(point: ForkPoint) -> tuple[ManifestData, int, list[dict[str,
 def fork_wandb(parent: ManifestData, given: WandbOptions) -> WandbOptions:
     """The child's W&B settings: what is given, else the parent's (project, entity, mode, tags, job
     type, notes); the group is the parent's name unless given (W&B then shows the family together)."""
-    info = parent.wandb
-    base = WandbOptions(project=info.project, entity=info.entity, mode=info.mode, group=parent.name,
-                        tags=tuple(info.tags), job_type=info.job_type, notes=info.notes)  # fmt: skip
-    return given.over(base)
+    return given.over(dataclasses.replace(parent.wandb.options(), group=parent.name))
 
 
 def fork_run(

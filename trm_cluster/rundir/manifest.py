@@ -85,6 +85,11 @@ class WandbInfo:
             notes=options.notes,
         )
 
+    def options(self) -> WandbOptions:
+        """The options this record was chosen with (a fork's parent: the child's defaults)."""
+        return WandbOptions(project=self.project, entity=self.entity, mode=self.mode, group=self.group,
+                            tags=tuple(self.tags), job_type=self.job_type, notes=self.notes)  # fmt: skip
+
     def init_arguments(self) -> dict[str, Any]:
         """What ``wandb.init`` gets from this record: id, project, entity and mode; group, tags, job_type
         and notes only when set, so that W&B's own defaults apply otherwise."""
