@@ -1,7 +1,9 @@
 """A loop in the shape of the peptide-TRM researchers' own (docs/your-own-loop.md, "Your data pipeline"):
 an infinite IterableDataset that draws Python's ``random`` in 4 loader workers, a curriculum whose every
-stage makes a new iterator, its own EMA class and a cosine LR schedule. Exact through any number of stops,
-within a stage and across stages. The lines trm_cluster needs are marked ``# +``, changed lines ``# ~``::
+stage makes a new iterator, its own EMA class, a cosine LR schedule and its own ``wandb.log`` calls (their
+``wandb.init`` removed: the session starts the run's one W&B run and routes them to it). Exact through any
+number of stops, within a stage and across stages. The lines trm_cluster needs are marked ``# +``, changed
+lines ``# ~``::
 
     python -m trm_cluster.submit --script examples/curriculum_stream.py --script-args --steps 300
     python -m trm_cluster.doctor --script examples/curriculum_stream.py
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import wandb
 from torch import nn
 from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader  # ~ (was: torch.utils.data.DataLoader)
@@ -120,7 +123,9 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             ema.update(model)
-            run.log({"loss": loss.item(), "stage": curriculum.stage})  # ~ (was: wandb.log)
+            wandb.log(
+                {"loss": loss.item(), "stage": curriculum.stage}, step=step
+            )  # unchanged: reaches the run
         torch.save(ema.state_dict(), args.out)
         print(f"saved {args.out} at step {run.step}", flush=True)
 

@@ -50,7 +50,7 @@ from trm_cluster.runtime.registered import RegisteredState, StateError
 from trm_cluster.runtime.rehearsal import PreemptionInjector
 from trm_cluster.runtime.saves import SavePath
 from trm_cluster.runtime.snapshot import load_step, restore_step
-from trm_cluster.wandb.guard import allow_foreign_init, foreign_run_message, refuse_foreign_init
+from trm_cluster.wandb.guard import foreign_run_message, release_script_calls, take_over_script_calls
 from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Session:
         self.data, self.segment, self.timings = parts.data, parts.segment, parts.timings
         self.store, self._goodput, self._saves = parts.store, parts.clock, parts.saves
         self._grace, self._log = parts.grace, parts.log
-        refuse_foreign_init()  # the script's own wandb.init would log to a stray run
+        take_over_script_calls(self.log)  # its wandb.init refused (a stray run), its wandb.log routed
         self.total_steps = self.data.total_steps
         self._stage = Stage.OPEN
         return self
@@ -348,7 +348,7 @@ class Session:
             self._leave(exc)
         finally:
             self._stage = Stage.CLOSED
-            allow_foreign_init()
+            release_script_calls()
 
     def _leave(self, exc: BaseException | None) -> None:
         self._injector.stop()

@@ -1,22 +1,29 @@
-"""One W&B run per training run: while a session is open, a script's own ``wandb.init`` is refused.
+"""One W&B run per training run: while a session is open, a script's own ``wandb.init`` is refused and
+its ``wandb.log`` calls go to ``run.log``.
 
 Why: a script that keeps its ``wandb.init`` logs every process to a new W&B run of its own, while the
-run's id in the manifest (resumed by every process) gets nothing, and nothing says so. The session's
-own tracker calls :func:`wandb_init`, which reaches the real one.
+run's id in the manifest (resumed by every process) gets nothing, and nothing says so. Its ``wandb.log``
+calls, routed through the session, follow the session's step rules and journal (a ``step=`` they pass
+is not used): no row twice, none shifted, whatever the stops. The session's own tracker calls
+:func:`wandb_init` and logs through its run object, which reach the real ones.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from trm_cluster.core.errors import UsageError
 
+ORIGINAL = "trm_cluster_original"
+"""The attribute of a replaced wandb function that holds the real one."""
+_routed: Callable[..., None] | None = None
+"""The script's ``wandb.log`` while a session has taken it over."""
 FIX = (
     "this script calls wandb.init itself; the session starts the run's one W&B run (its id is in the "
-    "manifest, resumed by every process): remove the wandb.init call, log with run.log(...), and give "
-    "its options to submit (--wandb-project, --wandb-tags, ...)"
+    "manifest, resumed by every process): remove the wandb.init call (the script's wandb.log calls reach "
+    "that run through the session) and give its options to submit (--wandb-project, --wandb-tags, ...)"
 )
 
 
@@ -26,31 +33,44 @@ def foreign_run_message() -> str | None:
     return FIX if wandb is not None and getattr(wandb, "run", None) is not None else None
 
 
-def refuse_foreign_init() -> None:
-    """From here on, ``wandb.init`` from the script raises :class:`UsageError` (wandb imported already;
-    a script importing it later, inside the loop, is not guarded)."""
+def take_over_script_calls(log: Callable[[Mapping[str, Any]], None]) -> None:
+    """From here on, the script's ``wandb.init`` raises :class:`UsageError` and its ``wandb.log`` is
+    ``log`` (the session's ``run.log``). Only where wandb is imported already: a script importing it later,
+    inside the loop, is not covered."""
     wandb = sys.modules.get("wandb")
-    if wandb is None or hasattr(wandb.init, "trm_cluster_original"):
+    if wandb is None or hasattr(wandb.init, ORIGINAL):
         return
-    original = wandb.init
 
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise UsageError(FIX)
 
-    refused.trm_cluster_original = original  # type: ignore[attr-defined]
-    setattr(wandb, "init", refused)  # noqa: B010  # the module, patched while a session is open
+    def routed(data: Mapping[str, Any], step: Any = None, commit: Any = None, sync: Any = None) -> None:
+        log(data)
+
+    global _routed
+    for name, replacement in (("init", refused), ("log", routed)):
+        setattr(replacement, ORIGINAL, getattr(wandb, name))
+        setattr(wandb, name, replacement)
+    _routed = routed
 
 
-def allow_foreign_init() -> None:
+def release_script_calls() -> None:
+    """``wandb.init`` and ``wandb.log`` as they were before the session."""
+    global _routed
+    _routed = None
     wandb = sys.modules.get("wandb")
-    original = getattr(wandb.init, "trm_cluster_original", None) if wandb is not None else None
-    if original is not None:
-        setattr(wandb, "init", original)  # noqa: B010
+    for name in ("init", "log"):
+        original = getattr(getattr(wandb, name, None), ORIGINAL, None)
+        if original is not None:
+            setattr(wandb, name, original)
 
 
 def wandb_init(**arguments: Any) -> Any:
     """The real ``wandb.init``, guarded or not: the session's own run."""
     import wandb
 
-    init: Callable[..., Any] = getattr(wandb.init, "trm_cluster_original", wandb.init)
-    return init(**arguments)
+    init: Callable[..., Any] = getattr(wandb.init, ORIGINAL, wandb.init)
+    run = init(**arguments)
+    if _routed is not None:  # wandb.init binds wandb.log to the new run's: route the script's calls again
+        wandb.log = _routed
+    return run
