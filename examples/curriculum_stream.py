@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("final_model.pt"))
+    parser.add_argument(
+        "--forget-curriculum", action="store_true", help="planted bug: curriculum not registered"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -99,17 +102,18 @@ def main() -> None:
         generator=torch.Generator().manual_seed(args.seed),  # + (the workers' seeds come from it)
         worker_init_fn=trm_cluster.ignore_stop_signals,  # +
     )
-    quarter = max(args.steps // 4, 1)
-    curriculum = Curriculum([quarter, 2 * quarter, 3 * quarter], [0.0, 0.05, 0.1, 0.2])
     model = nn.Sequential(nn.Linear(FEATURES, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 1))
     ema = EMA(model, decay=0.95)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
 
     with trm_cluster.session(steps=args.steps, log_every=5) as run:  # +
-        run.restore(  # +
-            model=model, optimizer=optimizer, scheduler=schedule, ema=ema, curriculum=curriculum, data=loader
-        )  # +
+        quarter = max(run.total_steps // 4, 1)  # ~ (was: args.steps; submit --steps N changes the total)
+        curriculum = Curriculum([quarter, 2 * quarter, 3 * quarter], [0.0, 0.05, 0.1, 0.2])
+        state = {"model": model, "optimizer": optimizer, "scheduler": schedule, "ema": ema, "data": loader}
+        if not args.forget_curriculum:
+            state["curriculum"] = curriculum
+        run.restore(**state)  # +
         curriculum.apply(dataset)  # + the stage the saved iterator was made in, before the first iter()
         batches = iter(loader)
         for step in run.steps():  # ~ (was: for step in range(args.steps):)
@@ -123,9 +127,7 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             ema.update(model)
-            wandb.log(
-                {"loss": loss.item(), "stage": curriculum.stage}, step=step
-            )  # unchanged: reaches the run
+            wandb.log({"loss": loss.item(), "stage": curriculum.stage}, step=step)  # unchanged
         torch.save(ema.state_dict(), args.out)
         print(f"saved {args.out} at step {run.step}", flush=True)
 

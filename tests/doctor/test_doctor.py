@@ -28,7 +28,7 @@ import torch
 from support import REPO
 
 from trm_cluster.doctor.causes import divergence_causes, warning_causes
-from trm_cluster.doctor.cli import main
+from trm_cluster.doctor.cli import default_stops, main, parse
 from trm_cluster.doctor.compare import Tally, compare_payloads, compare_runs
 
 EXAMPLE = REPO / "examples" / "train_script.py"
@@ -317,3 +317,46 @@ def test_warning_causes_are_read_from_the_resumed_process_stderr() -> None:
         "random numbers drawn between run.restore() and the loop",
     ]
     assert warning_causes("all fine\n") == []
+
+
+def test_two_stops_compare_each_resumed_process_by_its_own_rows_and_list_every_kind_first() -> None:
+    a = {s: _payload(s) for s in range(1, 9)}
+    # run B: stopped after 3 and after 5; each resumed process journals only the rows it logged itself
+    rows = {s: s if s <= 3 else s - 3 if s <= 5 else s - 5 for s in a}
+    assert compare_runs(a, {s: _payload(s, rows=rows[s]) for s in a}, (3, 5), 8).exact
+    # a loader counter off from step 4, the weights only from step 7 on: both named, each at its first step
+    b = {s: _payload(s, rows=rows[s], weight=1.0 if s < 7 else 2.0) for s in a}
+    for s in range(4, 9):
+        b[s]["trainer"]["data"] = {"_num_yielded": s + 1}
+        a[s]["trainer"]["data"] = {"_num_yielded": s}
+    verdict = compare_runs(a, b, (3, 5), 8)
+    assert verdict.stops == (3, 5) and verdict.first is not None and verdict.first.step == 4
+    assert verdict.first_by_kind() == {"data": (4, 1), "model weights": (7, 1)}
+    assert verdict.stop_before(7) == 5 and verdict.stop_before(4) == 3
+
+
+def test_the_default_is_two_stops_close_together_and_at_takes_a_list() -> None:
+    assert default_stops(20) == (10, 12) and default_stops(8) == (4, 5) and default_stops(2) == (1,)
+    assert parse(["--script", str(EXAMPLE), "--steps", "20", "--at", "14,7"]).stops == (7, 14)
+
+
+CURRICULUM = REPO / "examples" / "curriculum_stream.py"
+
+
+def test_the_curriculum_example_resumes_exactly_through_two_stops_in_one_stage(doctor: Doctor) -> None:
+    done = doctor("--script", str(CURRICULUM), "--steps", "12", "--at", "4,5")  # stages begin at 3, 6, 9
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exact: steps 5..12 after the resumes at steps 4, 5 match the uninterrupted run" in done.stdout
+
+
+def test_an_unregistered_curriculum_is_caught_by_the_second_stop_with_each_kind_named(doctor: Doctor) -> None:
+    done = doctor(
+        "--script", str(CURRICULUM), "--steps", "12", "--at", "4,5", "--script-args", "--forget-curriculum",
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    # the resumed curriculum starts at stage 0: the first resumed step "changes stage" and makes a new
+    # iterator, so the data, and from it every weight, differ from the first step after the first stop
+    assert "NOT EXACT: first divergence at step 5, 1 step(s) after the resume at step 4" in out, out
+    assert "first divergence of each kind" in out
+    assert "    model weights: step 5" in out and "    ema: step 5" in out and "    optimizer: step 5" in out

@@ -89,7 +89,7 @@ def divergence_causes(verdict: Verdict) -> list[Cause]:
     first = verdict.first
     if first is None:
         return []
-    k = verdict.resume_at
+    k = verdict.stop_before(first.step)
     keys = [d.path for d in first.state]
     metric_names = sorted({m.name for m in first.metrics})
     causes: list[Cause] = []

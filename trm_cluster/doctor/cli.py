@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, default=None, help=f"N: steps of each run (default {DEFAULT_STEPS})"
     )
-    parser.add_argument("--at", type=int, default=None, help="K: stop after step K and resume (default N//2)")
+    parser.add_argument(
+        "--at",
+        default=None,
+        help="K or K1,K2,...: stop after each and resume in a fresh process (default: two stops close "
+        "together, N//2 and a step or two later)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="work in DIR (absent or empty) and keep it")
     parser.add_argument(
         "--cwd", type=Path, default=None, help="working directory of the runs (default: this one)"
@@ -108,9 +113,7 @@ def parse(argv: Sequence[str]) -> Request:
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     if steps < 2:
         raise BadInput(f"--steps {steps}: a resume test needs at least 2 steps")
-    at = steps // 2 if args.at is None else args.at
-    if not 1 <= at <= steps - 1:
-        raise BadInput(f"--at {at}: the stop must fall inside the run, 1..{steps - 1} for --steps {steps}")
+    stops = default_stops(steps) if args.at is None else _stops(args.at, steps)
     if args.timeout <= 0:
         raise BadInput(f"--timeout {args.timeout}: must be positive")
     cwd = (args.cwd or Path.cwd()).expanduser().resolve()
@@ -129,7 +132,28 @@ def parse(argv: Sequence[str]) -> Request:
         if script_args is not None:
             raise BadInput("--script-args passes arguments to a --script; a --preset takes none")
         loop = PresetLoop.load(args.preset, steps)
-    return Request(steps, at, cwd, keep, list(args.ignore), args.timeout, args.serial, loop)
+    return Request(steps, stops, cwd, keep, list(args.ignore), args.timeout, args.serial, loop)
+
+
+def default_stops(steps: int) -> tuple[int, ...]:
+    """Two stops close together (the same epoch or curriculum stage, as a busy cluster makes them): the
+    middle and a step or two later; one stop in a run too short for two."""
+    first = max(steps // 2, 1)
+    second = min(first + max(steps // 10, 1), steps - 1)
+    return (first, second) if second > first else (first,)
+
+
+def _stops(given: str, steps: int) -> tuple[int, ...]:
+    try:
+        stops = sorted({int(part) for part in given.split(",")})
+    except ValueError:
+        raise BadInput(f"--at {given}: give step numbers, e.g. --at 7 or --at 7,14") from None
+    for stop in stops:
+        if not 1 <= stop <= steps - 1:
+            raise BadInput(
+                f"--at {stop}: the stop must fall inside the run, 1..{steps - 1} for --steps {steps}"
+            )
+    return tuple(stops)
 
 
 def _split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -150,30 +174,38 @@ def report(outcome: Outcome, say: Any = print) -> int:
         f"and {len(tally.metrics)} logged metric values"
     )
     left_out = [f"timings {', '.join(verdict.ignored_metrics)}"] if verdict.ignored_metrics else []
+    if verdict.idle_counters:
+        left_out.append(
+            f"{', '.join(verdict.idle_counters)}: torchdata's sampler counters of an iterable dataset, "
+            "counted twice by its replay and read by nothing"
+        )
     if verdict.idle_streams:
         names = ", ".join(f"rng.{name}" for name in verdict.idle_streams)
         left_out.append(
             f"{names}: never seeded (differs between the runs) and never drawn from (the same in every "
             "checkpoint of each run); seed it if the loop ever uses it"
         )
-    first = verdict.first
+    first, resumes = verdict.first, _resumes(verdict.stops)
     if first is None:
-        say(f"exact: steps {k + 1}..{n} after the resume at step {k} match the uninterrupted run bit for bit")
+        say(f"exact: steps {k + 1}..{n} after {resumes} match the uninterrupted run bit for bit")
         say(f"  {counted}")
         _say_left_out(left_out, say)
         if outcome.warnings:
             say("  but the resumed process warned (no divergence in this test; a longer one may show it):")
             _say_causes(outcome.warnings, say)
         return EXIT_EXACT
-    after = verdict.diverging_after_resume
+    after, stop = verdict.diverging_after_resume, verdict.stop_before(first.step)
     where = (
         f"before the resume (at step {k})"
         if first.step <= k
-        else f"{first.step - k} step(s) after the resume at step {k}"
+        else f"{first.step - stop} step(s) after the resume at step {stop}"
     )
     say(f"NOT EXACT: first divergence at step {first.step}, {where}")
-    say(f"  {len(after)} of the {n - k} steps after the resume differ; {counted}")
+    say(f"  {len(after)} of the {n - k} steps after {resumes} differ; {counted}")
     _say_left_out(left_out, say)
+    say("  first divergence of each kind (step: keys or metrics then):")
+    for kind, (step, count) in verdict.first_by_kind().items():
+        say(f"    {kind}: step {step} ({count})")
     if first.state:
         say(f"  diverging keys at step {first.step} ({len(first.state)}), uninterrupted vs resumed:")
         for difference in first.state[:SHOWN_KEYS]:
@@ -189,6 +221,14 @@ def report(outcome: Outcome, say: Any = print) -> int:
     say("likely causes:")
     _say_causes(outcome.warnings + outcome.causes, say)
     return EXIT_NOT_EXACT
+
+
+def _steps(stops: Sequence[int]) -> str:
+    return f"step {stops[0]}" if len(stops) == 1 else "steps " + ", ".join(map(str, stops))
+
+
+def _resumes(stops: Sequence[int]) -> str:
+    return f"the resume at step {stops[0]}" if len(stops) == 1 else f"the resumes at {_steps(stops)}"
 
 
 def _say_left_out(left_out: Sequence[str], say: Any) -> None:
@@ -222,10 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as error:
         print(f"trm-doctor: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    n, k = request.steps, request.at
+    n = request.steps
     print(f"resume doctor: {request.loop.describe()}", flush=True)
-    print(f"  {n} steps uninterrupted vs stopped after step {k} and resumed in a fresh process "
-          "(W&B disabled, a checkpoint and a row after every step)", flush=True)  # fmt: skip
+    print(f"  {n} steps uninterrupted vs stopped after {_steps(request.stops)} and resumed in a fresh process "
+          "each time (W&B disabled, a checkpoint and a row after every step)", flush=True)  # fmt: skip
     code = EXIT_UNTESTABLE
     with workspace(request.keep) as work:
         try:

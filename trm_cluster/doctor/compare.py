@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from trm_cluster.runtime.loader_state import FORMAT as LOADER_FORMAT
+from trm_cluster.runtime.loader_state import IDLE_COUNTERS
+
 RUN_IDENTITY = ("meta.saved_at", "meta.run_uid", "meta.run_name")
 """Checkpoint keys two runs of the same training never share: when it was saved, and which run it is."""
 
@@ -71,7 +74,8 @@ class Tally:
 @dataclass
 class Verdict:
     total_steps: int
-    resume_at: int
+    stops: tuple[int, ...]
+    """The steps run B was stopped after and resumed, in order."""
     steps: dict[int, StepComparison]
     """Every step compared: K and those after it (and, when K differs already, those before it)."""
     tally: Tally
@@ -79,6 +83,8 @@ class Verdict:
     """Metric names left out as timings."""
     idle_streams: list[str] = field(default_factory=list)
     """Global RNG streams left out: never seeded (they differ between the runs) and never drawn from."""
+    idle_counters: list[str] = field(default_factory=list)
+    """Loader sampler counters left out: an iterable dataset's, read by nothing (idle_loader_counters)."""
 
     @property
     def exact(self) -> bool:
@@ -92,8 +98,48 @@ class Verdict:
         return None
 
     @property
+    def resume_at(self) -> int:
+        """The first stop: the steps after it are the resumed ones."""
+        return self.stops[0]
+
+    def stop_before(self, step: int) -> int:
+        """The last stop before ``step`` (the first stop for a step at or before it)."""
+        return max((s for s in self.stops if s < step), default=self.stops[0])
+
+    @property
     def diverging_after_resume(self) -> list[int]:
         return [s for s, c in sorted(self.steps.items()) if s > self.resume_at and not c.same]
+
+    def first_by_kind(self) -> dict[str, tuple[int, int]]:
+        """Kind of state or metric -> (the first step it diverges at, how many keys or metrics then), in
+        the order they diverge: weights three steps after a loader counter are listed, not hidden."""
+        found: dict[str, tuple[int, int]] = {}
+        for step in sorted(self.steps):
+            comparison = self.steps[step]
+            counts: dict[str, int] = {}
+            for difference in comparison.state:
+                counts[kind_of(difference.path)] = counts.get(kind_of(difference.path), 0) + 1
+            if comparison.metrics:
+                counts["metrics"] = len(comparison.metrics)
+            for kind, count in counts.items():
+                found.setdefault(kind, (step, count))
+        return found
+
+
+def kind_of(path: str) -> str:
+    """What a checkpoint key belongs to: the model's weights, a registered object by its name (optimizer,
+    data, curriculum, ...), an RNG stream, the W&B window and journal."""
+    head, _, rest = path.partition(".")
+    name = rest.partition(".")[0]
+    if head == "model":
+        return "model weights"
+    if head == "trainer" and name:
+        return "model weights" if name == "model" else name
+    if head == "rng" and name:
+        return f"rng.{name}"
+    if head == "tracking":
+        return "W&B window and journal"
+    return head
 
 
 def compare_payloads(
@@ -196,6 +242,18 @@ def journal_rows(payload: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
     return {int(row["step"]): dict(row["metrics"]) for row in rows}
 
 
+def idle_loader_counters(payload: Any, path: str = "") -> list[str]:
+    """The paths of the sampler counters of every registered iterable dataset's loader: counted twice by
+    torchdata's replay, read by nothing (runtime/loader_state.py), so not a divergence."""
+    if not isinstance(payload, Mapping):
+        return []
+    if payload.get("format") == LOADER_FORMAT and payload.get("iterable"):
+        return [f"{path}.loader.{counter}" for counter in IDLE_COUNTERS]
+    return [
+        p for key, value in payload.items() for p in idle_loader_counters(value, f"{path}.{key}".lstrip("."))
+    ]
+
+
 def is_timing(name: str) -> bool:
     leaf = name.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(leaf, p) for p in TIMING_METRICS)
@@ -213,7 +271,10 @@ def compare_step(
     """One step's checkpoints: the state, and the rows logged above ``rows_above`` (None: every row);
     the names of the metrics left out are added to ``ignored_metrics``."""
     comparison = StepComparison(step)
-    comparison.state = compare_payloads(expected, actual, (*RUN_IDENTITY, JOURNAL_ROWS, *ignore), tally)
+    idle = idle_loader_counters(expected)
+    comparison.state = compare_payloads(
+        expected, actual, (*RUN_IDENTITY, JOURNAL_ROWS, *idle, *ignore), tally
+    )
     a_rows, b_rows = journal_rows(expected), journal_rows(actual)
     floor = -(10**18) if rows_above is None else rows_above
     for row_step in sorted({s for s in (*a_rows, *b_rows) if s > floor}):
@@ -241,12 +302,13 @@ def compare_step(
 def compare_runs(
     uninterrupted: Mapping[int, Mapping[str, Any]],
     resumed: Mapping[int, Mapping[str, Any]],
-    resume_at: int,
+    stops: int | Sequence[int],
     total_steps: int,
     ignore: Sequence[str] = (),
 ) -> Verdict:
-    """Compare the checkpoints of step K and of every step after it; when step K differs already (the
-    loop is not deterministic even without a resume), also those before it, to find where that starts.
+    """Compare the checkpoints of the first stop K and of every step after it; when step K differs
+    already (the loop is not deterministic even without a resume), also those before it, to find where
+    that starts. Each resumed process logged only the rows above the last row of the stop it resumed at.
 
     A global RNG stream that the loop never draws from (the same in every checkpoint of each run) but
     that differs between the runs was never seeded, and cannot change the training: it is left out
@@ -264,19 +326,24 @@ def compare_runs(
                 streams.setdefault(str(name), (set(), set()))[side].add(_digest(value))
         steps[step] = compare_step(step, a, b, rows_above, tally, ignore, ignored)
 
-    # The resumed process logged only the rows above the last row logged by step K.
-    rows_at_k = journal_rows(uninterrupted[resume_at])
-    rows_above = max(rows_at_k) if rows_at_k else None
+    stops = (stops,) if isinstance(stops, int) else tuple(sorted(stops))
+    resume_at = stops[0]
+
+    def rows_above(step: int) -> int | None:  # the last row of the stop this step's process resumed at
+        rows = journal_rows(uninterrupted[max(s for s in stops if s < step)])
+        return max(rows) if rows else None
+
     one(resume_at, None)
     for step in range(resume_at + 1, total_steps + 1):
-        one(step, rows_above)
+        one(step, rows_above(step))
     idle = sorted(n for n, (a, b) in streams.items() if len(a) == len(b) == 1 and a != b)
     _drop_streams(steps.values(), idle)
     if not steps[resume_at].same:
         for step in range(1, resume_at):
             one(step, None)
         _drop_streams(steps.values(), idle)
-    return Verdict(total_steps, resume_at, dict(sorted(steps.items())), tally, sorted(ignored), idle)
+    counters = idle_loader_counters(uninterrupted[resume_at])
+    return Verdict(total_steps, stops, dict(sorted(steps.items())), tally, sorted(ignored), idle, counters)
 
 
 def _drop_streams(comparisons: Iterable[StepComparison], idle: Sequence[str]) -> None:

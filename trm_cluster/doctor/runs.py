@@ -130,10 +130,11 @@ class PresetLoop(Loop):
 
 @dataclass
 class Request:
-    """What to examine: N steps of a loop, stopped after step K and resumed (parsed by doctor/cli.py)."""
+    """What to examine: N steps of a loop, stopped after each of the steps K1 < K2 < ... and resumed in
+    a fresh process each time (parsed by doctor/cli.py)."""
 
     steps: int
-    at: int
+    stops: tuple[int, ...]
     cwd: Path
     keep: Path | None
     ignore: list[str]
@@ -314,11 +315,11 @@ class Outcome:
 
 
 def examine(request: Request, work: Path, say: Any = print) -> Outcome:
-    """Run A, B stopped at K and B resumed in ``work``, and compare them. Run A runs alongside run B
-    unless ``request.serial``."""
+    """Run A, and B stopped at each K and resumed in a fresh process, in ``work``; compare them. Run A
+    runs alongside run B unless ``request.serial``."""
     from trm_cluster.doctor.compare import compare_runs  # torch: see the top
 
-    n, k = request.steps, request.at
+    n, stops = request.steps, request.stops
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     run_a, run_b = work / "uninterrupted", work / "resumed"
@@ -342,12 +343,15 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
         a = start("run A", run_a, None)
         if request.serial:
             finish(a, 0, a_what)
-        b = start("run B", run_b, k)
-        finish(b, EXIT_STOPPED, f"stopped after step {k}")
+        resumed_from = 0
+        for stop in stops:
+            label = "run B" if not resumed_from else "run B resumed"
+            finish(start(label, run_b, stop), EXIT_STOPPED, f"stopped after step {stop}")
+            resumed_from = stop
         b_resumed = start("run B resumed", run_b, None)
         if not request.serial:
             finish(a, 0, a_what)
-        resumed = finish(b_resumed, 0, f"fresh process, steps {k + 1}..{n}")
+        resumed = finish(b_resumed, 0, f"fresh process, steps {resumed_from + 1}..{n}")
     finally:
         for process in running:
             process.kill()
@@ -356,6 +360,6 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     a_checkpoints, b_checkpoints = Checkpoints(run_a, "run A"), Checkpoints(run_b, "run B")
     a_checkpoints.require(range(1, n + 1))
     b_checkpoints.require(range(1, n + 1))
-    verdict = compare_runs(a_checkpoints, b_checkpoints, k, n, ignore=request.ignore)
+    verdict = compare_runs(a_checkpoints, b_checkpoints, stops, n, ignore=request.ignore)
     warnings = warning_causes(resumed.text("stderr"))
     return Outcome(verdict, divergence_causes(verdict), warnings)

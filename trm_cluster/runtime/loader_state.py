@@ -26,6 +26,13 @@ from torch.utils.data import IterableDataset
 
 FORMAT = "trm_cluster.loader/1"
 """Marks this wrapper in a checkpoint; a loader's state saved before it is the bare torchdata dict."""
+IDLE_COUNTERS = (
+    "_snapshot._main_snapshot._sampler_iter_yielded",
+    "_snapshot._main_snapshot._sampler_iter_state.*",
+)
+"""torchdata's counters of the sampler of an iterable dataset (an endless constant sampler, whose indices
+are never read): the replay counts them twice too, and nothing restores data from them. The doctor leaves
+them out of its comparison (doctor/compare.py)."""
 
 
 def is_stateful_loader(obj: Any) -> bool:
@@ -38,7 +45,11 @@ def _iterable_with_generator(loader: Any) -> bool:
 
 def loader_state(loader: Any) -> dict[str, Any]:
     """The loader's own state, and for an iterable dataset its generator's, taken after it."""
-    state: dict[str, Any] = {"format": FORMAT, "loader": loader.state_dict()}
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "loader": loader.state_dict(),
+        "iterable": isinstance(loader.dataset, IterableDataset),
+    }
     if _iterable_with_generator(loader):
         state["generator"] = loader.generator.get_state()
     return state
