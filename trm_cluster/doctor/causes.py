@@ -18,6 +18,9 @@ LOADER_NO_GENERATOR = "has no generator of its own"
 RNG_DRAWN = "the global RNG was drawn from between run.restore()"
 REGISTERED_EXTRA = "which this loop does not register"
 CHECKPOINT_FALLBACK = "falling back"
+UNREGISTERED = re.compile(
+    r"run\.restore\(\.\.\.\): (.+?) (?:has|have) state_dict\(\) but (?:is|are) not registered"
+)
 
 _LR_METRIC = re.compile(r"(^|[/._-])(lr|learning_rate|learning-rate)([/._-]|$)", re.IGNORECASE)
 _LR_STATE = re.compile(r"param_groups\.\d+\.lr$")
@@ -40,6 +43,16 @@ def warning_causes(resumed_stderr: str) -> list[Cause]:
                 "its position in the epoch (and its workers' seeds) are in no checkpoint, so the resumed "
                 "process starts a new pass over the data. Use torchdata.stateful_dataloader."
                 "StatefulDataLoader (same arguments) and register it: run.restore(..., data=loader).",
+            )
+        )
+    unregistered = UNREGISTERED.search(resumed_stderr)
+    if unregistered:
+        causes.append(
+            Cause(
+                f"state the loop does not register: {unregistered.group(1)} (the resumed process warned)",
+                "it has state_dict() but no checkpoint holds it, so the resumed process starts it afresh "
+                "(a curriculum back at its first stage makes a new iterator at the first resumed step). "
+                "Register it: run.restore(..., name=obj).",
             )
         )
     if LOADER_NO_GENERATOR in resumed_stderr:
