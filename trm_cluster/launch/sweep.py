@@ -31,6 +31,8 @@ from trm_cluster.rundir.creation import create_run
 from trm_cluster.rundir.manifest import RunManifest, utc_now
 from trm_cluster.rundir.sweep_record import read_record, write_record
 from trm_cluster.scheduler.executors import ExecutorOptions, make_executor
+from trm_cluster.scheduler.in_process import run_in_process
+from trm_cluster.scheduler.job import TrainingJob
 
 NAME_LIMIT = 120
 """Longest element directory name kept as is; longer ones are cut and given a digest (names stay unique)."""
@@ -183,8 +185,6 @@ def submit_array(
     wandb_resume: str = "allow",
 ) -> list[submitit.Job[Any]]:
     """These elements through one ``executor.batch()``: one Slurm job array (local: one process each)."""
-    from trm_cluster.scheduler.job import TrainingJob
-
     executor = make_executor(kind, options, sweep_dir / LOG_DIR)
     jobs = []
     with executor.batch():
@@ -282,8 +282,6 @@ def follow(
         run_id = RunManifest(run_dir).read().wandb.run_id
         print(f"  {run_dir.name:<{width}}  job {job.job_id}  W&B {run_id}")
     if kind == "debug":  # no scheduler: one element after the other, in this process
-        from trm_cluster.scheduler.in_process import run_in_process
-
         for run_dir, job in zip(dirs, jobs, strict=True):
             error = run_in_process(job)
             if error is not None:
