@@ -19,7 +19,9 @@ standard library.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -72,7 +74,11 @@ class JobStepController(Controller):
                     file=sys.stderr,
                     flush=True,
                 )
+                tasks = list(self.tasks)
                 self.kill_tasks()  # SIGINT, then SIGKILL: also ends a frozen (SIGSTOPped) task
+                for task in tasks:  # reaped before this process ends: nothing of the job outlives it
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        task.wait(timeout=10)
                 return codes
             time.sleep(1.0 / freq)
 
