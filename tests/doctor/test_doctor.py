@@ -115,7 +115,7 @@ def test_forgotten_scheduler_is_not_exact_and_named_by_its_lr(doctor: Doctor) ->
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     assert "NOT EXACT: first divergence at step 2, 1 step(s) after the resume at step 1" in out
-    assert "- state the loop does not register with run.restore(...): the runs agree at step 1" in out
+    assert "- state the resume does not bring back: the runs agree at step 1" in out
     assert "metric lr at step 2:" in out
     assert "trainer.optimizer.param_groups.0.lr:" in out
     assert "- probably an LR scheduler: metric lr" in out
@@ -299,7 +299,7 @@ def test_compare_runs_leaves_out_identity_and_timings_and_finds_the_first_diverg
     assert verdict.ignored_metrics == ["trainer/steps_per_s"]
     titles = [c.title for c in divergence_causes(verdict)]
     assert titles[0].startswith(
-        "state the loop does not register with run.restore(...): the runs agree at step 2"
+        "state the resume does not bring back: the runs agree at step 2"
     )
     assert titles[1].startswith("probably an LR scheduler: metric lr")
 

@@ -131,11 +131,13 @@ def divergence_causes(verdict: Verdict) -> list[Cause]:
         what = _listed([f"metric {name}" for name in metric_names] + keys)
         causes.append(
             Cause(
-                f"state the loop does not register with run.restore(...): the runs agree at step {k} and "
-                f"diverge right after the resume, at step {k + 1} ({what})",
-                "something that changes during training is neither saved nor restored, so the resumed "
-                "process starts it afresh. Register every such object: run.restore(model=..., "
-                "optimizer=..., scheduler=..., scaler=..., ema=..., data=..., counters={...}).",
+                f"state the resume does not bring back: the runs agree at step {k} and diverge right after "
+                f"the resume, at step {k + 1} ({what})",
+                "something the step uses is neither saved nor restored, so the resumed process starts it "
+                "afresh: an object not registered with run.restore(...) (the resumed process names the "
+                "stateful objects of its caller it was not given, above), or a registered object whose "
+                "state_dict() leaves out something it uses. Register every such object: run.restore("
+                "model=..., optimizer=..., scheduler=..., scaler=..., ema=..., data=..., counters={...}).",
             )
         )
     else:
