@@ -298,9 +298,7 @@ def test_compare_runs_leaves_out_identity_and_timings_and_finds_the_first_diverg
     assert [(m.name, m.row_step) for m in first.metrics] == [("lr", 3)]
     assert verdict.ignored_metrics == ["trainer/steps_per_s"]
     titles = [c.title for c in divergence_causes(verdict)]
-    assert titles[0].startswith(
-        "state the resume does not bring back: the runs agree at step 2"
-    )
+    assert titles[0].startswith("state the resume does not bring back: the runs agree at step 2")
     assert titles[1].startswith("probably an LR scheduler: metric lr")
 
 
