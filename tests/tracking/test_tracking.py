@@ -40,6 +40,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     return tmp_path
 
 
@@ -62,6 +63,22 @@ def test_auto_is_online_only_with_a_key_in_the_environment_or_netrc(
     assert not api_key_configured()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert api_key_configured() and resolve_mode("auto") == "online"
+
+
+def test_auto_takes_wandbs_own_mode_variable_and_an_explicit_mode_wins(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    for variable, mode in (
+        ("disabled", "disabled"),
+        ("dryrun", "offline"),
+        ("Offline", "offline"),
+        ("", "online"),
+    ):
+        monkeypatch.setenv("WANDB_MODE", variable)
+        assert resolve_mode("auto") == mode, variable
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("offline") == "offline"
 
 
 def test_an_explicit_mode_is_kept_and_a_wrong_one_refused(home: Path) -> None:

@@ -27,7 +27,8 @@ class WandbOptions:
     by submit (launch/parse.py); a run created with none records :data:`NO_PROJECT`."""
     entity: str | None = None
     mode: str = "auto"
-    """auto (online when an API key is configured, else offline), online, offline, disabled."""
+    """auto (WANDB_MODE where set, else online when an API key is configured, else offline), online,
+    offline, disabled."""
     group: str | None = None
     tags: tuple[str, ...] | None = None
     """None: not given (a given empty list clears them)."""
@@ -87,9 +88,16 @@ def api_key_configured() -> bool:
         return False
 
 
+ENV_MODES = {"online": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+"""W&B's own ``WANDB_MODE`` values, as a run's mode."""
+
+
 def resolve_mode(requested: str) -> str:
+    """The run's mode, chosen once at its creation. "auto": W&B's own ``WANDB_MODE`` where it is set, else
+    online only where an API key is configured (never a prompt), else offline."""
     if requested == "auto":
-        return "online" if api_key_configured() else "offline"
+        from_env = ENV_MODES.get(os.environ.get("WANDB_MODE", "").strip().lower())
+        return from_env or ("online" if api_key_configured() else "offline")
     if requested not in ("online", "offline", "disabled"):
         raise ValueError(f"unknown W&B mode {requested!r} (auto, online, offline, disabled)")
     return requested

@@ -62,7 +62,7 @@ class SubmitArgs(Generic[JobT]):
     wandb_notes: str | None = None
     """W&B notes (default: $WANDB_NOTES)."""
     wandb_mode: Literal["auto", "online", "offline"] = "auto"
-    """auto: online when an API key is configured, else offline."""
+    """auto: WANDB_MODE where set, else online when an API key is configured, else offline."""
     wandb: bool = True
     """Log to W&B; --no-wandb disables it entirely."""
     wandb_must_resume: bool = False
