@@ -271,10 +271,7 @@ def compare_step(
     """One step's checkpoints: the state, and the rows logged above ``rows_above`` (None: every row);
     the names of the metrics left out are added to ``ignored_metrics``."""
     comparison = StepComparison(step)
-    idle = idle_loader_counters(expected)
-    comparison.state = compare_payloads(
-        expected, actual, (*RUN_IDENTITY, JOURNAL_ROWS, *idle, *ignore), tally
-    )
+    comparison.state = compare_payloads(expected, actual, (*RUN_IDENTITY, JOURNAL_ROWS, *ignore), tally)
     a_rows, b_rows = journal_rows(expected), journal_rows(actual)
     floor = -(10**18) if rows_above is None else rows_above
     for row_step in sorted({s for s in (*a_rows, *b_rows) if s > floor}):
@@ -319,15 +316,17 @@ def compare_runs(
     steps: dict[int, StepComparison] = {}
     streams: dict[str, tuple[set[str], set[str]]] = {}
 
+    stops = (stops,) if isinstance(stops, int) else tuple(sorted(stops))
+    resume_at = stops[0]
+    counters = idle_loader_counters(uninterrupted[resume_at])  # the same paths in every checkpoint
+    left_out = (*counters, *ignore)
+
     def one(step: int, rows_above: int | None) -> None:
         a, b = uninterrupted[step], resumed[step]
         for side, payload in enumerate((a, b)):
             for name, value in dict(payload.get("rng", {})).items():
                 streams.setdefault(str(name), (set(), set()))[side].add(_digest(value))
-        steps[step] = compare_step(step, a, b, rows_above, tally, ignore, ignored)
-
-    stops = (stops,) if isinstance(stops, int) else tuple(sorted(stops))
-    resume_at = stops[0]
+        steps[step] = compare_step(step, a, b, rows_above, tally, left_out, ignored)
 
     def rows_above(step: int) -> int | None:  # the last row of the stop this step's process resumed at
         rows = journal_rows(uninterrupted[max(s for s in stops if s < step)])
@@ -342,7 +341,6 @@ def compare_runs(
         for step in range(1, resume_at):
             one(step, None)
         _drop_streams(steps.values(), idle)
-    counters = idle_loader_counters(uninterrupted[resume_at])
     return Verdict(total_steps, stops, dict(sorted(steps.items())), tally, sorted(ignored), idle, counters)
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 IMPLEMENTATION = {"params", "foreach", "fused", "capturable", "differentiable"}
 """Param-group keys that are not hyperparameters."""
 SCHEDULED = {"lr": "initial_lr", "betas": "base_momentum", "momentum": "base_momentum"}
@@ -46,7 +48,7 @@ def hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "item") and getattr(value, "numel", lambda: 2)() == 1:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()  # a tensor learning rate
     return list(value) if isinstance(value, tuple) else value
 

@@ -61,11 +61,10 @@ def restore_loader(loader: Any, state: Mapping[str, Any]) -> None:
         loader.load_state_dict(state)
         return
     loader.load_state_dict(state["loader"])
-    if "generator" in state and _iterable_with_generator(loader):
+    restore_generator = "generator" in state and _iterable_with_generator(loader)
+    if restore_generator:
         loader.generator.set_state(state["generator"])
-        _correct_first_iterator(loader, restore_generator=True)
-    else:
-        _correct_first_iterator(loader, restore_generator=False)
+    _correct_first_iterator(loader, restore_generator)
 
 
 def _replayed_and_position(state: Mapping[str, Any]) -> tuple[int, int]:
