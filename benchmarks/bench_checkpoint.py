@@ -16,8 +16,8 @@ from trm_cluster.core.wandb_options import WandbOptions
 from trm_cluster.rundir.checkpoints import CheckpointStore
 from trm_cluster.rundir.creation import create_run
 from trm_cluster.rundir.manifest import RunManifest
-from trm_cluster.runtime.background_save import BackgroundSaver, snapshot_copy
-from trm_cluster.runtime.snapshot import StagedStep, stage_step, write_step
+from trm_cluster.state.background_save import BackgroundSaver, snapshot_copy
+from trm_cluster.state.snapshot import StagedStep, stage_step, write_step
 
 
 def _state(megabytes: float) -> dict[str, object]:

@@ -93,8 +93,8 @@ def save_stalls(run_dir: Path, repeats: int = 3) -> dict[str, float]:
     from trm_cluster.core.distributed import Ranks
     from trm_cluster.rundir.checkpoints import CheckpointStore
     from trm_cluster.rundir.manifest import RunManifest
-    from trm_cluster.runtime.background_save import BackgroundSaver, snapshot_copy
-    from trm_cluster.runtime.snapshot import StagedStep, stage_step, write_step
+    from trm_cluster.state.background_save import BackgroundSaver, snapshot_copy
+    from trm_cluster.state.snapshot import StagedStep, stage_step, write_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     payload = final_payload(run_dir)

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trm_cluster"
 LAYERS: dict[str, int] = {
     "core": 0,
     "rundir": 1,
+    "state": 2,
     "wandb": 2,
     "runtime": 3,
     "scheduler": 4,
@@ -162,7 +163,7 @@ def test_the_cycle_finder_finds_a_planted_cycle() -> None:
         ("trm_cluster.ops.report", "trm_cluster.launch.runs", False),  # siblings
         ("trm_cluster.workloads.trm.trainer", "trm_cluster.core.workload", True),
         ("trm_cluster.workloads.trm.trainer", "trm_cluster.runtime.session", False),
-        ("trm_cluster.runtime.saves", "trm_cluster.workloads.trm.trainer", False),
+        ("trm_cluster.state.saves", "trm_cluster.workloads.trm.trainer", False),
         ("trm_cluster.status", "trm_cluster.ops.report", True),
         ("trm_cluster.ops.report", "trm_cluster.status", False),
     ],

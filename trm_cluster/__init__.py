@@ -30,9 +30,9 @@ if TYPE_CHECKING:
         Workload,
         load_workload,
     )
-    from trm_cluster.runtime.hyperparameters import new_hyperparameters
-    from trm_cluster.runtime.registered import per_rank
     from trm_cluster.runtime.session import Session, session
+    from trm_cluster.state.hyperparameters import new_hyperparameters
+    from trm_cluster.state.registered import per_rank
 
 _EXPORTS = {
     "RunConfig": "core.config",
@@ -40,8 +40,8 @@ _EXPORTS = {
     "UsageError": "core.errors",
     "session": "runtime.session",
     "ignore_stop_signals": "core.signals",
-    "per_rank": "runtime.registered",
-    "new_hyperparameters": "runtime.hyperparameters",
+    "per_rank": "state.registered",
+    "new_hyperparameters": "state.hyperparameters",
     "Evaluates": "core.workload",
     "FollowsTotalSteps": "core.workload",
     "TrainContext": "core.workload",

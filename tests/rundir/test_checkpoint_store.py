@@ -18,7 +18,7 @@ from trm_cluster.rundir.checkpoints import (
     checkpoint_name,
     sha256_of,
 )
-from trm_cluster.runtime.background_save import snapshot_copy
+from trm_cluster.state.background_save import snapshot_copy
 
 
 def _payload(step: int) -> dict[str, object]:
@@ -65,7 +65,7 @@ def test_a_rank_part_that_fails_its_digest_is_refused_and_a_missing_one_falls_ba
 def test_a_background_writer_gets_copies_the_training_cannot_change() -> None:
     weights = torch.zeros(2)
     state = {"model": [weights], "pair": (weights, 3)}
-    # what runtime/saves.py hands each writer: a background save's copy, a synchronous save's capture
+    # what state/saves.py hands each writer: a background save's copy, a synchronous save's capture
     copied, shared = snapshot_copy(state).wait(), capture(state)
     weights += 1
     assert torch.equal(copied["model"][0], torch.zeros(2)) and torch.equal(copied["pair"][0], torch.zeros(2))

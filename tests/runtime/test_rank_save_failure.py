@@ -21,8 +21,8 @@ from support import free_port, manifest, new_run
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.rundir.checkpoints import CheckpointStore
 from trm_cluster.rundir.manifest import RunManifest
-from trm_cluster.runtime.background_save import BackgroundSaver
-from trm_cluster.runtime.snapshot import stage_step, write_step
+from trm_cluster.state.background_save import BackgroundSaver
+from trm_cluster.state.snapshot import stage_step, write_step
 
 LIMIT = 4096  # bytes per file: rank 1's part (its RNG streams, ~10 kB) does not fit
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from trm_cluster.doctor.compare import Verdict
 
-# phrases of the trm_cluster logger's warnings (runtime/registered.py, runtime/session.py,
+# phrases of the trm_cluster logger's warnings (state/registered.py, runtime/session.py,
 # rundir/checkpoints.py)
 LOADER_PLAIN = "plain torch DataLoader"
 LOADER_NO_GENERATOR = "has no generator of its own"

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from trm_cluster.runtime.loader_state import FORMAT as LOADER_FORMAT
-from trm_cluster.runtime.loader_state import IDLE_COUNTERS
+from trm_cluster.state.loader_state import FORMAT as LOADER_FORMAT
+from trm_cluster.state.loader_state import IDLE_COUNTERS
 
 RUN_IDENTITY = ("meta.saved_at", "meta.run_uid", "meta.run_name")
 """Checkpoint keys two runs of the same training never share: when it was saved, and which run it is."""
@@ -244,7 +244,7 @@ def journal_rows(payload: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
 
 def idle_loader_counters(payload: Any, path: str = "") -> list[str]:
     """The paths of the sampler counters of every registered iterable dataset's loader: counted twice by
-    torchdata's replay, read by nothing (runtime/loader_state.py), so not a divergence."""
+    torchdata's replay, read by nothing (state/loader_state.py), so not a divergence."""
     if not isinstance(payload, Mapping):
         return []
     if payload.get("format") == LOADER_FORMAT and payload.get("iterable"):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
-"""``meta["format"]`` of a checkpoint's main file (runtime/snapshot.py writes it): the layout this module's
+"""``meta["format"]`` of a checkpoint's main file (state/snapshot.py writes it): the layout this module's
 docstring describes. Nothing reads it yet (every checkpoint written so far has format 1): it lets a later
 layout tell the older files apart."""
 
@@ -46,7 +46,7 @@ def capture(state: Any) -> Any:
 
     For a synchronous save, written before the next step can change anything: CPU tensors are not
     copied (saving costs no extra memory). A background save copies the state itself instead
-    (runtime/background_save.py's ``snapshot_copy``), so training can go on changing its own tensors.
+    (state/background_save.py's ``snapshot_copy``), so training can go on changing its own tensors.
     """
     if isinstance(state, torch.Tensor):
         return state.detach().to("cpu")

@@ -46,7 +46,7 @@ class SegmentTimings:
     finish_s: float | None = None
     """The W&B finish when the segment stopped."""
     background_saves: int | None = None
-    """Periodic saves written in the background (runtime/background_save.py), counted when the segment
+    """Periodic saves written in the background (state/background_save.py), counted when the segment
     closed."""
     save_waits: int | None = None
     """Save requests that found the previous background save still in flight and waited for it."""

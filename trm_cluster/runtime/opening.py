@@ -27,8 +27,8 @@ from trm_cluster.rundir.segment_timings import SegmentTimings
 from trm_cluster.rundir.segments import open_segment
 from trm_cluster.runtime.grace import GraceCheck
 from trm_cluster.runtime.plan import SessionPlan
-from trm_cluster.runtime.saves import SavePath
 from trm_cluster.runtime.step_log import StepLog
+from trm_cluster.state.saves import SavePath
 
 
 @dataclass

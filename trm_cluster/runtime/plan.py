@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from trm_cluster.core.errors import UsageError
 from trm_cluster.core.job_context import JobContext
@@ -95,12 +95,6 @@ class SessionPlan:
         time_min = launch.get("time_min")
         time_limit_s = float(time_min) * 60 if time_min else None
         return self.context.classify(request, float(launch.get("signal_delay_s", 120)), time_limit_s)
-
-
-class StateSource(Protocol):
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 _active_plan: SessionPlan | None = None

@@ -33,7 +33,6 @@ from trm_cluster.core.signals import StopRequest, StopSignals
 from trm_cluster.rundir import segments
 from trm_cluster.rundir.manifest import RunManifest
 from trm_cluster.rundir.segment_timings import SegmentTimings
-from trm_cluster.runtime.background_save import BackgroundSaver
 from trm_cluster.runtime.opening import join_run, segment_parts
 from trm_cluster.runtime.plan import (
     EXIT_STOPPED,
@@ -41,15 +40,15 @@ from trm_cluster.runtime.plan import (
     SegmentOutcome,
     SessionPlan,
     Stage,
-    StateSource,
     active_plan,
     standalone_plan,
     standalone_stop_line,
 )
-from trm_cluster.runtime.registered import RegisteredState, StateError
 from trm_cluster.runtime.rehearsal import PreemptionInjector
-from trm_cluster.runtime.saves import SavePath
-from trm_cluster.runtime.snapshot import load_step, restore_step
+from trm_cluster.state.background_save import BackgroundSaver
+from trm_cluster.state.registered import RegisteredState, StateError, StateSource
+from trm_cluster.state.saves import SavePath
+from trm_cluster.state.snapshot import load_step, restore_step
 from trm_cluster.wandb.guard import foreign_run_message, release_script_calls, take_over_script_calls
 from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
 

@@ -15,11 +15,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from trm_cluster.runtime.hyperparameters import (
+from trm_cluster.state.hyperparameters import (
     NewHyperparameters,
     differences,
     hyperparameters,
@@ -27,11 +27,19 @@ from trm_cluster.runtime.hyperparameters import (
     keep_built,
     warning,
 )
-from trm_cluster.runtime.loader_state import is_stateful_loader, loader_state, restore_loader
+from trm_cluster.state.loader_state import is_stateful_loader, loader_state, restore_loader
 
 log = logging.getLogger(__name__)
 
 _PLAIN = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device, torch.Size)
+
+
+class StateSource(Protocol):
+    """What a save captures and a resume loads: the registered objects, or a Trainer protocol's trainer."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 class StateError(TypeError):

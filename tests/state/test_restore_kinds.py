@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from trm_cluster.runtime.registered import RegisteredState, per_rank
+from trm_cluster.state.registered import RegisteredState, per_rank
 
 
 def round_trip(state: dict[str, Any]) -> dict[str, Any]:

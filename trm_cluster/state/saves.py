@@ -20,9 +20,9 @@ from trm_cluster.rundir.manifest import ManifestData, RunManifest
 from trm_cluster.rundir.segment_clock import SegmentClock
 from trm_cluster.rundir.segment_timings import SegmentTimings
 from trm_cluster.rundir.segments import record_failed_save
-from trm_cluster.runtime.background_save import BackgroundSaver, snapshot_copy
-from trm_cluster.runtime.plan import StateSource
-from trm_cluster.runtime.snapshot import StagedStep, stage_step, write_step
+from trm_cluster.state.background_save import BackgroundSaver, snapshot_copy
+from trm_cluster.state.registered import StateSource
+from trm_cluster.state.snapshot import StagedStep, stage_step, write_step
 
 log = logging.getLogger(__name__)
 

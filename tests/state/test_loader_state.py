@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from trm_cluster.runtime.registered import RegisteredState
+from trm_cluster.state.registered import RegisteredState
 
 STAGE_STARTS = (0, 6, 12)  # the curriculum: a new stage (and a new iterator) at these steps
 STEPS = 18

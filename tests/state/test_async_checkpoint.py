@@ -16,9 +16,9 @@ from support import manifest
 from trm_cluster.core.job_context import JobContext
 from trm_cluster.core.wandb_options import WandbOptions
 from trm_cluster.rundir.creation import create_script_run
-from trm_cluster.runtime.background_save import HOLD_ENV, BackgroundSaver, snapshot_copy
 from trm_cluster.runtime.plan import SessionPlan
 from trm_cluster.runtime.session import Session
+from trm_cluster.state.background_save import HOLD_ENV, BackgroundSaver, snapshot_copy
 
 
 def _weight_in(run_dir: Path, step: int) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 import trm_cluster
-from trm_cluster.runtime.registered import RegisteredState
+from trm_cluster.state.registered import RegisteredState
 
 
 def build(lr: float, weight_decay: float = 0.01) -> tuple[torch.optim.Optimizer, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from trm_cluster.runtime.registered import RegisteredState
+from trm_cluster.state.registered import RegisteredState
 
 
 class Curriculum:
