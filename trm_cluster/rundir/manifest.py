@@ -194,6 +194,8 @@ class ManifestData:
     requeues: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "preempted": 0})
     forked_from: ForkOrigin | None = None
     """Set when the run was forked from another run's checkpoint (older manifests: absent)."""
+    script_config: dict[str, Any] = field(default_factory=dict)
+    """The script's own config, as its latest process passed it to ``session(config=...)`` (older: absent)."""
 
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)

@@ -22,6 +22,7 @@ from trm_cluster.core.rng import use_deterministic_kernels
 from trm_cluster.core.workload import dataclass_from_dict
 from trm_cluster.rundir.checkpoints import CheckpointStore
 from trm_cluster.rundir.manifest import ManifestData, ManifestError, RunManifest, Segment
+from trm_cluster.rundir.script_config import ScriptRecord, record_script
 from trm_cluster.rundir.segment_clock import SegmentClock
 from trm_cluster.rundir.segment_timings import SegmentTimings
 from trm_cluster.rundir.segments import open_segment
@@ -93,10 +94,13 @@ def _open_on_rank_zero(manifest: RunManifest, plan: SessionPlan, config: RunConf
 
 
 def segment_parts(
-    manifest: RunManifest, plan: SessionPlan, joined: JoinedRun, entered: float
+    manifest: RunManifest, plan: SessionPlan, joined: JoinedRun, entered: float, script: ScriptRecord
 ) -> SegmentParts:
-    """The open segment's parts; ``entered``: when the session began (``time.time()``)."""
+    """The open segment's parts; ``entered``: when the session began (``time.time()``); ``script``: the
+    script's own config and tags, kept in the manifest (rank 0) before W&B starts from it."""
     config, ranks, context = joined.config, joined.ranks, plan.context
+    if ranks.is_main:
+        record_script(manifest, script)
     data = manifest.read()
     segment = data.segments[-1]
     timings = segment.timings  # as opened: the process's start time

@@ -23,7 +23,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -32,6 +32,7 @@ from trm_cluster.core.rng import rng_fingerprint
 from trm_cluster.core.signals import StopRequest, StopSignals
 from trm_cluster.rundir import segments
 from trm_cluster.rundir.manifest import RunManifest
+from trm_cluster.rundir.script_config import ScriptRecord, script_record
 from trm_cluster.rundir.segment_timings import SegmentTimings
 from trm_cluster.runtime.opening import join_run, segment_parts
 from trm_cluster.runtime.plan import (
@@ -45,40 +46,55 @@ from trm_cluster.runtime.plan import (
     standalone_stop_line,
 )
 from trm_cluster.runtime.rehearsal import PreemptionInjector
+from trm_cluster.runtime.resume import resume_segment
 from trm_cluster.state.background_save import BackgroundSaver
 from trm_cluster.state.registered import RegisteredState, StateError, StateSource
 from trm_cluster.state.saves import SavePath
-from trm_cluster.state.snapshot import load_step, restore_step
 from trm_cluster.wandb.guard import foreign_run_message, release_script_calls, take_over_script_calls
-from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
+from trm_cluster.wandb.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 
-def session(**run_defaults: Any) -> Session:
+def session(config: Any = None, tags: Sequence[str] = (), **run_defaults: Any) -> Session:
     """The run of this process: the one ``submit --script`` started, or (plain ``python train.py``)
     a run of its own in ``$TRM_CLUSTER_RUN_DIR`` or ``runs/<script>-<time>``.
 
-    ``run_defaults`` are RunConfig fields (steps, checkpoint_every, log_every, ...): the script's own
-    defaults, which flags given to ``submit`` override.
+    ``config`` (a dataclass, mapping or namespace) and ``tags``: the script's own, for the one W&B run's
+    config and tags and the manifest (a resume that changes a value records it). ``run_defaults`` are
+    RunConfig fields (steps, checkpoint_every, log_every, ...): the script's own defaults, which flags
+    given to ``submit`` override.
     """
     plan = active_plan()
+    try:
+        script = script_record(config, tags)
+    except UsageError as error:
+        if plan is None:  # our own process: one line, no traceback (a submitted script's job records it)
+            print(f"trm_cluster: error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        raise
     if plan is None:
         plan = standalone_plan()
     elif plan.used:
         raise UsageError("trm_cluster.session() was opened twice in one run; open it once around the loop")
     plan.used = True
-    return Session(plan, run_defaults)
+    return Session(plan, run_defaults, script)
 
 
 class Session:
     """One process's segment of a run: open it, restore the state, run the steps, close it."""
 
-    def __init__(self, plan: SessionPlan, run_defaults: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        plan: SessionPlan,
+        run_defaults: Mapping[str, Any] | None = None,
+        script: ScriptRecord | None = None,
+    ) -> None:
         self.plan = plan
         self.run_dir = plan.run_dir
         self.manifest = RunManifest(plan.run_dir)
         self._defaults = dict(run_defaults or {})
+        self._script = script or ScriptRecord({}, ())
         self._signals = StopSignals()
         self._tracker: Tracker = NullTracker()
         self._injector = PreemptionInjector((), start_step=0)
@@ -88,7 +104,6 @@ class Session:
         self.timings = SegmentTimings()
         """What this process measured of its segment (rundir/segment_timings.py): its manifest record."""
         self._saves: SavePath | None = None
-        self._wandb_start: WandbStart | None = None
         self._restored_rng: str | None = None
         self._stopping = False
         self.step = 0
@@ -114,7 +129,7 @@ class Session:
             raise
         self._before, self.config, self.ranks = joined.before, joined.config, joined.ranks
         try:
-            parts = segment_parts(self.manifest, self.plan, joined, entered)
+            parts = segment_parts(self.manifest, self.plan, joined, entered, self._script)
         except BaseException as error:
             with contextlib.suppress(Exception):  # for the failure's record, if the manifest reads
                 self.segment = self.manifest.read().segments[-1]
@@ -150,37 +165,18 @@ class Session:
         self._expect("restore", Stage.OPEN, "run.restore(...) is called once, after entering the session")
         if (foreign := foreign_run_message()) is not None:  # a W&B run the script started before the session
             raise self._misuse(foreign)
-        journal: Any = ()
-        if self.data.wandb.mode != "disabled" and self.ranks.is_main:  # overlaps the load
-            self._wandb_start = WandbStart(
-                self.data, self.run_dir, self.plan.wandb_resume, self.plan.quiet, self._before.open_segment
-            )
-        began = time.time()
-        loaded = load_step(self.store, self.ranks, self.data.run_uid)
-        load_s, waited = time.time() - began, time.time()
-        if self._wandb_start is not None:  # W&B's thread is done before any RNG stream is restored
-            self._tracker, self._wandb_start = self._wandb_start.join(), None
-        wandb_wait_s, restoring = time.time() - waited, time.time()
-        if loaded is not None:
-            restored = restore_step(loaded, source, self.manifest, self.ranks, self.data.run_uid)
-            self.data = self.manifest.read()
-            self._restored_rng = rng_fingerprint()
-            self.step = restored["step"]
-            if self.ranks.is_main and self.step != self.segment.start_step:  # fell back past a bad file
-                segments.record_start_step(self.manifest, self.segment.index, self.step)
-            journal = restored["tracking"].get("journal", ())
-            self._log.window.load_state_dict(restored["tracking"].get("window", {}))
-            saved_total = restored["total_steps"]
-            if saved_total is not None and int(saved_total) != self.total_steps:
-                self.total_steps_changed = (int(saved_total), self.total_steps)
-        resumed = time.time()
-        self.timings.load_s = load_s + (resumed - restoring)
+        resumed = resume_segment(
+            self.manifest, self.plan, self.segment, self.data, self._before.open_segment, self.ranks, self.store,
+            source,
+        )  # fmt: skip
+        self.data, self.step, self._tracker = resumed.data, resumed.step, resumed.tracker
+        self._restored_rng = resumed.restored_rng
+        self._log.window.load_state_dict(resumed.window)
+        if resumed.saved_total_steps is not None and resumed.saved_total_steps != self.total_steps:
+            self.total_steps_changed = (resumed.saved_total_steps, self.total_steps)
+        self.timings.load_s, self.timings.wandb_init_s = resumed.load_s, resumed.wandb_init_s
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
-        self._tracker = resumed_tracker(self._tracker, self.data, journal, self.step)
-        if isinstance(self._tracker, WandbTracker):  # started, even where its folder is outside the run's
-            segments.record_wandb_started(self.manifest, self.segment.index, self._tracker.segment_dir)
-        self.timings.wandb_init_s = wandb_wait_s + (time.time() - resumed)  # what the load did not hide
         self._log.tracker = self._tracker
         self.saves.attach(
             source, require_model, self._log.tracking_state, self.data, self.total_steps, self.step
@@ -402,8 +398,6 @@ class Session:
     def _fail(self, error: BaseException) -> None:
         if self._saves is not None:
             self._saves.join_quietly()  # a save in flight is a valid checkpoint: let it become durable
-        if self._wandb_start is not None:  # failed while W&B was starting: its run is finished too
-            self._wandb_start.abandon()
         self._tracker.finish(preempting=False, failed=True)
         if hasattr(self, "ranks"):
             self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable

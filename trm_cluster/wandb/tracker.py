@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from trm_cluster.core.job_context import seconds_from_env
 from trm_cluster.rundir.manifest import ManifestData, Segment, WandbInfo
+from trm_cluster.rundir.script_config import wandb_config
 from trm_cluster.wandb.guard import wandb_init
 from trm_cluster.wandb.writers import kill_writers, wait_for_writers
 
@@ -206,7 +207,7 @@ class WandbTracker:
             resume=resume,
             name=data.name,
             dir=str(run_dir),
-            config=data.config,
+            config=wandb_config(data),
             settings=wandb.Settings(console="off", quiet=quiet),
         )
         return cls(run, watermark, run_dir)
@@ -217,6 +218,8 @@ class WandbTracker:
         """Once the checkpoint is restored: the config changes noted (a world-size change is recorded by
         the restore) and the checkpoint's journal replayed above the watermark."""
         notes = change_annotations(data)
+        if data.script_config:  # a resume's changed script config: its new values from here on
+            self._run.config.update(data.script_config, allow_val_change=True)
         if notes:
             self._run.config.update(notes, allow_val_change=True)
         self._replay(journal, resume_step)
