@@ -218,8 +218,6 @@ class WandbTracker:
         """Once the checkpoint is restored: the config changes noted (a world-size change is recorded by
         the restore) and the checkpoint's journal replayed above the watermark."""
         notes = change_annotations(data)
-        if data.script_config:  # a resume's changed script config: its new values from here on
-            self._run.config.update(data.script_config, allow_val_change=True)
         if notes:
             self._run.config.update(notes, allow_val_change=True)
         self._replay(journal, resume_step)
