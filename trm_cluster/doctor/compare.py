@@ -138,7 +138,7 @@ def kind_of(path: str) -> str:
     if head == "rng" and name:
         return f"rng.{name}"
     if head == "tracking":
-        return "W&B window and journal"
+        return "data consumed" if name == "consumed" else "W&B window and journal"
     return head
 
 

@@ -24,7 +24,7 @@ from trm_cluster.doctor.causes import Cause, divergence_causes, warning_causes
 from trm_cluster.launch.presets import PresetError, load_preset
 from trm_cluster.rundir.creation import create_run, create_script_run
 from trm_cluster.rundir.manifest import RunManifest
-from trm_cluster.runtime.plan import EXIT_STOPPED, RUN_DIR_ENV, STOP_AFTER_ENV
+from trm_cluster.runtime.plan import EXIT_STOPPED, RUN_DIR_ENV, STOP_AFTER_ENV, TRACE_DATA_ENV
 
 if TYPE_CHECKING:
     from trm_cluster.doctor.compare import Verdict
@@ -176,6 +176,7 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     if package_root.name not in ("site-packages", "dist-packages"):  # a checkout: put it first
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
     env["WANDB_MODE"] = "disabled"
+    env[TRACE_DATA_ENV] = "1"  # every checkpoint records what its step consumed (runtime/data_trace.py)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -27,6 +27,8 @@ RUN_DIR_ENV = "TRM_CLUSTER_RUN_DIR"
 """Outside ``submit``: the run directory of ``session()`` (resumed when it holds a run)."""
 STOP_AFTER_ENV = "TRM_CLUSTER_STOP_AFTER"
 """Outside ``submit``: stop (save, exit) after this many steps, as a preemption would (the doctor)."""
+TRACE_DATA_ENV = "TRM_CLUSTER_TRACE_DATA"
+"""Set to "1" by the doctor for its runs: each checkpoint records what its step consumed (data_trace.py)."""
 EXIT_STOPPED = 75
 """Exit status of a process outside ``submit`` that stopped before the end: run it again to resume."""
 

@@ -34,6 +34,7 @@ from trm_cluster.rundir import segments
 from trm_cluster.rundir.manifest import RunManifest
 from trm_cluster.rundir.script_config import ScriptRecord, script_record
 from trm_cluster.rundir.segment_timings import SegmentTimings
+from trm_cluster.runtime.data_trace import trace_from_env
 from trm_cluster.runtime.opening import join_run, segment_parts
 from trm_cluster.runtime.plan import (
     EXIT_STOPPED,
@@ -95,6 +96,7 @@ class Session:
         self.manifest = RunManifest(plan.run_dir)
         self._defaults = dict(run_defaults or {})
         self._script = script or ScriptRecord({}, ())
+        self._data_trace = trace_from_env()  # the doctor's runs: what each step consumed
         self._signals = StopSignals()
         self._tracker: Tracker = NullTracker()
         self._injector = PreemptionInjector((), start_step=0)
@@ -178,9 +180,10 @@ class Session:
         self._say(f"[trm_cluster] segment {self.segment.index}: step {self.step}/{self.total_steps} "
                   f"on {self.plan.context.host}")  # fmt: skip
         self._log.tracker = self._tracker
-        self.saves.attach(
-            source, require_model, self._log.tracking_state, self.data, self.total_steps, self.step
-        )
+        tracking = self._log.tracking_state
+        if self._data_trace is not None:
+            tracking = self._data_trace.around(tracking)
+        self.saves.attach(source, require_model, tracking, self.data, self.total_steps, self.step)
         self._stage = Stage.RESTORED
         return self.step
 
