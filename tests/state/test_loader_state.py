@@ -38,18 +38,19 @@ def stage_of(step: int) -> int:
     return max(i for i, start in enumerate(STAGE_STARTS) if step >= start)
 
 
-def make_loader() -> StatefulDataLoader:
+def make_loader(persistent: bool = False) -> StatefulDataLoader:
     return StatefulDataLoader(
-        Stream(), batch_size=2, num_workers=WORKERS, generator=torch.Generator().manual_seed(7)
-    )
+        Stream(), batch_size=2, num_workers=WORKERS, generator=torch.Generator().manual_seed(7),
+        persistent_workers=persistent,
+    )  # fmt: skip
 
 
 def segment(
-    start: int, stop: int, saved: dict[str, Any] | None, bare: bool
+    start: int, stop: int, saved: dict[str, Any] | None, bare: bool, persistent: bool = False
 ) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """Steps [start, stop) in a fresh loader, restored from ``saved``; its batches and the state saved at
     ``stop``. ``bare``: the loader's own torchdata state, without this package's correction."""
-    loader = make_loader()
+    loader = make_loader(persistent)
     state = RegisteredState({"data": loader})
     if saved is not None:
         if bare:
@@ -70,11 +71,11 @@ def segment(
     return consumed, saved
 
 
-def run(stops: Sequence[int], bare: bool = False) -> list[torch.Tensor]:
+def run(stops: Sequence[int], bare: bool = False, persistent: bool = False) -> list[torch.Tensor]:
     consumed: list[torch.Tensor] = []
     saved: dict[str, Any] | None = None
     for start, stop in zip((0, *stops), (*stops, STEPS), strict=True):
-        batches, saved = segment(start, stop, saved, bare)
+        batches, saved = segment(start, stop, saved, bare, persistent)
         consumed += batches
     return consumed
 
@@ -100,6 +101,17 @@ def test_repeated_stops_consume_the_batches_of_an_uninterrupted_run(
     uninterrupted: list[torch.Tensor], stops: tuple[int, ...]
 ) -> None:
     assert same(run(stops), uninterrupted)
+
+
+@pytest.mark.parametrize("stops", [(3, 4, 5), (5, 6)])
+def test_persistent_workers_are_exact_through_repeated_stops(stops: tuple[int, ...]) -> None:
+    """``persistent_workers=True``: one iterator, reset (not remade) at each stage. Its workers keep the
+    dataset copy they started with (torch's behaviour), so a stage set later on the main process's
+    dataset never reaches them; exact through stops before the first stage change after the workers
+    started (docs/your-own-loop.md says why no resume can bring back a stage the workers never saw)."""
+    uninterrupted = run((), persistent=True)
+    assert not same(uninterrupted, run(()))  # the stages never reached the persistent workers
+    assert same(run(stops, persistent=True), uninterrupted)
 
 
 def test_torchdatas_own_state_is_not_exact_on_the_second_stop(uninterrupted: list[torch.Tensor]) -> None:
