@@ -52,7 +52,10 @@ print("traced", len(got))
 
 def test_the_trace_counts_what_the_loop_was_handed_and_not_the_loaders_replay() -> None:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=clean_env(TRM_CLUSTER_TRACE_DATA="1"), capture_output=True, text=True
+        [sys.executable, "-c", SCRIPT],
+        env=clean_env(TRM_CLUSTER_TRACE_DATA="1"),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "traced 2" in done.stdout

@@ -37,7 +37,29 @@ class RunConfig:
     """Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, a fixed cuBLAS
     workspace): what a bit-exact resume needs on CUDA; costs speed there (docs/distributed.md)."""
 
+    stop_grace_s: float | None = None
+    """After a stop request, the seconds the loop has to reach a step boundary; past them every thread's
+    stack is logged and the process leaves at once, requeued from the last checkpoint (runtime/watchdog.py).
+    Default: half of ``--signal-delay-s`` (at least 10 s) under Slurm or the local executor, else off."""
+    step_timeout_s: float | str | None = None
+    """A step (or the restore, or a save) that takes longer than this many seconds is a hang: stacks
+    logged, the process retried from the last checkpoint (``--max-failures`` hangs at one step in a row:
+    failed). "auto": max(600 s, 20x the slowest step or save so far, after 3 steps). Default: off."""
+
     def validate(self) -> None:
+        if self.stop_grace_s is not None and not self.stop_grace_s > 0:
+            raise ValueError(f"stop_grace_s must be a positive number of seconds, got {self.stop_grace_s}")
+        if self.step_timeout_s is not None and self.step_timeout_s != "auto":
+            try:
+                timeout = float(self.step_timeout_s)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"step_timeout_s must be a positive number of seconds or 'auto', got {self.step_timeout_s!r}"
+                ) from None
+            if not timeout > 0:
+                raise ValueError(
+                    f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}"
+                )
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
         for name in ("checkpoint_every", "log_every", "eval_every"):

@@ -22,12 +22,13 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COLLECTIVE_TIMEOUT_ENV = "TRM_CLUSTER_COLLECTIVE_TIMEOUT_S"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
@@ -135,6 +136,17 @@ class Ranks:
         value = torch.tensor([1 if flag else 0], dtype=torch.int32)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
         return bool(value.item())
+
+    def agreed_request(self, request: T | None) -> tuple[bool, T | None]:
+        """Whether any rank holds a request (the same answer on every rank, at the same boundary), and the
+        request this rank goes on with: rank 0 gets another rank's when it has none (it classifies)."""
+        if not self.agree(request is not None):
+            return False, request
+        if self.distributed:
+            requests = [r for r in self.gather(request) if r is not None]
+            if self.is_main and request is None:
+                request = requests[0]
+        return True, request
 
     def barrier(self) -> None:
         if self.distributed:

@@ -68,7 +68,7 @@ def summarize(run_dir: Path) -> RunSummary:
         segments=len(data.segments),
         timeouts=data.requeues.get("timeout", 0),
         preemptions=data.requeues.get("preempted", 0),
-        killed=sum(s.end_reason in ("killed", "failed") for s in data.segments),
+        killed=sum(s.end_reason in ("killed", "failed", "hung") for s in data.segments),
         steps_per_s=speed,
         eta_s=remaining / speed if speed and data.status != "completed" else None,
         goodput=goodput(data).goodput,

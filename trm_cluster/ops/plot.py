@@ -27,7 +27,7 @@ from trm_cluster.rundir.manifest import ManifestData, RunManifest, Segment
 from trm_cluster.wandb.files import read_segment
 
 LOSS_KEYS = ("train/loss", "loss")
-END_MARKERS = {"preempted": "v", "timeout": "s", "killed": "X", "failed": "x"}
+END_MARKERS = {"preempted": "v", "timeout": "s", "killed": "X", "failed": "x", "hung": "P"}
 """How each unfinished end is marked (a completed end is not marked)."""
 
 

@@ -28,9 +28,9 @@ from trm_cluster.rundir.segment_timings import SegmentTimings, timings_from_segm
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-EndReason = Literal["completed", "timeout", "preempted", "failed", "killed"]
+EndReason = Literal["completed", "timeout", "preempted", "failed", "killed", "hung"]
 RunStatus = Literal["running", "requeued", "completed", "failed"]
-END_REASONS: tuple[str, ...] = ("completed", "timeout", "preempted", "failed", "killed")
+END_REASONS: tuple[str, ...] = ("completed", "timeout", "preempted", "failed", "killed", "hung")
 
 
 class ManifestError(RuntimeError):

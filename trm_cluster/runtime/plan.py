@@ -12,7 +12,7 @@ import contextlib
 import enum
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +88,10 @@ class SessionPlan:
     """Whether a session was opened for this plan (a script that never opens one is an error)."""
     summary: dict[str, Any] = field(default_factory=dict)
     """The run's summary, once a session completed it."""
+    leave_hung: Callable[[bool | None, StopSignals], None] | None = None
+    """How a hung process leaves (watchdog.py), called on the watchdog's thread once the segment is
+    recorded: requeued to retry (True), failed (False), or a rank other than 0 (None). None here: no
+    watchdog (the debug executor runs the job in its caller's process, which must not be ended)."""
 
     def classify(self, request: StopRequest | None, launch: Mapping[str, Any]) -> str:
         """'timeout', 'preempted' or 'cancelled' for this process's stop (JobContext.classify), from the
@@ -130,7 +134,17 @@ def standalone_plan() -> SessionPlan:
         context=JobContext.detect(),
         standalone=True,
         stop_after=stop_after_from_env(),
+        leave_hung=exit_hung,
     )
+
+
+def exit_hung(retry: bool | None, signals: StopSignals | None = None) -> None:
+    """A process with no scheduler to requeue it: exit as a stop does (run it again to resume from the
+    last checkpoint), or as failed once the same step has hung too often."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(1 if retry is False else EXIT_STOPPED)
 
 
 def standalone_stop_line(outcome: SegmentOutcome, run_dir: Path) -> str:

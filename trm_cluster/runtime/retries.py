@@ -12,10 +12,14 @@ API, no usable checkpoint) are never retried: trying again cannot change them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from trm_cluster.rundir.manifest import ManifestData, RunManifest
+from trm_cluster.rundir.segments import fail_segment, failure_message
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FAILURES = 3
 
@@ -57,7 +61,7 @@ def failure_streak(data: ManifestData) -> int:
     last = data.segments[-1]
     streak = 0
     for segment in reversed(data.segments):
-        same = segment.end_reason == "failed" and segment.failed_step == last.failed_step
+        same = segment.end_reason in ("failed", "hung") and segment.failed_step == last.failed_step
         if not same or segment.job_id != last.job_id:  # a new submission (--resume) starts a fresh count
             break
         streak += 1
@@ -86,3 +90,17 @@ def after_failure(run_dir: Path) -> FailureDecision:
                     f"\nstep {last.failed_step} failed {streak} time(s) in a row: not retried (--max-failures {max_failures})"
                 )
     return FailureDecision(retry, last.failed_step, streak, data.step, cause, max_failures)
+
+
+def record_failure(
+    manifest: RunManifest, segment: int, error: BaseException, world_size: int, step: int | None
+) -> None:
+    """Close the segment as failed (killed: an interrupt or exit) with the error's last lines; ``step``:
+    the step it happened in when it may be retried (inside the loop, not a misuse). Never raises: the
+    original error matters more than its record."""
+    killed = isinstance(error, KeyboardInterrupt | SystemExit)
+    try:
+        message = failure_message(error, world_size)
+        fail_segment(manifest, segment, "killed" if killed else "failed", message, None if killed else step)
+    except Exception as manifest_error:
+        log.error("could not record the failure in the manifest: %s", manifest_error)

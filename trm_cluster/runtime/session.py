@@ -22,6 +22,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
@@ -48,9 +49,11 @@ from trm_cluster.runtime.plan import (
 )
 from trm_cluster.runtime.rehearsal import PreemptionInjector
 from trm_cluster.runtime.resume import resume_segment
+from trm_cluster.runtime.retries import record_failure
+from trm_cluster.runtime.watchdog import HungSegment, Watchdog, segment_watchdog
 from trm_cluster.state.background_save import BackgroundSaver
 from trm_cluster.state.registered import RegisteredState, StateError, StateSource
-from trm_cluster.state.saves import SavePath
+from trm_cluster.state.saves import SavePath, may_save_in_background
 from trm_cluster.wandb.guard import foreign_run_message, release_script_calls, take_over_script_calls
 from trm_cluster.wandb.tracker import NullTracker, Tracker
 
@@ -98,6 +101,7 @@ class Session:
         self._script = script or ScriptRecord({}, ())
         self._data_trace = trace_from_env()  # the doctor's runs: what each step consumed
         self._signals = StopSignals()
+        self.watchdog = Watchdog(self._signals, lambda hang: None, None, None)  # armed when entered
         self._tracker: Tracker = NullTracker()
         self._injector = PreemptionInjector((), start_step=0)
         self._stage = Stage.NOT_ENTERED
@@ -141,6 +145,15 @@ class Session:
         self.data, self.segment, self.timings = parts.data, parts.segment, parts.timings
         self.store, self._goodput, self._saves = parts.store, parts.clock, parts.saves
         self._grace, self._log = parts.grace, parts.log
+        hung = HungSegment(
+            self.manifest,
+            self.segment.index,
+            self.ranks,
+            lambda: self._tracker,
+            self._signals,
+            self.plan.leave_hung,
+        )
+        self.watchdog = segment_watchdog(self.config, self.plan, self.data.launch, self._signals, hung)
         take_over_script_calls(self.log)  # its wandb.init refused (a stray run), its wandb.log routed
         self.total_steps = self.data.total_steps
         self._stage = Stage.OPEN
@@ -167,10 +180,11 @@ class Session:
         self._expect("restore", Stage.OPEN, "run.restore(...) is called once, after entering the session")
         if (foreign := foreign_run_message()) is not None:  # a W&B run the script started before the session
             raise self._misuse(foreign)
-        resumed = resume_segment(
-            self.manifest, self.plan, self.segment, self.data, self._before.open_segment, self.ranks, self.store,
-            source,
-        )  # fmt: skip
+        with self.watchdog.phase("restore", self.step):
+            resumed = resume_segment(
+                self.manifest, self.plan, self.segment, self.data, self._before.open_segment, self.ranks,
+                self.store, source,
+            )  # fmt: skip
         self.data, self.step, self._tracker = resumed.data, resumed.step, resumed.tracker
         self._restored_rng = resumed.restored_rng
         self._log.window.load_state_dict(resumed.window)
@@ -217,6 +231,7 @@ class Session:
                 if self.timings.first_step_s is None:  # process start to the first step
                     self.timings.first_step_s = time.time() - self.plan.context.started_at
                 self._in_step = True
+                self.watchdog.step_started(self.step)  # watched until the next step begins
                 yield self.step
                 self._in_step = False
                 self.step += 1
@@ -224,6 +239,7 @@ class Session:
                 self._end_of_step()
         finally:
             self._injector.stop()
+            self.watchdog.idle()
         if self._stopping:
             self._stop()
         self._grace.before_save(self.step)
@@ -235,31 +251,21 @@ class Session:
         stop_after = self.plan.stop_after
         if stop_after is not None and self.step >= stop_after and self._signals.request is None:
             self._signals.request = StopRequest(int(signal.SIGUSR2), time.time())
-        if not self.ranks.agree(self._signals.request is not None):
-            return False
-        if self.ranks.distributed:  # rank 0 classifies the stop: give it a request if only others got one
-            requests = [r for r in self.ranks.gather(self._signals.request) if r is not None]
-            if self.ranks.is_main and self._signals.request is None:
-                self._signals.request = requests[0]
-        self._stopping = True
-        return True
+        stop, self._signals.request = self.ranks.agreed_request(self._signals.request)
+        self._stopping = stop
+        return stop
 
     def _end_of_step(self) -> None:
         done = self.step
         self._log.step_done(done)
         if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
             self._grace.before_save(done)
-            self.saves.save_or_report(done, background=self._may_save_in_background(done))
+            with self.watchdog.phase("save", done):
+                background = may_save_in_background(done, self.total_steps, self.config.sync_checkpoints)
+                self.saves.save_or_report(done, background=background)
         self._goodput.step_done(done)
         if not self._grace.done:  # a background save's write stands in for the final, synchronous one
             self._grace.report(self.saves.write_s, self.manifest, self.segment.index, self.data.wandb.mode)
-
-    def _may_save_in_background(self, done: int) -> bool:
-        """Every periodic save but the last step's (the end must be durable before the segment closes).
-        The same answer on every rank, from nothing a rank holds alone: a stop reaches ranks at different
-        boundaries, and one rank saving synchronously while another saves in the background would pair
-        different collectives and hang. A save that a stop follows is joined by the stop."""
-        return not self.config.sync_checkpoints and done < self.total_steps
 
     # -- logging ------------------------------------------------------------------------------------
 
@@ -307,7 +313,8 @@ class Session:
         saved_before = self._goodput.save_s
         # 1. the full state, every rank's part durable, at this boundary
         self._grace.before_save(self.step)
-        saved = self.saves.save_or_report(self.step)  # a save in flight joined, then this step's, if unsaved
+        with self.watchdog.phase("save", self.step):  # a save in flight joined, then this step's, if unsaved
+            saved = self.saves.save_or_report(self.step)
         self.timings.stop_save_s = self._goodput.save_s - saved_before
         if not saved:  # the write failed: the next process resumes from the last good checkpoint
             self.step = self.manifest.read().step
@@ -350,6 +357,7 @@ class Session:
 
     def _leave(self, exc: BaseException | None) -> None:
         self._injector.stop()
+        self.watchdog.stop()
         if isinstance(exc, SegmentEnded):
             if self.plan.standalone:  # no scheduler to requeue us: say how to continue, and exit
                 self._signals.restore()
@@ -399,6 +407,8 @@ class Session:
         self.plan.summary = self.summary
 
     def _fail(self, error: BaseException) -> None:
+        if self.watchdog.fired is not None:
+            threading.Event().wait()  # a peer left a hung step: the watchdog's thread ends this process
         if self._saves is not None:
             self._saves.join_quietly()  # a save in flight is a valid checkpoint: let it become durable
         self._tracker.finish(preempting=False, failed=True)
@@ -406,17 +416,10 @@ class Session:
             self.ranks.close()  # a collective that failed (a dead rank) leaves the group unusable
             if not self.ranks.is_main:
                 return  # rank 0 records the failure (it sees the dead or failing rank in its next collective)
-        killed = isinstance(error, KeyboardInterrupt | SystemExit)
-        message = segments.failure_message(error, self.ranks.world_size if hasattr(self, "ranks") else 1)
-        try:
-            in_loop = self._stage in (Stage.LOOPING, Stage.STEPS_DONE)
-            retried = in_loop and not killed and not isinstance(error, UsageError | StateError)
-            step = self.step if retried else None  # only these may be retried (retries.py)
-            segments.fail_segment(
-                self.manifest, self.segment.index, "killed" if killed else "failed", message, step
-            )
-        except Exception as manifest_error:  # the original error matters more
-            log.error("could not record the failure in the manifest: %s", manifest_error)
+        in_loop = self._stage in (Stage.LOOPING, Stage.STEPS_DONE)
+        retryable = in_loop and not isinstance(error, UsageError | StateError)  # retries.py
+        world_size = self.ranks.world_size if hasattr(self, "ranks") else 1
+        record_failure(self.manifest, self.segment.index, error, world_size, self.step if retryable else None)
 
     # -- misuse ---------------------------------------------------------------------------------------
 

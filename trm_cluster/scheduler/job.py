@@ -34,6 +34,7 @@ from trm_cluster.runtime.plan import (
     SegmentEnded,
     SegmentOutcome,
     SessionPlan,
+    exit_hung,
     stop_after_from_env,
 )
 from trm_cluster.runtime.retries import after_failure
@@ -68,6 +69,8 @@ class SegmentedJob(submitit.helpers.Checkpointable):
             plan = SessionPlan(self.run_dir, context, self.wandb_resume, self.preempt_at, self.quiet)
             if context.executor == "process":  # run directly (the doctor): it may ask for a stop
                 plan.stop_after = stop_after_from_env()
+            owner_leaves = {"slurm": leave_hung, "local": leave_hung, "process": exit_hung}
+            plan.leave_hung = owner_leaves.get(context.executor)  # debug: the caller's process, not ours
             try:
                 return self.run_segment(plan)
             except SegmentEnded as ended:
@@ -152,6 +155,25 @@ def hand_over_to_submitit(signals: StopSignals) -> None:
     except SystemExit as handed_over:  # the requeue is issued
         exit_at_once(handed_over.code)
     sys.exit(-1)  # submitit's handler exits itself; this only guards against one that returns
+
+
+def leave_hung(retry: bool | None, signals: StopSignals) -> None:
+    """A hung process, on its watchdog's thread (runtime/watchdog.py), the segment recorded: rank 0
+    requeues through submitit's own handler (Slurm: ``scontrol requeue``; local: exit 144), or exits as
+    failed once the step has hung ``--max-failures`` times; other ranks just leave (the requeue, or the
+    local controller once every task is gone, takes the job on). No signal disposition is changed here
+    (only the main thread may): the recording handler stays, and the exit skips the interpreter's teardown."""
+    if retry is None or retry is False:
+        exit_at_once(0 if retry is None else 1)
+    handler = signals.previous_handler(preempt_signal())
+    try:
+        if callable(handler):
+            handler(preempt_signal(), None)
+    except SystemExit as handed_over:
+        exit_at_once(handed_over.code)
+    except BaseException as error:  # submitit refused (timed out too often): the run stays as recorded
+        log.error("the requeue of a hung process failed: %s", error)
+    exit_at_once(1)
 
 
 def exit_at_once(code: object) -> NoReturn:

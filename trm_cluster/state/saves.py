@@ -164,3 +164,11 @@ class SavePath:
             self.saver.wait()
         except Exception as save_error:
             log.error("the background save in flight failed too: %s", save_error)
+
+
+def may_save_in_background(done: int, total_steps: int, sync_checkpoints: bool) -> bool:
+    """Every periodic save but the last step's (the end must be durable before the segment closes).
+    The same answer on every rank, from nothing a rank holds alone: a stop reaches ranks at different
+    boundaries, and one rank saving synchronously while another saves in the background would pair
+    different collectives and hang. A save that a stop follows is joined by the stop."""
+    return not sync_checkpoints and done < total_steps
