@@ -63,7 +63,7 @@ class Hang:
             "restore": "the restore",
             "save": f"the save of step {self.step}",
         }
-        return f"hung: {where.get(self.phase, self.phase)} did not return within {self.limit} ({self.waited_s:.0f} s)"
+        return f"{where.get(self.phase, self.phase)} did not return within {self.limit}"
 
 
 class Watchdog:
@@ -155,10 +155,11 @@ class Watchdog:
         if self.stop_grace_s is not None and request is not None and phase == "step":
             asked = now - max(since, now - (time.time() - request.received_at))  # monotonic of the request
             if asked > self.stop_grace_s:
-                return Hang(phase, step, f"--stop-grace-s {self.stop_grace_s:g} after {request.name}", asked)
+                return Hang(phase, step, f"--stop-grace-s {self.stop_grace_s:g} of {request.name}", asked)
         limit = self.limit_s(phase)
         if limit is not None and now - since > limit:
-            return Hang(phase, step, f"--step-timeout-s {self.step_timeout_s} ({limit:g} s)", now - since)
+            auto = f" ({limit:g} s)" if self.step_timeout_s == "auto" else ""
+            return Hang(phase, step, f"--step-timeout-s {self.step_timeout_s}{auto}", now - since)
         return None
 
     def _watch(self) -> None:
@@ -175,7 +176,9 @@ def dump_stacks(hang: Hang, stream: Any = None) -> None:
     """The line naming the hang, then every thread's Python stack, on the log (stderr)."""
     stream = stream or sys.stderr
     with contextlib.suppress(OSError, ValueError):
-        stream.write(f"[trm_cluster] {hang.describe()}; every thread's stack follows\n")
+        stream.write(
+            f"[trm_cluster] hung: {hang.describe()} ({hang.waited_s:.0f} s); every thread's stack:\n"
+        )
         stream.flush()
         faulthandler.dump_traceback(file=stream, all_threads=True)
         stream.flush()
@@ -239,12 +242,12 @@ def segment_watchdog(
 def record_hang(manifest: RunManifest, segment: int, hang: Hang, rank: int, tracker: Tracker) -> bool:
     """Rank 0, on the watchdog's thread: the segment closed as ``hung`` at its step, W&B finished (bounded),
     the retry decided as for a failed step (retries.py); whether the process is to be requeued."""
-    message = f"{hang.describe()} on rank {rank}; every thread's stack is in the log"
+    message = f"hung on rank {rank}: {hang.describe()} (every thread's stack is in the log)"
     try:
         fail_segment(manifest, segment, "hung", message, hang.step)
     except Exception as error:  # the manifest matters, but leaving matters more
         log.error("could not record the hang in the manifest: %s", error)
     tracker.finish(preempting=True)
     decision = after_failure(manifest.run_dir)
-    print(decision.console_line(manifest.run_dir).replace("failed (", "hung (", 1), flush=True)
+    print(decision.console_line(manifest.run_dir).replace(" failed (hung ", " hung (", 1), flush=True)
     return decision.retry

@@ -1,0 +1,174 @@
+"""A step that never returns does not strand the run (runtime/watchdog.py): real processes, real signals,
+submitit's local executor, W&B offline files read back.
+
+The script hangs at step HANG (``time.sleep`` for an hour) in its first attempt only (a marker file per
+rank), or in every attempt (``--always``): the watchdog dumps every thread's stack to the log, records
+the segment as ``hung`` and leaves; the run is requeued from its last checkpoint and ends bit-identical
+to a run that never hung."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import (
+    assert_one_continuous_wandb_run,
+    assert_same_training_state,
+    clean_env,
+    cli,
+    manifest,
+    open_segment_pid,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+STEPS, HANG, EVERY = 10, 7, 5  # the hang comes two steps after the checkpoint at step 5
+SCRIPT = """
+import argparse, os, time, torch, trm_cluster
+parser = argparse.ArgumentParser()
+parser.add_argument("--hang-at", type=int, default=-1)
+parser.add_argument("--marker", default="")
+parser.add_argument("--rank", type=int, default=-1)  # hang on this rank only (-1: every rank)
+parser.add_argument("--always", action="store_true")
+parser.add_argument("--final-eval-s", type=float, default=0.0)
+args = parser.parse_args()
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+rank = int(os.environ.get("SUBMITIT_LOCAL_GLOBALID", os.environ.get("SLURM_PROCID", "0")))
+with trm_cluster.session(steps=%d, checkpoint_every=%d, log_every=1) as run:
+    run.restore(model=model, optimizer=optimizer)
+    for step in run.steps():
+        marker = f"{args.marker}.{rank}"
+        if step == args.hang_at and args.rank in (-1, rank) and (args.always or not os.path.exists(marker)):
+            open(marker, "w").close()
+            time.sleep(3600)  # the hang: a collective waiting on a dead peer, a stuck file system, ...
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.log({"loss": loss.item()})
+    time.sleep(args.final_eval_s)  # a slow final evaluation: after the loop, never watched
+    print("after the loop at step", run.step, flush=True)
+""" % (STEPS, EVERY)
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hang") / "train.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(script: Path) -> Path:
+    """The script once, uninterrupted and never hung (``python train.py``)."""
+    run_dir = script.parent / "reference"
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=script.parent, capture_output=True, text=True, timeout=300,
+        env=clean_env(TRM_CLUSTER_RUN_DIR=str(run_dir), WANDB_MODE="offline"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run_dir
+
+
+def _submit(script: Path, run_dir: Path, *flags: str, script_args: tuple[str, ...] = ()) -> list[str]:
+    return [
+        sys.executable, "-m", "trm_cluster.submit", "--script", str(script), "--executor", "local", "--wait",
+        "--wandb-mode", "offline", "--run-dir", str(run_dir), *flags, "--script-args", *script_args,
+    ]  # fmt: skip
+
+
+def _log(run_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted((run_dir / "logs").glob("*_log.err")))
+
+
+def _assert_hung_once_then_exact(run_dir: Path, reference: Path, script: Path, limit: str) -> None:
+    data = manifest(run_dir)
+    hung, resumed = data["segments"]
+    assert hung["end_reason"] == "hung" and hung["failed_step"] == HANG, hung
+    assert limit in hung["message"] and "hung on rank 0" in hung["message"]
+    assert resumed["start_step"] == EVERY and resumed["end_reason"] == "completed"
+    assert data["status"] == "completed" and data["step"] == STEPS
+    log = _log(run_dir)
+    assert f"hung: step {HANG} did not return within {limit}" in log
+    assert f'File "{script}", line 20 in <module>' in log  # the stuck frame: the script's sleep
+    assert_same_training_state(reference, run_dir, ignore=("meta.config", "meta.workload"))
+    assert_one_continuous_wandb_run(run_dir, list(range(1, STEPS + 1)))
+
+
+def test_a_hung_step_then_preempted_is_requeued_within_the_grace_and_ends_bit_identical(
+    script: Path, reference: Path, workdir: Path
+) -> None:
+    run_dir, marker = workdir / "run", workdir / "stuck"
+    args = ("--hang-at", str(HANG), "--marker", str(marker))
+    with subprocess.Popen(
+        _submit(script, run_dir, "--stop-grace-s", "2", script_args=args), cwd=workdir, env=clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as submit:  # fmt: skip
+        pid = open_segment_pid(run_dir)
+        wait_for(lambda: Path(f"{marker}.0").exists(), what="the script never reached its hang")
+        asked = time.time()
+        os.kill(pid, signal.SIGUSR2)  # the preemption's warning: the step boundary never comes
+        wait_for(
+            lambda: manifest(run_dir)["segments"][0]["end_reason"] == "hung", what="never recorded as hung"
+        )
+        recorded_s = time.time() - asked
+        out, err = submit.communicate(timeout=300)
+    assert submit.returncode == 0, out + err
+    assert recorded_s < 30, recorded_s  # a bound for a loaded machine, not a benchmark: the grace is 2 s
+    _assert_hung_once_then_exact(run_dir, reference, script, "--stop-grace-s 2 of SIGUSR2")
+
+
+def test_a_hung_step_with_no_signal_is_retried_after_the_step_timeout_and_ends_bit_identical(
+    script: Path, reference: Path, workdir: Path
+) -> None:
+    run_dir = workdir / "run"
+    args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--final-eval-s", "3")
+    done = cli(
+        "submit", *_submit(script, run_dir, "--step-timeout-s", "2", script_args=args)[3:], cwd=workdir
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the final evaluation took longer than the step timeout, after the loop: not a hang
+    _assert_hung_once_then_exact(run_dir, reference, script, "--step-timeout-s 2")
+
+
+def test_the_same_hang_at_every_attempt_stops_the_run_as_failed_after_the_retry_budget(
+    script: Path, workdir: Path
+) -> None:
+    run_dir = workdir / "run"
+    args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--always")
+    flags = ("--step-timeout-s", "1", "--max-failures", "2")
+    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir)
+    assert done.returncode != 0
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["hung", "hung"]
+    assert data["status"] == "failed"
+    assert (
+        f"step {HANG} failed 2 time(s) in a row: not retried (--max-failures 2)"
+        in data["segments"][-1]["message"]
+    )
+    status = cli("status", str(run_dir), cwd=workdir)
+    assert "failed" in status.stdout and "hung" in status.stdout, status.stdout
+
+
+def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workdir: Path) -> None:
+    run_dir, marker = workdir / "run", workdir / "stuck"
+    args = ("--hang-at", str(HANG), "--marker", str(marker), "--rank", "1")
+    flags = ("--tasks-per-node", "2", "--step-timeout-s", "3")
+    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["hung", "completed"]
+    assert data["segments"][1]["start_step"] == EVERY and data["step"] == STEPS
+    log = _log(run_dir)
+    # rank 1 hung in its step, rank 0 in the stop all-reduce that waits for it: both stacks are logged
+    assert log.count(f"hung: step {HANG} did not return within --step-timeout-s 3") >= 2, log
+    assert f'File "{script}", line 20 in <module>' in log
+    assert "all_reduce" in log  # rank 0's stack: the collective it waited in
