@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 STEPS, HANG, EVERY = 10, 7, 5  # the hang comes two steps after the checkpoint at step 5
 SCRIPT = """
-import argparse, os, time, torch, trm_cluster
+import argparse, os, random, time, numpy, torch, trm_cluster
 parser = argparse.ArgumentParser()
 parser.add_argument("--hang-at", type=int, default=-1)
 parser.add_argument("--marker", default="")
@@ -38,11 +38,11 @@ parser.add_argument("--rank", type=int, default=-1)  # hang on this rank only (-
 parser.add_argument("--always", action="store_true")
 parser.add_argument("--final-eval-s", type=float, default=0.0)
 args = parser.parse_args()
-torch.manual_seed(0)
+torch.manual_seed(0); random.seed(0); numpy.random.seed(0)  # noqa: E702
 model = torch.nn.Linear(4, 1)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 rank = int(os.environ.get("SUBMITIT_LOCAL_GLOBALID", os.environ.get("SLURM_PROCID", "0")))
-with trm_cluster.session(steps=%d, checkpoint_every=%d, log_every=1) as run:
+with trm_cluster.session(steps=STEPS, checkpoint_every=EVERY, log_every=1) as run:
     run.restore(model=model, optimizer=optimizer)
     for step in run.steps():
         marker = f"{args.marker}.{rank}"
@@ -56,7 +56,7 @@ with trm_cluster.session(steps=%d, checkpoint_every=%d, log_every=1) as run:
         run.log({"loss": loss.item()})
     time.sleep(args.final_eval_s)  # a slow final evaluation: after the loop, never watched
     print("after the loop at step", run.step, flush=True)
-""" % (STEPS, EVERY)
+""".replace("STEPS", str(STEPS)).replace("EVERY", str(EVERY))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def _assert_hung_once_then_exact(run_dir: Path, reference: Path, script: Path, l
     assert hung["end_reason"] == "hung" and hung["failed_step"] == HANG, hung
     assert limit in hung["message"] and "hung on rank 0" in hung["message"]
     assert resumed["start_step"] == EVERY and resumed["end_reason"] == "completed"
-    assert data["status"] == "completed" and data["step"] == STEPS
+    assert data["status"] == "completed" and data["checkpoints"][-1]["step"] == STEPS
     log = _log(run_dir)
     assert f"hung: step {HANG} did not return within {limit}" in log
     assert f'File "{script}", line 20 in <module>' in log  # the stuck frame: the script's sleep
@@ -166,7 +166,7 @@ def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workd
     assert done.returncode == 0, done.stdout + done.stderr
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["hung", "completed"]
-    assert data["segments"][1]["start_step"] == EVERY and data["step"] == STEPS
+    assert data["segments"][1]["start_step"] == EVERY and data["checkpoints"][-1]["step"] == STEPS
     log = _log(run_dir)
     # rank 1 hung in its step, rank 0 in the stop all-reduce that waits for it: both stacks are logged
     assert log.count(f"hung: step {HANG} did not return within --step-timeout-s 3") >= 2, log

@@ -7,11 +7,11 @@ Why: a researcher with a dozen preemptible runs wants one table, not a dozen ``s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 from trm_cluster.ops.goodput import goodput
-from trm_cluster.rundir.manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
+from trm_cluster.ops.stall import liveness, training_speed
+from trm_cluster.rundir.manifest import MANIFEST_NAME, ManifestError, RunManifest
 from trm_cluster.rundir.sweep_record import SWEEP_RECORD, read_record
 
 
@@ -35,6 +35,8 @@ class RunSummary:
     """Training time left at that speed (queue waits come on top)."""
     goodput: float | None = None
     """Training time over wall-clock time since creation (goodput.py)."""
+    stalled: bool = False
+    """The open segment has not reached a step boundary for far longer than a step takes (stall.py)."""
     error: str | None = None
 
     @property
@@ -57,7 +59,7 @@ def summarize(run_dir: Path) -> RunSummary:
         data = RunManifest(run_dir).read()
     except ManifestError as error:
         return RunSummary(run_dir=str(run_dir), error=str(error))
-    speed = _training_speed(data)
+    speed = training_speed(data)
     remaining = data.total_steps - data.step
     return RunSummary(
         run_dir=str(run_dir),
@@ -72,24 +74,8 @@ def summarize(run_dir: Path) -> RunSummary:
         steps_per_s=speed,
         eta_s=remaining / speed if speed and data.status != "completed" else None,
         goodput=goodput(data).goodput,
+        stalled=liveness(run_dir, data).stalled,
     )
-
-
-def _training_speed(data: ManifestData) -> float | None:
-    """Steps per second of training, summed over segments; an open one counts up to its newest checkpoint
-    (its process may be dead, so "now" would understate the speed)."""
-    steps, seconds = 0, 0.0
-    for s in data.segments:
-        end_step, end_time = s.end_step, s.end_time
-        if end_time is None:
-            if not data.checkpoints or data.checkpoints[-1].step <= s.start_step:
-                continue
-            end_step, end_time = data.checkpoints[-1].step, data.checkpoints[-1].created_at
-        if end_step is None:
-            continue
-        steps += end_step - s.start_step
-        seconds += (datetime.fromisoformat(end_time) - datetime.fromisoformat(s.start_time)).total_seconds()
-    return steps / seconds if steps > 0 and seconds > 0 else None
 
 
 def overview(folder: Path) -> list[RunSummary]:
@@ -140,7 +126,7 @@ def render(summaries: list[RunSummary], folder: Path | None = None) -> str:
         rows.append(
             (
                 name,
-                s.status,
+                f"{s.status} STALLED" if s.stalled else s.status,
                 f"{s.step}/{s.total_steps}",
                 f"{100 * s.progress:.0f}%",
                 str(s.segments),

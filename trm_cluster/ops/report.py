@@ -9,12 +9,14 @@ from typing import Any
 
 from trm_cluster.ops.goodput import Goodput, goodput
 from trm_cluster.ops.goodput import render as render_goodput
+from trm_cluster.ops.stall import Liveness, liveness
 from trm_cluster.rundir.manifest import ManifestData, RunManifest
 from trm_cluster.scheduler.queue_state import QueueState, queue_state, run_job_id
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
     data = RunManifest(run_dir).read()
+    alive = liveness(run_dir, data)
     return {
         "name": data.name,
         "run_id": data.wandb.run_id,
@@ -29,6 +31,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "weights_sha256": _latest_weights_digest(run_dir, data),
         "forked_from": vars(data.forked_from) if data.forked_from else None,
         "goodput": goodput(data).as_dict(),
+        "last_step_age_s": None if alive.last_step_age_s is None else round(alive.last_step_age_s, 1),
+        "step_s": alive.step_s,
+        "stalled": alive.stalled,
         **_queue(data),
     }
 
@@ -72,6 +77,9 @@ def render(status: dict[str, Any]) -> str:
         )
         if s.get("warning"):
             lines.append(f"       warning: {s['warning']}")
+        if s["end_reason"] is None and status.get("last_step_age_s") is not None:
+            alive = Liveness(status["last_step_age_s"], status.get("step_s"), bool(status.get("stalled")))
+            lines.append(f"       {alive.describe()}")
     lines.append("checkpoints:")
     for c in status["checkpoints"]:
         lines.append(
