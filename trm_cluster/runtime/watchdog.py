@@ -110,13 +110,13 @@ class Watchdog:
     def phase(self, name: str, step: int) -> Iterator[None]:
         """Watch ``name`` ("restore", "save") for ``step``; afterwards the previous phase goes on, its clock
         restarted (a save is progress, not part of a hung step)."""
-        previous = self._phase
+        previous, previous_step = self._phase, self._step
         self._mark(name, step)
         try:
             yield
         finally:
             if self.fired is None:
-                self._mark(previous, self._step if previous is None else step)
+                self._mark(previous, previous_step)
 
     def idle(self) -> None:
         """Nothing watched from here (the loop is left: a stop's own path, or the code after the loop)."""
@@ -153,7 +153,8 @@ class Watchdog:
             return None
         request = self._signals.request
         if self.stop_grace_s is not None and request is not None and phase == "step":
-            asked = now - max(since, now - (time.time() - request.received_at))  # monotonic of the request
+            requested = time.monotonic() - (time.time() - request.received_at)  # on the monotonic clock
+            asked = now - max(since, requested)
             if asked > self.stop_grace_s:
                 return Hang(phase, step, f"--stop-grace-s {self.stop_grace_s:g} of {request.name}", asked)
         limit = self.limit_s(phase)
