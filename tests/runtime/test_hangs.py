@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hang_script import EVERY, HANG, SCRIPT, SLEEP_LINE, STEPS
 from support import (
     assert_one_continuous_wandb_run,
     assert_same_training_state,
@@ -27,36 +28,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.slow
-
-STEPS, HANG, EVERY = 10, 7, 5  # the hang comes two steps after the checkpoint at step 5
-SCRIPT = """
-import argparse, os, random, time, numpy, torch, trm_cluster
-parser = argparse.ArgumentParser()
-parser.add_argument("--hang-at", type=int, default=-1)
-parser.add_argument("--marker", default="")
-parser.add_argument("--rank", type=int, default=-1)  # hang on this rank only (-1: every rank)
-parser.add_argument("--always", action="store_true")
-parser.add_argument("--final-eval-s", type=float, default=0.0)
-args = parser.parse_args()
-torch.manual_seed(0); random.seed(0); numpy.random.seed(0)  # noqa: E702
-model = torch.nn.Linear(4, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-rank = int(os.environ.get("SUBMITIT_LOCAL_GLOBALID", os.environ.get("SLURM_PROCID", "0")))
-with trm_cluster.session(steps=STEPS, checkpoint_every=EVERY, log_every=1) as run:
-    run.restore(model=model, optimizer=optimizer)
-    for step in run.steps():
-        marker = f"{args.marker}.{rank}"
-        if step == args.hang_at and args.rank in (-1, rank) and (args.always or not os.path.exists(marker)):
-            open(marker, "w").close()
-            time.sleep(3600)  # the hang: a collective waiting on a dead peer, a stuck file system, ...
-        loss = model(torch.randn(8, 4)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        run.log({"loss": loss.item()})
-    time.sleep(args.final_eval_s)  # a slow final evaluation: after the loop, never watched
-    print("after the loop at step", run.step, flush=True)
-""".replace("STEPS", str(STEPS)).replace("EVERY", str(EVERY))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +69,7 @@ def _assert_hung_once_then_exact(run_dir: Path, reference: Path, script: Path, l
     assert data["status"] == "completed" and data["checkpoints"][-1]["step"] == STEPS
     log = _log(run_dir)
     assert f"hung: step {HANG} did not return within {limit}" in log
-    assert f'File "{script}", line 20 in <module>' in log  # the stuck frame: the script's sleep
+    assert f'File "{script}", line {SLEEP_LINE} in <module>' in log  # the stuck frame: the script's sleep
     assert_same_training_state(reference, run_dir, ignore=("meta.config", "meta.workload"))
     assert_one_continuous_wandb_run(run_dir, list(range(1, STEPS + 1)))
 
@@ -145,7 +116,7 @@ def test_the_same_hang_at_every_attempt_stops_the_run_as_failed_after_the_retry_
     run_dir = workdir / "run"
     args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--always")
     flags = ("--step-timeout-s", "1", "--max-failures", "2")
-    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir)
+    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir, timeout=300)
     assert done.returncode != 0
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["hung", "hung"]
@@ -162,7 +133,7 @@ def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workd
     run_dir, marker = workdir / "run", workdir / "stuck"
     args = ("--hang-at", str(HANG), "--marker", str(marker), "--rank", "1")
     flags = ("--tasks-per-node", "2", "--step-timeout-s", "3")
-    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir)
+    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["hung", "completed"]
@@ -170,5 +141,5 @@ def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workd
     log = _log(run_dir)
     # rank 1 hung in its step, rank 0 in the stop all-reduce that waits for it: both stacks are logged
     assert log.count(f"hung: step {HANG} did not return within --step-timeout-s 3") >= 2, log
-    assert f'File "{script}", line 20 in <module>' in log
+    assert f'File "{script}", line {SLEEP_LINE} in <module>' in log
     assert "all_reduce" in log  # rank 0's stack: the collective it waited in

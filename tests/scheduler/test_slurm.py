@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hang_script import EVERY as HANG_EVERY
+from hang_script import HANG, SLEEP_LINE
+from hang_script import SCRIPT as HANG_SCRIPT
+from hang_script import STEPS as HANG_STEPS
 from support import (
     REPO,
     assert_one_continuous_wandb_run,
@@ -234,6 +238,38 @@ def test_own_script_preempted_on_demand_requeues_and_ends_bit_identical(workdir:
     assert_one_continuous_wandb_run(run_dir, list(range(10, steps + 1, 10)))
     log = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.out"))
     assert log.count("final evaluation:") == 1
+
+
+def test_a_hung_step_then_preempted_requeues_the_same_job_within_the_grace(workdir: Path) -> None:
+    """The script hangs at step HANG (after a checkpoint); ``preempt`` asks it to stop; the step boundary
+    never comes: the watchdog logs the stacks, records ``hung`` and has Slurm requeue the same job, which
+    resumes from the checkpoint and ends bit-identical to a run that never hung."""
+    script, reference = workdir / "hang.py", workdir / "hang-reference"
+    script.write_text(HANG_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=workdir, capture_output=True, text=True, timeout=300,
+        env=clean_env(TRM_CLUSTER_RUN_DIR=str(reference), WANDB_MODE="offline"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir, marker = workdir / "hang", workdir / "stuck"
+    submitted = cli(
+        "submit", "--script", str(script), *SLURM, "--wandb-mode", "offline", "--run-dir", str(run_dir),
+        "--stop-grace-s", "3", "--script-args", "--hang-at", str(HANG), "--marker", str(marker), cwd=workdir,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    wait_for(lambda: Path(f"{marker}.0").exists(), "the script to reach its hang")
+    preempted = cli("preempt", str(run_dir), cwd=workdir)
+    assert preempted.returncode == 0, preempted.stdout + preempted.stderr
+    data = wait_for_end(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["hung", "completed"], data["segments"]
+    hung, resumed = data["segments"]
+    assert hung["job_id"] == resumed["job_id"] and resumed["restart_count"] == hung["restart_count"] + 1
+    assert hung["failed_step"] == HANG and resumed["start_step"] == HANG_EVERY
+    assert "--stop-grace-s 3 of SIGUSR2" in hung["message"]
+    log = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.err"))
+    assert f'File "{script}", line {SLEEP_LINE} in <module>' in log
+    assert_same_training_state(reference, run_dir, ignore=("meta.config", "meta.workload"))
+    assert_one_continuous_wandb_run(run_dir, list(range(1, HANG_STEPS + 1)))
 
 
 def test_a_sweep_is_one_array_whose_preempted_element_alone_requeues(workdir: Path) -> None:
