@@ -102,9 +102,8 @@ def test_a_hung_step_with_no_signal_is_retried_after_the_step_timeout_and_ends_b
 ) -> None:
     run_dir = workdir / "run"
     args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--final-eval-s", "3")
-    done = cli(
-        "submit", *_submit(script, run_dir, "--step-timeout-s", "2", script_args=args)[3:], cwd=workdir
-    )
+    flags = ("--step-timeout-s", "2")
+    done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     # the final evaluation took longer than the step timeout, after the loop: not a hang
     _assert_hung_once_then_exact(run_dir, reference, script, "--step-timeout-s 2")
