@@ -159,8 +159,8 @@ class Watchdog:
                 return Hang(phase, step, f"--stop-grace-s {self.stop_grace_s:g} of {request.name}", asked)
         limit = self.limit_s(phase)
         if limit is not None and now - since > limit:
-            auto = f" ({limit:g} s)" if self.step_timeout_s == "auto" else ""
-            return Hang(phase, step, f"--step-timeout-s {self.step_timeout_s}{auto}", now - since)
+            given = f"auto ({limit:g} s)" if self.step_timeout_s == "auto" else f"{limit:g}"
+            return Hang(phase, step, f"--step-timeout-s {given}", now - since)
         return None
 
     def _watch(self) -> None:
