@@ -142,3 +142,44 @@ def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workd
     assert log.count(f"hung: step {HANG} did not return within --step-timeout-s 3") >= 2, log
     assert f'File "{script}", line {SLEEP_LINE} in <module>' in log
     assert "all_reduce" in log  # rank 0's stack: the collective it waited in
+
+
+WORKER_SCRIPT = """
+import os, time, torch, trm_cluster
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        for i in range(1000):
+            if i == 6 and not os.path.exists("stuck"):
+                open("stuck", "w").close()
+                time.sleep(3600)  # a worker stuck (a file system that stops answering)
+            yield torch.tensor([float(i)])
+
+loader = StatefulDataLoader(Stream(), batch_size=1, num_workers=1, generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=trm_cluster.ignore_stop_signals)
+model = torch.nn.Linear(1, 1)
+with trm_cluster.session(steps=10, checkpoint_every=3, log_every=1, step_timeout_s=3) as run:
+    run.restore(model=model, data=loader)
+    batches = iter(loader)
+    for step in run.steps():
+        model(next(batches)).sum().backward()
+print("after the loop at step", run.step, flush=True)
+"""
+
+
+def test_a_stuck_loader_worker_is_a_hung_step_with_the_workers_state_in_the_log(workdir: Path) -> None:
+    (workdir / "train.py").write_text(WORKER_SCRIPT)
+    env = clean_env(TRM_CLUSTER_RUN_DIR=str(workdir / "run"), WANDB_MODE="disabled")
+    first = subprocess.run([sys.executable, "train.py"], cwd=workdir, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert first.returncode == 75, first.stdout + first.stderr  # run it again to resume, as a stop says
+    assert "hung: step 6 did not return within --step-timeout-s 3" in first.stderr
+    assert "in __next__" in first.stderr  # the main thread waits on the loader's next batch
+    assert "[trm_cluster] child process " in first.stderr and "): sleeping" in first.stderr  # the worker
+    second = subprocess.run([sys.executable, "train.py"], cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "after the loop at step 10" in second.stdout
+    segments = manifest(workdir / "run")["segments"]
+    assert [s["end_reason"] for s in segments] == ["hung", "completed"] and segments[1]["start_step"] == 6

@@ -20,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import logging
+import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trm_cluster.core.config import RunConfig
@@ -182,7 +185,39 @@ def dump_stacks(hang: Hang, stream: Any = None) -> None:
         )
         stream.flush()
         faulthandler.dump_traceback(file=stream, all_threads=True)
+        for line in child_processes():  # DataLoader workers: alive, stopped, gone (a zombie)
+            stream.write(f"[trm_cluster] child process {line}\n")
         stream.flush()
+
+
+_STATES = {"R": "running", "S": "sleeping", "D": "waiting on I/O", "T": "stopped", "Z": "exited (zombie)"}
+
+
+def kill_children() -> None:
+    """SIGKILL this process's children (DataLoader workers, W&B's finished writer) before a hung process
+    leaves: a worker stuck in a read never notices its parent is gone, and would hold the job's pipes,
+    memory and devices for as long as it is stuck."""
+    for line in child_processes():
+        with contextlib.suppress(OSError):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+def child_processes(pid: int | None = None) -> list[str]:
+    """This process's children (Linux ``/proc``): pid, name and state, e.g. a DataLoader worker that the
+    main thread waits on, stuck (sleeping, waiting on I/O), stopped or dead."""
+    parent = os.getpid() if pid is None else pid
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, _, rest = raw.partition(" (")[2].rpartition(") ")
+        fields = rest.split()
+        if len(fields) > 1 and fields[1] == str(parent):
+            state = _STATES.get(fields[0], fields[0])
+            found.append(f"{stat.parent.name} ({name}): {state}")
+    return sorted(found, key=lambda line: int(line.split()[0]))
 
 
 DEFAULT_GRACE_FLOOR_S = 10.0
@@ -220,6 +255,7 @@ class HungSegment:
         else:
             time.sleep(HANDOVER_S)  # rank 0 requeues the job first: its collective must not fail before
         if self.leave is not None:
+            kill_children()  # a stuck loader worker would outlive us (it never sees its parent go)
             self.leave(retry, self.signals)
 
 
