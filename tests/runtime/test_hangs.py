@@ -137,9 +137,13 @@ def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workd
     data = manifest(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["hung", "completed"]
     assert data["segments"][1]["start_step"] == EVERY and data["checkpoints"][-1]["step"] == STEPS
-    log = _log(run_dir)
-    # rank 1 hung in its step, rank 0 in the stop all-reduce that waits for it: both stacks are logged
-    assert log.count(f"hung: step {HANG} did not return within --step-timeout-s 3") >= 2, log
+    # rank 1 hung in its step, rank 0 in the stop all-reduce that waits for it: the segment names both
+    assert sorted(data["segments"][0]["hangs"]) == [
+        f"rank 0: the boundary after step {HANG} (waiting on the other ranks) did not pass within --step-timeout-s 3",
+        f"rank 1: step {HANG} did not return within --step-timeout-s 3",
+    ]
+    log = _log(run_dir)  # and both stacks are logged
+    assert f"hung: step {HANG} did not return" in log and f"hung: the boundary after step {HANG}" in log
     assert f'File "{script}", line {SLEEP_LINE} in <module>' in log
     assert "all_reduce" in log  # rank 0's stack: the collective it waited in
 

@@ -77,6 +77,7 @@ def render(status: dict[str, Any]) -> str:
         )
         if s.get("warning"):
             lines.append(f"       warning: {s['warning']}")
+        lines.extend(f"       hung on {line}" for line in s.get("hangs", []))
         if s["end_reason"] is None and status.get("last_step_age_s") is not None:
             alive = Liveness(status["last_step_age_s"], status.get("step_s"), bool(status.get("stalled")))
             lines.append(f"       {alive.describe()}")

@@ -134,6 +134,9 @@ class Segment:
     """What this segment's process measured (segment_timings.py): goodput and the grace check read it."""
     warning: str | None = None
     """A warning about the run's settings seen by this process (a grace window too short)."""
+    hangs: list[str] = field(default_factory=list)
+    """A hung segment: each rank's watchdog's line (runtime/watchdog.py), stuck in its step or waiting at
+    the boundary for a stuck peer."""
 
 
 @dataclass

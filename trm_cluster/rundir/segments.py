@@ -150,6 +150,12 @@ def fail_segment(
             data.status = "failed"
 
 
+def record_hang_line(manifest: RunManifest, index: int, line: str) -> None:
+    """One rank's watchdog line on a hung segment (every rank writes its own; rank 0 also closes it)."""
+    with manifest.update() as data:
+        data.segments[index].hangs.append(line)
+
+
 def record_warning(manifest: RunManifest, index: int, warning: str, timings: SegmentTimings) -> None:
     """A warning for ``status`` on the open segment (the grace window), with the timings behind it."""
     with manifest.update() as data:

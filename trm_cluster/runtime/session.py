@@ -233,6 +233,7 @@ class Session:
                 self._in_step = True
                 self.watchdog.step_started(self.step)  # watched until the next step begins
                 yield self.step
+                self.watchdog.step_returned()
                 self._in_step = False
                 self.step += 1
                 self._injector.reached(self.step)

@@ -34,7 +34,7 @@ from trm_cluster.core.config import RunConfig
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.core.signals import StopSignals
 from trm_cluster.rundir.manifest import RunManifest
-from trm_cluster.rundir.segments import fail_segment
+from trm_cluster.rundir.segments import fail_segment, record_hang_line
 from trm_cluster.runtime.plan import SessionPlan
 from trm_cluster.runtime.retries import after_failure
 from trm_cluster.wandb.tracker import Tracker
@@ -59,8 +59,13 @@ class Hang:
     step: int
     limit: str
     waited_s: float
+    at_boundary: bool = False
+    """The loop's step had returned: this rank waited at the boundary (the stop all-reduce, a save's
+    collective), that is, on a peer stuck in its step."""
 
     def describe(self) -> str:
+        if self.at_boundary:
+            return f"the boundary after step {self.step} (waiting on the other ranks) did not pass within {self.limit}"
         where = {
             "step": f"step {self.step}",
             "restore": "the restore",
@@ -83,6 +88,7 @@ class Watchdog:
         self.stop_grace_s = stop_grace_s
         self.step_timeout_s = step_timeout_s
         self._phase: str | None = None
+        self._at_boundary = False
         self._step = 0
         self._since = 0.0
         self._slowest: dict[str, float] = {}
@@ -109,6 +115,10 @@ class Watchdog:
         """The loop hands out ``step``: the previous one (and its boundary) ended now."""
         self._mark("step", step)
 
+    def step_returned(self) -> None:
+        """The loop's body returned; the boundary (its collectives) goes on in the same step's time."""
+        self._at_boundary = True
+
     @contextlib.contextmanager
     def phase(self, name: str, step: int) -> Iterator[None]:
         """Watch ``name`` ("restore", "save") for ``step``; afterwards the previous phase goes on, its clock
@@ -133,7 +143,7 @@ class Watchdog:
                 kind = "save" if self._phase == "save" else "step"
                 self._slowest[kind] = max(self._slowest.get(kind, 0.0), took)
                 self._steps_seen += self._phase == "step"
-            self._phase, self._step, self._since = phase, step, now
+            self._phase, self._step, self._since, self._at_boundary = phase, step, now, False
 
     def limit_s(self, phase: str) -> float | None:
         """The step timeout of ``phase`` now (None: not armed)."""
@@ -151,7 +161,7 @@ class Watchdog:
         """The hang, if the phase now watched has passed a limit."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            phase, step, since = self._phase, self._step, self._since
+            phase, step, since, boundary = self._phase, self._step, self._since, self._at_boundary
         if phase is None:
             return None
         request = self._signals.request
@@ -159,11 +169,13 @@ class Watchdog:
             requested = time.monotonic() - (time.time() - request.received_at)  # on the monotonic clock
             asked = now - max(since, requested)
             if asked > self.stop_grace_s:
-                return Hang(phase, step, f"--stop-grace-s {self.stop_grace_s:g} of {request.name}", asked)
+                return Hang(
+                    phase, step, f"--stop-grace-s {self.stop_grace_s:g} of {request.name}", asked, boundary
+                )
         limit = self.limit_s(phase)
         if limit is not None and now - since > limit:
             given = f"auto ({limit:g} s)" if self.step_timeout_s == "auto" else f"{limit:g}"
-            return Hang(phase, step, f"--step-timeout-s {given}", now - since)
+            return Hang(phase, step, f"--step-timeout-s {given}", now - since, boundary and phase == "step")
         return None
 
     def _watch(self) -> None:
@@ -194,10 +206,13 @@ _STATES = {"R": "running", "S": "sleeping", "D": "waiting on I/O", "T": "stopped
 
 
 def kill_children() -> None:
-    """SIGKILL this process's children (DataLoader workers, W&B's finished writer) before a hung process
-    leaves: a worker stuck in a read never notices its parent is gone, and would hold the job's pipes,
-    memory and devices for as long as it is stuck."""
+    """SIGKILL this process's children (DataLoader workers) before a hung process leaves: a worker stuck
+    in a read never notices its parent is gone, and would hold the job's pipes, memory and devices for as
+    long as it is stuck. W&B's writer is left to W&B's teardown on the way out (killed, the teardown
+    waited on it forever: seen)."""
     for line in child_processes():
+        if "(wandb" in line:
+            continue
         with contextlib.suppress(OSError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
 
@@ -250,6 +265,8 @@ class HungSegment:
         """On the watchdog's thread, the loop's thread stuck: record, finish W&B, leave (no save: mid-step is
         not a step boundary; the next process resumes from the last durable checkpoint)."""
         retry = None
+        with contextlib.suppress(Exception):  # the manifest matters, but leaving matters more
+            record_hang_line(self.manifest, self.segment, f"rank {self.ranks.rank}: {hang.describe()}")
         if self.ranks.is_main:
             retry = record_hang(self.manifest, self.segment, hang, self.ranks.rank, self.tracker())
         else:
