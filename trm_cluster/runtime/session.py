@@ -252,8 +252,9 @@ class Session:
         stop_after = self.plan.stop_after
         if stop_after is not None and self.step >= stop_after and self._signals.request is None:
             self._signals.request = StopRequest(int(signal.SIGUSR2), time.time())
-        stop, self._signals.request = self.ranks.agreed_request(self._signals.request)
-        self._stopping = stop
+        stop, request = self.ranks.agreed_request(self._signals.request)
+        if stop:  # never written back otherwise: a signal recorded during the collective would be lost
+            self._signals.request, self._stopping = request, True
         return stop
 
     def _end_of_step(self) -> None:
