@@ -78,7 +78,10 @@ def hung_exit_s(root: Path, index: int) -> tuple[float, float]:
     while proc.poll() is None:
         if recorded is None:
             try:
-                if json.loads((run_dir / "manifest.json").read_text())["segments"][-1]["end_reason"] == "hung":
+                if (
+                    json.loads((run_dir / "manifest.json").read_text())["segments"][-1]["end_reason"]
+                    == "hung"
+                ):
                     recorded = time.perf_counter() - asked
             except (OSError, ValueError, KeyError, IndexError):
                 pass

@@ -38,3 +38,21 @@ def test_a_scripts_wandb_log_reaches_the_one_run_at_the_sessions_steps(workdir: 
         step: row for segment in segments for step, row in zip(segment.steps, segment.history, strict=True)
     }
     assert [rows[s]["loss"] for s in range(1, 7)] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # step i's value at i + 1
+
+
+def test_a_scripts_wandb_finish_inside_the_session_is_ignored_with_a_warning(workdir: Path) -> None:
+    script = workdir / "train.py"
+    script.write_text(
+        SCRIPT.replace(
+            "step=100 * step)", "step=100 * step)\n        if step == 2:\n            wandb.finish()"
+        )
+    )
+    run_dir = workdir / "run"
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=workdir, capture_output=True, text=True,
+        env=clean_env(TRM_CLUSTER_RUN_DIR=str(run_dir), WANDB_MODE="offline"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr  # its next wandb.log used to raise
+    assert "wandb.finish() inside the session is ignored" in done.stderr
+    segments = assert_one_continuous_wandb_run(run_dir, [1, 2, 3, 4, 5, 6])  # every row after it arrived
+    assert len(segments) == 1

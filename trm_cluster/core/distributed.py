@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import subprocess
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +34,18 @@ T = TypeVar("T")
 COLLECTIVE_TIMEOUT_ENV = "TRM_CLUSTER_COLLECTIVE_TIMEOUT_S"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 """Longer than the slowest save; a rank that died is usually seen at once (its sockets close)."""
+
+
+NCCL_WATCHDOG_DEFAULTS = {"TORCH_NCCL_TRACE_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+"""torch's own NCCL watchdog, on CUDA: keep the last collectives in its flight recorder and dump them when a
+collective times out (the dump needs the buffer). ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` keeps torch's
+default (3: the process torn down on an NCCL error), so a dead peer ends the task instead of hanging it."""
+
+
+def set_nccl_watchdog_defaults(environ: MutableMapping[str, str]) -> None:
+    """Where the user has not set them: :data:`NCCL_WATCHDOG_DEFAULTS` (before the NCCL group starts)."""
+    for key, value in NCCL_WATCHDOG_DEFAULTS.items():
+        environ.setdefault(key, value)
 
 
 def collective_timeout_s() -> float:
@@ -119,6 +132,7 @@ class Ranks:
         os.environ["MASTER_ADDR"] = master_address(env.master_addr)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
+            set_nccl_watchdog_defaults(os.environ)
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
         control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None

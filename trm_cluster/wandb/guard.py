@@ -1,5 +1,5 @@
-"""One W&B run per training run: while a session is open, a script's own ``wandb.init`` is refused and
-its ``wandb.log`` calls go to ``run.log``.
+"""One W&B run per training run: while a session is open, a script's own ``wandb.init`` is refused, its
+``wandb.log`` calls go to ``run.log`` and its ``wandb.finish`` is ignored (with a warning).
 
 Why: a script that keeps its ``wandb.init`` logs every process to a new W&B run of its own, while the
 run's id in the manifest (resumed by every process) gets nothing, and nothing says so. Its ``wandb.log``
@@ -10,11 +10,14 @@ is not used): no row twice, none shifted, whatever the stops. The session's own 
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from trm_cluster.core.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 ORIGINAL = "trm_cluster_original"
 """The attribute of a replaced wandb function that holds the real one."""
@@ -25,6 +28,14 @@ FIX = (
     "manifest, resumed by every process): remove the wandb.init call (the script's wandb.log calls reach "
     "that run through the session) and give its options to submit (--wandb-project, --wandb-tags, ...)"
 )
+
+
+FINISH_IGNORED = (
+    "wandb.finish() inside the session is ignored: the session finishes the run's one W&B run when this "
+    "process's segment ends (marked preempted on a stop); remove the call"
+)
+"""Finished by the script, the one run would take no rows for the rest of the segment, and the script's
+next ``wandb.log`` would raise (seen when adopting the peptide-TRM code)."""
 
 
 def foreign_run_message() -> str | None:
@@ -47,8 +58,11 @@ def take_over_script_calls(log: Callable[[Mapping[str, Any]], None]) -> None:
     def routed(data: Mapping[str, Any], step: Any = None, commit: Any = None, sync: Any = None) -> None:
         log(data)
 
+    def left_to_the_session(*args: Any, **kwargs: Any) -> None:
+        logger.warning(FINISH_IGNORED)
+
     global _routed
-    for name, replacement in (("init", refused), ("log", routed)):
+    for name, replacement in (("init", refused), ("log", routed), ("finish", left_to_the_session)):
         setattr(replacement, ORIGINAL, getattr(wandb, name))
         setattr(wandb, name, replacement)
     _routed = routed
@@ -59,7 +73,7 @@ def release_script_calls() -> None:
     global _routed
     _routed = None
     wandb = sys.modules.get("wandb")
-    for name in ("init", "log"):
+    for name in ("init", "log", "finish"):
         original = getattr(getattr(wandb, name, None), ORIGINAL, None)
         if original is not None:
             setattr(wandb, name, original)
