@@ -31,7 +31,8 @@ with trm_cluster.session(steps={steps}, checkpoint_every=0, log_every=100{limits
     for step in run.steps():
         if step == 1:
             began = time.perf_counter()
-    print((time.perf_counter() - began) / ({steps} - 1) * 1e6)
+    ended = time.perf_counter()
+print("us/step", (ended - began) / ({steps} - 1) * 1e6)
 """
 
 HUNG = """
@@ -60,7 +61,8 @@ def per_step_us(root: Path, variant: str, steps: int, index: int) -> float:
     done = subprocess.run([sys.executable, str(script)], env=_env(run_dir), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
-    return float(done.stdout.strip().splitlines()[-1])
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("us/step ")]
+    return float(line.split()[1])
 
 
 def hung_exit_s(root: Path, index: int) -> tuple[float, float]:
