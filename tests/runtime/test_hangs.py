@@ -101,12 +101,12 @@ def test_a_hung_step_with_no_signal_is_retried_after_the_step_timeout_and_ends_b
     script: Path, reference: Path, workdir: Path
 ) -> None:
     run_dir = workdir / "run"
-    args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--final-eval-s", "3")
-    flags = ("--step-timeout-s", "2")
+    args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--final-eval-s", "7")
+    flags = ("--step-timeout-s", "5")  # above a loaded machine's first step (its optimizer imports)
     done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     # the final evaluation took longer than the step timeout, after the loop: not a hang
-    _assert_hung_once_then_exact(run_dir, reference, script, "--step-timeout-s 2")
+    _assert_hung_once_then_exact(run_dir, reference, script, "--step-timeout-s 5")
 
 
 def test_the_same_hang_at_every_attempt_stops_the_run_as_failed_after_the_retry_budget(
@@ -114,7 +114,7 @@ def test_the_same_hang_at_every_attempt_stops_the_run_as_failed_after_the_retry_
 ) -> None:
     run_dir = workdir / "run"
     args = ("--hang-at", str(HANG), "--marker", str(workdir / "stuck"), "--always")
-    flags = ("--step-timeout-s", "1", "--max-failures", "2")
+    flags = ("--step-timeout-s", "5", "--max-failures", "2")
     done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir, timeout=300)
     assert done.returncode != 0
     data = manifest(run_dir)
@@ -131,7 +131,7 @@ def test_the_same_hang_at_every_attempt_stops_the_run_as_failed_after_the_retry_
 def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workdir: Path) -> None:
     run_dir, marker = workdir / "run", workdir / "stuck"
     args = ("--hang-at", str(HANG), "--marker", str(marker), "--rank", "1")
-    flags = ("--tasks-per-node", "2", "--step-timeout-s", "3")
+    flags = ("--tasks-per-node", "2", "--step-timeout-s", "6")
     done = cli("submit", *_submit(script, run_dir, *flags, script_args=args)[3:], cwd=workdir, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     data = manifest(run_dir)
@@ -139,8 +139,8 @@ def test_one_rank_hung_ends_both_and_the_run_resumes_exactly(script: Path, workd
     assert data["segments"][1]["start_step"] == EVERY and data["checkpoints"][-1]["step"] == STEPS
     # rank 1 hung in its step, rank 0 in the stop all-reduce that waits for it: the segment names both
     assert sorted(data["segments"][0]["hangs"]) == [
-        f"rank 0: the boundary after step {HANG} (waiting on the other ranks) did not pass within --step-timeout-s 3",
-        f"rank 1: step {HANG} did not return within --step-timeout-s 3",
+        f"rank 0: the boundary after step {HANG} (waiting on the other ranks) did not pass within --step-timeout-s 6",
+        f"rank 1: step {HANG} did not return within --step-timeout-s 6",
     ]
     log = _log(run_dir)  # and both stacks are logged
     assert f"hung: step {HANG} did not return" in log and f"hung: the boundary after step {HANG}" in log
@@ -163,7 +163,7 @@ class Stream(torch.utils.data.IterableDataset):
 loader = StatefulDataLoader(Stream(), batch_size=1, num_workers=1, generator=torch.Generator().manual_seed(0),
                             worker_init_fn=trm_cluster.ignore_stop_signals)
 model = torch.nn.Linear(1, 1)
-with trm_cluster.session(steps=10, checkpoint_every=3, log_every=1, step_timeout_s=3) as run:
+with trm_cluster.session(steps=10, checkpoint_every=3, log_every=1, step_timeout_s=5) as run:
     run.restore(model=model, data=loader)
     batches = iter(loader)
     for step in run.steps():
@@ -178,7 +178,7 @@ def test_a_stuck_loader_worker_is_a_hung_step_with_the_workers_state_in_the_log(
     first = subprocess.run([sys.executable, "train.py"], cwd=workdir, env=env, capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert first.returncode == 75, first.stdout + first.stderr  # run it again to resume, as a stop says
-    assert "hung: step 6 did not return within --step-timeout-s 3" in first.stderr
+    assert "hung: step 6 did not return within --step-timeout-s 5" in first.stderr
     assert "in __next__" in first.stderr  # the main thread waits on the loader's next batch
     assert "[trm_cluster] child process " in first.stderr and "): sleeping" in first.stderr  # the worker
     second = subprocess.run([sys.executable, "train.py"], cwd=workdir, env=env, capture_output=True, text=True,

@@ -11,7 +11,7 @@ import pytest
 from support import cli
 
 from trm_cluster.core.signals import StopRequest, StopSignals
-from trm_cluster.runtime.watchdog import AUTO_FLOOR_S, AUTO_WARMUP_STEPS, Watchdog
+from trm_cluster.runtime.watchdog import AUTO_FLOOR_S, AUTO_WARMUP_STEPS, RESTORE_FLOOR_S, Watchdog
 
 
 def watchdog(grace: float | None = None, timeout: float | str | None = None) -> tuple[Watchdog, StopSignals]:
@@ -39,9 +39,9 @@ def test_the_stop_grace_counts_from_the_request_only_inside_a_step() -> None:
 
 def test_the_step_timeout_covers_the_restore_a_step_and_a_save_each_from_its_own_start() -> None:
     dog, _ = watchdog(timeout=10)
-    with dog.phase("restore", 0):
-        assert dog.check(later(9)) is None
-        restore = dog.check(later(11))
+    with dog.phase("restore", 0):  # W&B's start and the checkpoint's read: a floor of its own
+        assert dog.check(later(RESTORE_FLOOR_S - 1)) is None
+        restore = dog.check(later(RESTORE_FLOOR_S + 1))
         assert restore is not None and restore.phase == "restore"
     dog.step_started(0)
     with dog.phase("save", 1):

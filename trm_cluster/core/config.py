@@ -42,7 +42,7 @@ class RunConfig:
     stack is logged and the process leaves at once, requeued from the last checkpoint (runtime/watchdog.py).
     Default: half of ``--signal-delay-s`` (at least 10 s) under Slurm or the local executor, else off."""
     step_timeout_s: float | str | None = None
-    """A step (or the restore, or a save) that takes longer than this many seconds is a hang: stacks
+    """A step or a save (the restore: at least 300 s) that takes longer than this many seconds is a hang: stacks
     logged, the process retried from the last checkpoint (``--max-failures`` hangs at one step in a row:
     failed). "auto": max(600 s, 20x the slowest step or save so far, after 3 steps). Default: off."""
 

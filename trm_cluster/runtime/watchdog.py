@@ -48,6 +48,9 @@ AUTO_FLOOR_S = 600.0
 AUTO_FACTOR = 20.0
 """...nor less than this many times the slowest step (or save) seen so far in this process."""
 AUTO_WARMUP_STEPS = 3
+RESTORE_FLOOR_S = 300.0
+"""The restore is watched at max(this, the step timeout): it waits for ``wandb.init`` and reads the
+checkpoint, seconds on a loaded machine (a 1 s step timeout once failed a healthy restore in CI)."""
 """Steps before "auto" arms: the first ones compile, warm caches and allocate."""
 
 
@@ -150,6 +153,8 @@ class Watchdog:
         timeout = self.step_timeout_s
         if timeout is None:
             return None
+        if phase == "restore":  # W&B's start and the checkpoint's read: never a step's time
+            return max(RESTORE_FLOOR_S, AUTO_FLOOR_S if timeout == "auto" else float(timeout))
         if timeout != "auto":
             return float(timeout)
         if self._steps_seen < AUTO_WARMUP_STEPS:
