@@ -273,7 +273,11 @@ class HungSegment:
         with contextlib.suppress(Exception):  # the manifest matters, but leaving matters more
             record_hang_line(self.manifest, self.segment, f"rank {self.ranks.rank}: {hang.describe()}")
         if self.ranks.is_main:
-            retry = record_hang(self.manifest, self.segment, hang, self.ranks.rank, self.tracker())
+            try:
+                retry = record_hang(self.manifest, self.segment, hang, self.ranks.rank, self.tracker())
+            except Exception as error:  # never stay stuck for want of a record: leave, to be retried
+                log.error("could not record the hang (%s); leaving to be requeued all the same", error)
+                retry = True
         else:
             time.sleep(HANDOVER_S)  # rank 0 requeues the job first: its collective must not fail before
         if self.leave is not None:
