@@ -11,7 +11,7 @@ from support import answer_of
 import trm_cluster
 
 RELIED_ON = {"session", "Session", "Trainer", "Workload", "RunConfig", "per_rank", "ignore_stop_signals",
-             "UsageError", "new_hyperparameters"}  # fmt: skip
+             "UsageError", "new_hyperparameters", "attributes"}  # fmt: skip
 COMMANDS = ("submit", "status", "preempt", "sync", "doctor.cli", "chaos.driver")
 
 

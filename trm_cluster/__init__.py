@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         load_workload,
     )
     from trm_cluster.runtime.session import Session, session
+    from trm_cluster.state.attributes import attributes
     from trm_cluster.state.hyperparameters import new_hyperparameters
     from trm_cluster.state.registered import per_rank
 
@@ -41,6 +42,7 @@ _EXPORTS = {
     "session": "runtime.session",
     "ignore_stop_signals": "core.signals",
     "per_rank": "state.registered",
+    "attributes": "state.attributes",
     "new_hyperparameters": "state.hyperparameters",
     "Evaluates": "core.workload",
     "FollowsTotalSteps": "core.workload",
@@ -58,6 +60,7 @@ __all__ = [
     "Trainer",
     "UsageError",
     "Workload",
+    "attributes",
     "ignore_stop_signals",
     "load_workload",
     "new_hyperparameters",

@@ -305,13 +305,11 @@ def test_compare_runs_leaves_out_identity_and_timings_and_finds_the_first_diverg
 def test_warning_causes_are_read_from_the_resumed_process_stderr() -> None:
     stderr = (
         "run.restore(data=...): a plain torch DataLoader cannot resume exactly\n"
-        "run.restore(data=...): this DataLoader has no generator of its own, so ...\n"
         "the global RNG was drawn from between run.restore() and the first step\n"
     )
     titles = [c.title for c in warning_causes(stderr)]
     assert [t.split(" (")[0] for t in titles] == [
         "a plain torch DataLoader",
-        "a DataLoader without its own generator",
         "random numbers drawn between run.restore() and the loop",
     ]
     assert warning_causes("all fine\n") == []

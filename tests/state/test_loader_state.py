@@ -6,7 +6,10 @@ state the session saves."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,25 +41,31 @@ def stage_of(step: int) -> int:
     return max(i for i, start in enumerate(STAGE_STARTS) if step >= start)
 
 
-def make_loader(persistent: bool = False) -> StatefulDataLoader:
+def make_loader(persistent: bool = False, own_generator: bool = True) -> StatefulDataLoader:
     return StatefulDataLoader(
-        Stream(), batch_size=2, num_workers=WORKERS, generator=torch.Generator().manual_seed(7),
-        persistent_workers=persistent,
+        Stream(), batch_size=2, num_workers=WORKERS, persistent_workers=persistent,
+        generator=torch.Generator().manual_seed(7) if own_generator else None,
     )  # fmt: skip
 
 
 def segment(
-    start: int, stop: int, saved: dict[str, Any] | None, bare: bool, persistent: bool = False
-) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    start: int, stop: int, saved: dict[str, Any] | None, bare: bool, persistent: bool = False,
+    own_generator: bool = True,
+) -> tuple[list[torch.Tensor], dict[str, Any]]:  # fmt: skip
     """Steps [start, stop) in a fresh loader, restored from ``saved``; its batches and the state saved at
-    ``stop``. ``bare``: the loader's own torchdata state, without this package's correction."""
-    loader = make_loader(persistent)
+    ``stop``. ``bare``: the loader's own torchdata state, without this package's correction. Each step
+    also draws the global torch RNG (as dropout does), restored last at a resume and taken after the
+    registered state at a save, as the session does."""
+    loader = make_loader(persistent, own_generator)
     state = RegisteredState({"data": loader})
-    if saved is not None:
+    if saved is None:
+        torch.manual_seed(0)
+    else:
         if bare:
             loader.load_state_dict(saved["data"])
         else:
             state.load_state_dict(saved)
+        torch.set_rng_state(saved["rng"])
     # the recipe: the first iter() resumes the saved iterator, so the dataset is as it was when that one
     # was made (the stage of the step before); the loop's own stage change then happens as it would have
     loader.dataset.stage = stage_of(max(start - 1, 0))
@@ -65,17 +74,20 @@ def segment(
         if step in STAGE_STARTS and step > 0:  # their loop: a new stage makes a new iterator
             loader.dataset.stage = stage_of(step)
             batches = iter(loader)
-        consumed.append(next(batches))
+        consumed += [next(batches), torch.rand(1)]
     saved = {"data": loader.state_dict()} if bare else state.state_dict()
+    saved["rng"] = torch.get_rng_state()
     del batches
     return consumed, saved
 
 
-def run(stops: Sequence[int], bare: bool = False, persistent: bool = False) -> list[torch.Tensor]:
+def run(
+    stops: Sequence[int], bare: bool = False, persistent: bool = False, own_generator: bool = True
+) -> list[torch.Tensor]:
     consumed: list[torch.Tensor] = []
     saved: dict[str, Any] | None = None
     for start, stop in zip((0, *stops), (*stops, STEPS), strict=True):
-        batches, saved = segment(start, stop, saved, bare, persistent)
+        batches, saved = segment(start, stop, saved, bare, persistent, own_generator)
         consumed += batches
     return consumed
 
@@ -114,6 +126,16 @@ def test_persistent_workers_are_exact_through_repeated_stops(stops: tuple[int, .
     assert same(run(stops, persistent=True), uninterrupted)
 
 
+@pytest.mark.parametrize("stops", [(3, 4), (5, 6, 13, 17)])
+def test_a_loader_without_a_generator_of_its_own_is_exact_through_repeated_stops(
+    stops: tuple[int, ...],
+) -> None:
+    """Its workers' seeds come from the global torch RNG, which the loop draws too: the resumed process's
+    first iterator continues the saved one, so its draw is undone; each later stage's draw is real."""
+    uninterrupted = run((), own_generator=False)
+    assert same(run(stops, own_generator=False), uninterrupted)
+
+
 def test_torchdatas_own_state_is_not_exact_on_the_second_stop(uninterrupted: list[torch.Tensor]) -> None:
     """The scenario above fails without the correction: what the test proves is the package's doing."""
     with pytest.raises(ValueError, match="last_yielded_worker_id"):
@@ -132,3 +154,23 @@ def test_a_checkpoint_saved_before_the_correction_still_loads() -> None:
     again = make_loader()
     RegisteredState({"data": again}).load_state_dict({"data": bare})
     assert len(first) == 3 and next(iter(again)).shape == first[0].shape
+
+
+class SignalsItself(IterableDataset[int]):
+    """A worker that is sent the preemption signal, as Slurm sends it to every process of the job."""
+
+    def __iter__(self) -> Iterator[int]:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.1)
+        yield 1
+
+
+def test_a_registered_loaders_workers_ignore_the_stop_signal_whatever_starts_them() -> None:
+    """A ``spawn``ed worker (``forkserver`` is Python 3.14's default) starts with USR2's default action:
+    die. Registering the loader chains the signals' ignoring before the loader's own init function."""
+    seen: list[int] = []
+    loader = StatefulDataLoader(SignalsItself(), num_workers=1, multiprocessing_context="spawn",
+                                worker_init_fn=seen.append)  # fmt: skip
+    RegisteredState({"data": loader})
+    assert next(iter(loader)).tolist() == [1]
+    assert loader.worker_init_fn is not None and loader.worker_init_fn.then == seen.append  # type: ignore[attr-defined]

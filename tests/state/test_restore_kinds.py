@@ -12,6 +12,7 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from trm_cluster.state.attributes import Attributes, attributes
 from trm_cluster.state.registered import RegisteredState, per_rank
 
 
@@ -32,6 +33,18 @@ def loader() -> StatefulDataLoader:
     return StatefulDataLoader(
         list(range(20)), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(3)
     )
+
+
+class Curriculum:
+    """A script's own object without state_dict(): its stage and history are plain attributes."""
+
+    def __init__(self) -> None:
+        self.stage, self.history, self.name = 0, [0.0], "peptides"
+
+
+def _advance_curriculum(wrapped: Attributes) -> None:
+    wrapped.owner.stage = 2
+    wrapped.owner.history.append(0.5)
 
 
 Case = tuple[Callable[[], Any], Callable[[Any], Any], Callable[[Any, Any], bool]]
@@ -63,6 +76,11 @@ CASES: dict[str, Case] = {
         lambda a, b: torch.equal(a.get_state(), b.get_state()),
     ),
     "loader": (loader, _advance_loader, _same_loader),
+    "attributes": (
+        lambda: attributes(Curriculum(), "stage", "history"),
+        _advance_curriculum,
+        lambda a, b: (a.owner.stage, a.owner.history) == (b.owner.stage, b.owner.history),
+    ),
 }
 
 
@@ -83,3 +101,14 @@ def test_the_users_own_object_holds_the_restored_state(kind: str, part: str) -> 
     else:
         restored.load_state_dict(checkpoint)
     assert same(original, fresh)
+
+
+def test_none_registers_nothing_and_a_missing_attribute_is_refused_in_one_line() -> None:
+    """``scheduler=None`` (a script's optional scheduler) registers nothing: a checkpoint without it loads."""
+    tensor = torch.ones(2)
+    assert RegisteredState({"x": tensor, "scheduler": None}).state_dict().keys() == {"x"}
+    RegisteredState({"x": torch.zeros(2), "scheduler": None}).load_state_dict({"x": tensor})
+    with pytest.raises(
+        TypeError, match=r"^trm_cluster.attributes\(...\): a Curriculum has no attribute 'stag'$"
+    ):
+        attributes(Curriculum(), "stag")

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 # phrases of the trm_cluster logger's warnings (state/registered.py, runtime/session.py,
 # rundir/checkpoints.py)
 LOADER_PLAIN = "plain torch DataLoader"
-LOADER_NO_GENERATOR = "has no generator of its own"
 RNG_DRAWN = "the global RNG was drawn from between run.restore()"
 REGISTERED_EXTRA = "which this loop does not register"
 CHECKPOINT_FALLBACK = "falling back"
@@ -53,17 +52,6 @@ def warning_causes(resumed_stderr: str) -> list[Cause]:
                 "it has state_dict() but no checkpoint holds it, so the resumed process starts it afresh "
                 "(a curriculum back at its first stage makes a new iterator at the first resumed step). "
                 "Register it: run.restore(..., name=obj).",
-            )
-        )
-    if LOADER_NO_GENERATOR in resumed_stderr:
-        causes.append(
-            Cause(
-                "a DataLoader without its own generator (the resumed process warned: "
-                + repr(LOADER_NO_GENERATOR)
-                + ")",
-                "each new iterator draws its seed from the global torch RNG, and a resumed process makes "
-                "one iterator more than an uninterrupted one, which shifts every later random number. "
-                "Pass generator=torch.Generator().manual_seed(seed) to the DataLoader.",
             )
         )
     if RNG_DRAWN in resumed_stderr:
@@ -168,8 +156,8 @@ def divergence_causes(verdict: Verdict) -> list[Cause]:
             Cause(
                 "the global RNG: " + _listed(rng_keys),
                 "the global python/numpy/torch streams are drawn from a different number of times in the "
-                "resumed process: draws outside the step (between run.restore() and the loop, in a new "
-                "iterator of a DataLoader without a generator, at an epoch boundary). Give such consumers "
+                "resumed process: draws outside the step (between run.restore() and the loop, in a sampler or "
+                "augmentation of your own at an epoch boundary). Give such consumers "
                 "their own torch.Generator, registered with run.restore(...).",
             )
         )

@@ -13,7 +13,14 @@ What torchdata 0.11 saves is exact for one resume; two things drift on the next 
 So the generator's state is saved beside the loader's (after ``state_dict()``, which may itself make the
 iterator), and on restore the first iterator the loop makes is corrected once: its count set back to the
 position, and the generator set back to its saved state, since that iterator's draws were made before
-the save. A map-style dataset keeps torchdata's own state (its sampler restores the generator).
+the save. A loader without a generator of its own draws its workers' seed (and a shuffling sampler's)
+from the global torch RNG instead: that draw, too, was made before the save, so the first iterator's is
+undone (the session captures the RNG streams after the registered state, so this holds when the save's
+``state_dict()`` made the iterator too). A map-style dataset keeps torchdata's own state (its sampler
+restores the generator).
+
+A registered loader's workers also ignore the stop signals (:func:`quiet_workers`), whatever start method
+makes them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset
+
+from trm_cluster.core.signals import ignore_stop_signals
 
 FORMAT = "trm_cluster.loader/1"
 """Marks this wrapper in a checkpoint; a loader's state saved before it is the bare torchdata dict."""
@@ -86,7 +95,10 @@ def _correct_first_iterator(loader: Any, restore_generator: bool) -> None:
     def first_iterator() -> Any:
         del loader._get_iterator  # once: later iterators are the loader's own
         generator = loader.generator.get_state() if restore_generator else None
+        global_rng = torch.get_rng_state() if loader.generator is None else None
         iterator = make()
+        if global_rng is not None:
+            torch.set_rng_state(global_rng)
         if replayed and getattr(iterator, "_num_yielded", None) == position + replayed:
             _uncount(iterator, replayed)
         if generator is not None:
@@ -103,3 +115,26 @@ def _uncount(iterator: Any, replayed: int) -> None:
     snapshot = getattr(iterator, "_snapshot", None)
     if isinstance(snapshot, dict) and int(snapshot.get("_snapshot_step", 0)) > replayed:
         snapshot["_snapshot_step"] -= replayed
+
+
+class QuietWorkerInit:
+    """A ``worker_init_fn`` that makes the worker ignore the stop signals, then runs the loader's own.
+
+    Slurm signals every process of the job, loader workers included. A forked worker inherits the
+    session's handler (which ignores a child's signals), but one made by ``spawn`` or ``forkserver``
+    (Python 3.14's default) starts with the default action for USR2: it would die of a preemption."""
+
+    def __init__(self, then: Callable[[int], None] | None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        ignore_stop_signals(worker_id)
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def quiet_workers(loader: torch.utils.data.DataLoader[Any]) -> None:
+    """Make the workers of ``loader`` ignore the stop signals (once; its own init function still runs)."""
+    own = loader.worker_init_fn
+    if loader.num_workers > 0 and not isinstance(own, QuietWorkerInit) and own is not ignore_stop_signals:
+        loader.worker_init_fn = QuietWorkerInit(loader.worker_init_fn)

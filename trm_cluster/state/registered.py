@@ -2,7 +2,8 @@
 
 Accepted: anything with ``state_dict()``/``load_state_dict()`` (modules, optimizers, LR schedulers,
 grad scalers, EMA wrappers, torchdata's ``StatefulDataLoader``), a ``torch.Generator``, a dict
-(restored in place) and a tensor (copied into in place). A plain ``DataLoader`` has no state: it is
+(restored in place), a tensor (copied into in place) and named attributes of an object
+(:func:`~trm_cluster.state.attributes.attributes`). ``None`` registers nothing (an optional scheduler). A plain ``DataLoader`` has no state: it is
 accepted with a warning that says why it cannot resume exactly and what to use instead.
 Everything saved must load with ``torch.load(weights_only=True)``; :func:`check_loadable` says where
 it would not, at the save, not at the resume.
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
+from trm_cluster.state.attributes import Attributes
 from trm_cluster.state.hyperparameters import (
     NewHyperparameters,
     differences,
@@ -27,7 +29,7 @@ from trm_cluster.state.hyperparameters import (
     keep_built,
     warning,
 )
-from trm_cluster.state.loader_state import is_stateful_loader, loader_state, restore_loader
+from trm_cluster.state.loader_state import is_stateful_loader, loader_state, quiet_workers, restore_loader
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +46,6 @@ class StateSource(Protocol):
 
 class StateError(TypeError):
     """An object that cannot be saved or restored, named with the fix."""
-
-
-def loader_generator_warning(name: str, loader: Any) -> str | None:
-    """A DataLoader without its own generator draws a seed from the global torch RNG at every new
-    iterator; a resume makes one iterator more than an uninterrupted run, which shifts every later draw."""
-    if not isinstance(loader, torch.utils.data.DataLoader) or loader.generator is not None:
-        return None
-    return (
-        f"run.restore({name}=...): this DataLoader has no generator of its own, so each new iterator draws "
-        "from the global torch RNG and a resume shifts every later random number; pass "
-        "generator=torch.Generator().manual_seed(seed)"
-    )
 
 
 def plain_dataloader_warning(name: str, loader: Any) -> str | None:
@@ -93,6 +83,9 @@ class RegisteredState:
     ones (:func:`per_rank`) as a second dict that every rank saves for itself."""
 
     def __init__(self, objects: Mapping[str, Any]) -> None:
+        for name in [name for name, obj in objects.items() if obj is None]:
+            log.info("run.restore(%s=None): nothing registered under %r", name, name)
+        objects = {name: obj for name, obj in objects.items() if obj is not None}
         self.keep_hyperparameters = {n for n, o in objects.items() if isinstance(o, NewHyperparameters)}
         objects = {n: o.obj if isinstance(o, NewHyperparameters) else o for n, o in objects.items()}
         self.objects = {name: obj for name, obj in objects.items() if not isinstance(obj, PerRank)}
@@ -101,9 +94,8 @@ class RegisteredState:
         self.warnings: list[str] = []
         """What the last load changed that the script may not expect (hyperparameters.py)."""
         for name, obj in {**self.objects, **self.per_rank}.items():
-            generator_warning = loader_generator_warning(name, obj)
-            if generator_warning is not None:
-                log.warning("%s", generator_warning)
+            if isinstance(obj, torch.utils.data.DataLoader):
+                quiet_workers(obj)
             warning = plain_dataloader_warning(name, obj)
             if warning is not None:
                 log.warning("%s", warning)
@@ -180,6 +172,7 @@ def unregistered_stateful(registered: Iterable[Any]) -> list[str]:
         return []
     known = {id(obj) for obj in registered}
     known |= {id(obj.dataset) for obj in registered if isinstance(obj, torch.utils.data.DataLoader)}
+    known |= {id(obj.owner) for obj in registered if isinstance(obj, Attributes)}
     found = []
     candidates = dict(frame.f_locals)
     owner = candidates.get("self")
