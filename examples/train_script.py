@@ -75,7 +75,6 @@ def main() -> None:
         shuffle=True,
         num_workers=args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),
-        worker_init_fn=trm_cluster.ignore_stop_signals,  # +
     )
     model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 1))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))

@@ -340,15 +340,22 @@ CURRICULUM = REPO / "examples" / "curriculum_stream.py"
 
 
 def test_the_curriculum_example_resumes_exactly_through_two_stops_in_one_stage(doctor: Doctor) -> None:
-    done = doctor("--script", str(CURRICULUM), "--steps", "12", "--at", "4,5")  # stages begin at 3, 6, 9
+    # the script's own --steps 12 puts its stages at 3, 6 and 9
+    done = doctor(
+        "--script", str(CURRICULUM), "--steps", "12", "--at", "4,5", "--script-args", "--steps", "12"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exact: steps 5..12 after the resumes at steps 4, 5 match the uninterrupted run" in done.stdout
 
 
-def test_an_unregistered_curriculum_is_caught_by_the_second_stop_with_each_kind_named(doctor: Doctor) -> None:
-    done = doctor(
-        "--script", str(CURRICULUM), "--steps", "12", "--at", "4,5", "--script-args", "--forget-curriculum",
-    )  # fmt: skip
+def test_an_unregistered_curriculum_is_caught_by_the_second_stop_with_each_kind_named(
+    doctor: Doctor, tmp_path: Path
+) -> None:
+    script = tmp_path / "curriculum_forgotten.py"  # the planted bug: the curriculum's stage not registered
+    registered = 'curriculum=trm_cluster.attributes(curriculum, "stage"))'
+    assert CURRICULUM.read_text().count(registered) == 1
+    script.write_text(CURRICULUM.read_text().replace(registered, ")"))
+    done = doctor("--script", str(script), "--steps", "12", "--at", "4,5", "--script-args", "--steps", "12")
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
     # the resumed curriculum starts at stage 0: the first resumed step "changes stage" and makes a new
@@ -357,4 +364,4 @@ def test_an_unregistered_curriculum_is_caught_by_the_second_stop_with_each_kind_
     assert "first divergence of each kind" in out
     assert "    model weights: step 5" in out and "    ema: step 5" in out and "    optimizer: step 5" in out
     assert "    data consumed: step 5 (1)" in out  # the batches themselves, not only the loader's counters
-    assert "- state the loop does not register: curriculum (Curriculum) (the resumed process warned)" in out
+    assert "- state the loop does not register: curriculum.stage (Curriculum), which changed (0 -> 1)" in out

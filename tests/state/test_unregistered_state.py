@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from trm_cluster.state.attributes import attributes
 from trm_cluster.state.registered import RegisteredState
 
 
@@ -63,3 +64,33 @@ def test_state_on_the_scripts_self_is_named_too(caplog: pytest.LogCaptureFixture
         Trainer().train()
     assert "self.scheduler (StepLR) has state_dict() but is not registered" in caplog.text
     assert "self.curriculum" not in caplog.text
+
+
+class PlainTrainer:
+    """pepTRM's shape: the stage and the best score are plain attributes of the trainer itself."""
+
+    def __init__(self) -> None:
+        self.model = torch.nn.Linear(2, 2)
+        self.current_stage_idx, self.best_val_acc, self.run_name = 0, 0.0, "peptides"
+
+    def train(self, register_best: bool) -> RegisteredState:
+        kept = {"best": attributes(self, "best_val_acc")} if register_best else {}
+        state = RegisteredState({"model": self.model, **kept})
+        self.current_stage_idx, self.best_val_acc = 1, 0.5  # the loop moves on
+        state.state_dict()  # the save
+        return state
+
+
+def test_plain_attributes_that_change_during_training_unregistered_are_named_at_the_save(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="trm_cluster"):
+        state = PlainTrainer().train(register_best=False)
+    assert "self.current_stage_idx (PlainTrainer) changed during training (0 -> 1)" in caplog.text
+    assert "self.best_val_acc (PlainTrainer) changed during training (0.0 -> 0.5)" in caplog.text
+    assert "run_name" not in caplog.text  # unchanged: not named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trm_cluster"):
+        state.state_dict()  # named once, not at every save
+        PlainTrainer().train(register_best=True)
+    assert caplog.text.count("changed during training") == 1 and "best_val_acc" not in caplog.text

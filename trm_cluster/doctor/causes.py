@@ -20,6 +20,9 @@ CHECKPOINT_FALLBACK = "falling back"
 UNREGISTERED = re.compile(
     r"run\.restore\(\.\.\.\): (.+?) (?:has|have) state_dict\(\) but (?:is|are) not registered"
 )
+CHANGED_UNREGISTERED = re.compile(
+    r"run\.restore\(\.\.\.\): (\S+ \(\w+\)) changed during training \((.+?)\) but"
+)
 
 _LR_METRIC = re.compile(r"(^|[/._-])(lr|learning_rate|learning-rate)([/._-]|$)", re.IGNORECASE)
 _LR_STATE = re.compile(r"param_groups\.\d+\.lr$")
@@ -52,6 +55,19 @@ def warning_causes(resumed_stderr: str) -> list[Cause]:
                 "it has state_dict() but no checkpoint holds it, so the resumed process starts it afresh "
                 "(a curriculum back at its first stage makes a new iterator at the first resumed step). "
                 "Register it: run.restore(..., name=obj).",
+            )
+        )
+    changed = list(dict.fromkeys(CHANGED_UNREGISTERED.findall(resumed_stderr)))
+    if changed:
+        causes.append(
+            Cause(
+                "state the loop does not register: "
+                + ", ".join(f"{name}, which changed ({values})" for name, values in changed)
+                + " (the resumed process warned)",
+                "a plain attribute of the script's own object changed during training, but no checkpoint "
+                "holds it, so the resumed process starts it from its first value (a curriculum back at "
+                "its first stage makes a new iterator at the first resumed step). Register it: "
+                'run.restore(..., name=trm_cluster.attributes(obj, "attribute")).',
             )
         )
     if RNG_DRAWN in resumed_stderr:

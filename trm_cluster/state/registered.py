@@ -11,16 +11,14 @@ it would not, at the save, not at the resume.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from trm_cluster.state.attributes import Attributes
 from trm_cluster.state.hyperparameters import (
     NewHyperparameters,
     differences,
@@ -30,6 +28,12 @@ from trm_cluster.state.hyperparameters import (
     warning,
 )
 from trm_cluster.state.loader_state import is_stateful_loader, loader_state, quiet_workers, restore_loader
+from trm_cluster.state.unregistered import (
+    ChangingAttributes,
+    script_objects,
+    unregistered_stateful,
+    unregistered_warning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,9 @@ class RegisteredState:
                     f"run.restore({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
                     "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
                 )
-        unregistered = unregistered_stateful([*self.objects.values(), *self.per_rank.values()])
+        candidates, registered = script_objects(), [*self.objects.values(), *self.per_rank.values()]
+        self.changing = ChangingAttributes(candidates, registered)
+        unregistered = unregistered_stateful(candidates, registered)
         if unregistered:
             log.warning("%s", unregistered_warning(unregistered))
         # Refuse what a checkpoint could not hold now, not at the first save. Not a DataLoader's state:
@@ -122,6 +128,8 @@ class RegisteredState:
         return self._states(self.per_rank)
 
     def _states(self, objects: Mapping[str, Any]) -> dict[str, Any]:
+        for changed in self.changing.newly_changed():
+            log.warning("%s", changed)
         state = {name: _state_of(obj) for name, obj in objects.items() if name not in self.unsaved}
         for name, value in state.items():
             check_loadable(value, name)
@@ -158,42 +166,6 @@ class RegisteredState:
                 changed += differences(name, mine, hyperparameters(objects[name]))
         if changed:
             self.warnings.append(warning(changed))
-
-
-def unregistered_stateful(registered: Iterable[Any]) -> list[str]:
-    """Objects of the calling script (its local names, and the attributes of its ``self``) that have
-    ``state_dict()``/``load_state_dict()``, change at step boundaries as a rule, and are not registered:
-    a curriculum, an LR scheduler, a grad scaler, an EMA class of the script's own. Modules and loaders
-    are left out (a frozen teacher, a validation loader are not training state)."""
-    frame = inspect.currentframe()
-    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("trm_cluster"):
-        frame = frame.f_back
-    if frame is None:
-        return []
-    known = {id(obj) for obj in registered}
-    known |= {id(obj.dataset) for obj in registered if isinstance(obj, torch.utils.data.DataLoader)}
-    known |= {id(obj.owner) for obj in registered if isinstance(obj, Attributes)}
-    found = []
-    candidates = dict(frame.f_locals)
-    owner = candidates.get("self")
-    if owner is not None and hasattr(owner, "__dict__"):
-        candidates.update({f"self.{name}": value for name, value in vars(owner).items()})
-    for name, value in candidates.items():
-        if id(value) in known or name.startswith("_") or isinstance(value, type):
-            continue
-        if isinstance(value, torch.nn.Module | torch.utils.data.DataLoader | torch.Tensor):
-            continue
-        if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
-            found.append(f"{name} ({type(value).__name__})")
-    return found
-
-
-def unregistered_warning(names: list[str]) -> str:
-    return (
-        f"run.restore(...): {', '.join(names)} {'has' if len(names) == 1 else 'have'} state_dict() but "
-        f"{'is' if len(names) == 1 else 'are'} not registered: not saved, so a resumed process starts "
-        "it afresh; register it (run.restore(..., name=obj)) unless it never changes during training"
-    )
 
 
 def _supported(obj: Any) -> bool:
