@@ -90,3 +90,31 @@ def test_a_stop_signal_while_a_job_starts_is_kept_for_its_first_step_boundary(tm
     assert (job.returncode, job.stdout.strip()) == (0, "SIGUSR2"), job.stderr
     plain = subprocess.run([sys.executable, "-c", STARTING_JOB], env=env, capture_output=True, timeout=120)
     assert plain.returncode == -signal.SIGUSR2
+
+
+LEAKED_WORKERS = """
+import itertools, torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+from trm_cluster.core.signals import StopSignals
+from trm_cluster.state.registered import RegisteredState
+
+class Endless(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return (torch.zeros(1) for _ in itertools.count())
+
+StopSignals().install()
+loader = StatefulDataLoader(Endless(), batch_size=2, num_workers=4)
+RegisteredState({"data": loader})  # its workers ignore SIGTERM
+batches = iter(loader)  # still alive at exit: multiprocessing would SIGTERM its workers, then join them
+next(batches)
+"""
+
+
+def test_workers_that_ignore_sigterm_do_not_hold_the_exit() -> None:
+    """At exit, the workers a live iterator still holds are killed, all of them: torch's SIGCHLD handler,
+    raising on the first one's death, once left the others to a join that never returned."""
+    runs = [subprocess.Popen([sys.executable, "-c", LEAKED_WORKERS], stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]  # fmt: skip
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0 and "killed by signal" not in err, err

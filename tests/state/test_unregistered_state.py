@@ -4,7 +4,10 @@ module or a validation loader."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -66,31 +69,61 @@ def test_state_on_the_scripts_self_is_named_too(caplog: pytest.LogCaptureFixture
     assert "self.curriculum" not in caplog.text
 
 
+class Stages:
+    def __init__(self) -> None:
+        self.current_stage_idx = 0
+
+
 class PlainTrainer:
-    """pepTRM's shape: the stage and the best score are plain attributes of the trainer itself."""
+    """pepTRM's shape: the best score a plain attribute of the trainer, the stage one of its curriculum."""
 
     def __init__(self) -> None:
         self.model = torch.nn.Linear(2, 2)
-        self.current_stage_idx, self.best_val_acc, self.run_name = 0, 0.0, "peptides"
+        self.curriculum = Stages()
+        self.best_val_acc, self.run_name, self.last_log_time = 0.0, "peptides", time.time()
+        self.global_step = 0
+        self.bar = argparse.Namespace(n=0)  # a library's object (a progress bar): not training state
 
-    def train(self, register_best: bool) -> RegisteredState:
-        kept = {"best": attributes(self, "best_val_acc")} if register_best else {}
-        state = RegisteredState({"model": self.model, **kept})
-        self.current_stage_idx, self.best_val_acc = 1, 0.5  # the loop moves on
-        state.state_dict()  # the save
-        return state
+    def registered(self, keep_best: bool) -> RegisteredState:
+        return RegisteredState(
+            {"model": self.model, **({"best": attributes(self, "best_val_acc")} if keep_best else {})}
+        )
+
+    def trained(self, keep_best: bool = False) -> dict[str, Any]:
+        state = self.registered(keep_best)
+        self.curriculum.current_stage_idx, self.best_val_acc, self.bar.n = 2, 0.5, 9  # the loop moved on
+        self.global_step = 41  # its own step counter (for self.global_step in run.steps(), then += 1)
+        self.last_log_time += 1.0
+        return round_trip(state.state_dict())  # the save
 
 
-def test_plain_attributes_that_change_during_training_unregistered_are_named_at_the_save(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="trm_cluster"):
-        state = PlainTrainer().train(register_best=False)
-    assert "self.current_stage_idx (PlainTrainer) changed during training (0 -> 1)" in caplog.text
-    assert "self.best_val_acc (PlainTrainer) changed during training (0.0 -> 0.5)" in caplog.text
-    assert "run_name" not in caplog.text  # unchanged: not named
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="trm_cluster"):
-        state.state_dict()  # named once, not at every save
-        PlainTrainer().train(register_best=True)
-    assert caplog.text.count("changed during training") == 1 and "best_val_acc" not in caplog.text
+def round_trip(state: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
+    return loaded
+
+
+def test_unregistered_plain_attributes_the_resume_lost_are_named_as_the_loop_starts() -> None:
+    saved = PlainTrainer().trained()
+    resumed = PlainTrainer()
+    state = resumed.registered(keep_best=False)
+    state.load_state_dict(saved)
+    lost = sorted(state.loop_started(step=40))
+    assert lost[0].startswith(
+        "run.restore(...): self.best_val_acc (PlainTrainer) was 0.5 when the checkpoint was saved but is 0.0 "
+        "as the loop starts: it is not registered"
+    )
+    assert (
+        "self.curriculum.current_stage_idx (Stages) was 2 " in lost[1] and len(lost) == 2
+    )  # no timer, no bar
+
+
+def test_attributes_registered_or_set_again_from_the_step_are_not_named() -> None:
+    saved = PlainTrainer().trained(keep_best=True)
+    resumed = PlainTrainer()
+    state = resumed.registered(keep_best=True)
+    state.load_state_dict(saved)
+    resumed.curriculum.current_stage_idx = 2  # the script derives the stage from the step before its loop
+    assert state.loop_started(step=40) == [] and resumed.best_val_acc == 0.5

@@ -125,10 +125,18 @@ def _end_term_ignoring_children_at_exit() -> None:
 
 def _kill_term_ignoring_daemon_children() -> None:
     import multiprocessing
+    import threading
 
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler raises when a loader worker dies of a signal: here, in the middle of this
+        # loop, it left the other workers alive, and multiprocessing's join then waited on them forever
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in multiprocessing.active_children():
         if child.daemon and child.pid is not None and _ignores_sigterm(child.pid):
-            child.kill()
+            try:
+                child.kill()
+            except OSError:  # gone already
+                continue
 
 
 def _ignores_sigterm(pid: int) -> bool:

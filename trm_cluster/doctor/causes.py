@@ -20,8 +20,8 @@ CHECKPOINT_FALLBACK = "falling back"
 UNREGISTERED = re.compile(
     r"run\.restore\(\.\.\.\): (.+?) (?:has|have) state_dict\(\) but (?:is|are) not registered"
 )
-CHANGED_UNREGISTERED = re.compile(
-    r"run\.restore\(\.\.\.\): (\S+ \(\w+\)) changed during training \((.+?)\) but"
+LOST_ATTRIBUTE = re.compile(
+    r"run\.restore\(\.\.\.\): (\S+ \(\w+\)) was (.+?) when the checkpoint was saved but is (.+?) as the loop starts"
 )
 
 _LR_METRIC = re.compile(r"(^|[/._-])(lr|learning_rate|learning-rate)([/._-]|$)", re.IGNORECASE)
@@ -57,17 +57,20 @@ def warning_causes(resumed_stderr: str) -> list[Cause]:
                 "Register it: run.restore(..., name=obj).",
             )
         )
-    changed = list(dict.fromkeys(CHANGED_UNREGISTERED.findall(resumed_stderr)))
-    if changed:
+    lost = list(dict.fromkeys(LOST_ATTRIBUTE.findall(resumed_stderr)))
+    if lost:
         causes.append(
             Cause(
                 "state the loop does not register: "
-                + ", ".join(f"{name}, which changed ({values})" for name, values in changed)
+                + ", ".join(
+                    f"{name}, saved as {then}, {now} as the resumed loop starts" for name, then, now in lost
+                )
                 + " (the resumed process warned)",
-                "a plain attribute of the script's own object changed during training, but no checkpoint "
-                "holds it, so the resumed process starts it from its first value (a curriculum back at "
-                "its first stage makes a new iterator at the first resumed step). Register it: "
-                'run.restore(..., name=trm_cluster.attributes(obj, "attribute")).',
+                "a plain attribute of the script's own object that no checkpoint restores, so the resumed "
+                "process starts it from its first value (a curriculum back at its first stage makes a new "
+                "iterator at the first resumed step). Register it: "
+                'run.restore(..., name=trm_cluster.attributes(obj, "attribute")); or, where setting it does '
+                "more (a curriculum that applies its stage to the dataset), set it from run.step before the loop.",
             )
         )
     if RNG_DRAWN in resumed_stderr:

@@ -22,6 +22,7 @@ import torch
 
 from trm_cluster.state.loader_state import FORMAT as LOADER_FORMAT
 from trm_cluster.state.loader_state import IDLE_COUNTERS
+from trm_cluster.state.registered import WATCHED
 
 RUN_IDENTITY = ("meta.saved_at", "meta.run_uid", "meta.run_name")
 """Checkpoint keys two runs of the same training never share: when it was saved, and which run it is."""
@@ -319,7 +320,9 @@ def compare_runs(
     stops = (stops,) if isinstance(stops, int) else tuple(sorted(stops))
     resume_at = stops[0]
     counters = idle_loader_counters(uninterrupted[resume_at])  # the same paths in every checkpoint
-    left_out = (*counters, *ignore)
+    # the unregistered attributes' saved values: each resumed process compares them itself as its loop
+    # starts (state/unregistered.py); between two runs they may differ by design (a timer of the script's)
+    left_out = (*counters, f"trainer.{WATCHED}", f"trainer.{WATCHED}.*", *ignore)
 
     def one(step: int, rows_above: int | None) -> None:
         a, b = uninterrupted[step], resumed[step]

@@ -8,6 +8,7 @@ restored, so nothing it does can draw from them.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +19,11 @@ from trm_cluster.rundir import segments
 from trm_cluster.rundir.checkpoints import CheckpointStore
 from trm_cluster.rundir.manifest import ManifestData, RunManifest, Segment
 from trm_cluster.runtime.plan import SessionPlan
-from trm_cluster.state.registered import StateSource
+from trm_cluster.state.registered import RegisteredState, StateSource
 from trm_cluster.state.snapshot import load_step, restore_step
 from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,3 +90,17 @@ def resume_segment(
             start.abandon()
         tracker.finish(preempting=False, failed=True)
         raise
+
+
+def warn_at_loop_start(restored_rng: str | None, source: StateSource | None, step: int) -> None:
+    """What a resumed process does differently from an uninterrupted one between ``run.restore()`` and its
+    first step: RNG drawn there, or state the restore did not bring back (``RegisteredState.loop_started``)."""
+    if restored_rng is None:
+        return
+    if rng_fingerprint() != restored_rng:
+        log.warning(
+            "the global RNG was drawn from between run.restore() and the first step, so this resumed "
+            "process draws other numbers than an uninterrupted run; call run.restore() right before the loop"
+        )
+    for warning in source.loop_started(step) if isinstance(source, RegisteredState) else ():
+        log.warning("%s", warning)

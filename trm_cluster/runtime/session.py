@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from trm_cluster.core.errors import UsageError
-from trm_cluster.core.rng import rng_fingerprint
 from trm_cluster.core.signals import StopRequest, StopSignals
 from trm_cluster.rundir import segments
 from trm_cluster.rundir.manifest import RunManifest
@@ -48,7 +47,7 @@ from trm_cluster.runtime.plan import (
     standalone_stop_line,
 )
 from trm_cluster.runtime.rehearsal import PreemptionInjector
-from trm_cluster.runtime.resume import resume_segment
+from trm_cluster.runtime.resume import resume_segment, warn_at_loop_start
 from trm_cluster.runtime.retries import record_failure
 from trm_cluster.runtime.watchdog import HungSegment, Watchdog, segment_watchdog
 from trm_cluster.state.background_save import BackgroundSaver
@@ -216,11 +215,7 @@ class Session:
         return self._loop()
 
     def _loop(self) -> Iterator[int]:
-        if self._restored_rng is not None and rng_fingerprint() != self._restored_rng:
-            log.warning(
-                "the global RNG was drawn from between run.restore() and the first step, so this resumed "
-                "process draws other numbers than an uninterrupted run; call run.restore() right before the loop"
-            )
+        warn_at_loop_start(self._restored_rng, self.saves.source, self.step)
         rehearsed = self.plan.preempt_at if self.ranks.is_main else ()  # rank 0 signals itself; all agree
         self._injector = PreemptionInjector(rehearsed, start_step=self.step)
         self._injector.start()

@@ -29,13 +29,16 @@ from trm_cluster.state.hyperparameters import (
 )
 from trm_cluster.state.loader_state import is_stateful_loader, loader_state, quiet_workers, restore_loader
 from trm_cluster.state.unregistered import (
-    ChangingAttributes,
+    WatchedAttributes,
     script_objects,
     unregistered_stateful,
     unregistered_warning,
 )
 
 log = logging.getLogger(__name__)
+
+WATCHED = "trm_cluster.watched"
+"""The key of the unregistered attributes' values in the saved state (:class:`WatchedAttributes`)."""
 
 _PLAIN = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device, torch.Size)
 
@@ -110,7 +113,8 @@ class RegisteredState:
                     "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
                 )
         candidates, registered = script_objects(), [*self.objects.values(), *self.per_rank.values()]
-        self.changing = ChangingAttributes(candidates, registered)
+        self.watched = WatchedAttributes(candidates, registered)
+        self._saved_watched: dict[str, Any] = {}
         unregistered = unregistered_stateful(candidates, registered)
         if unregistered:
             log.warning("%s", unregistered_warning(unregistered))
@@ -122,21 +126,26 @@ class RegisteredState:
                 check_loadable(_state_of(obj), name)
 
     def state_dict(self) -> dict[str, Any]:
-        return self._states(self.objects)
+        watched = self.watched.values()
+        return {**self._states(self.objects), **({WATCHED: watched} if watched else {})}
 
     def rank_state_dict(self) -> dict[str, Any]:
         return self._states(self.per_rank)
 
     def _states(self, objects: Mapping[str, Any]) -> dict[str, Any]:
-        for changed in self.changing.newly_changed():
-            log.warning("%s", changed)
         state = {name: _state_of(obj) for name, obj in objects.items() if name not in self.unsaved}
         for name, value in state.items():
             check_loadable(value, name)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._load(self.objects, state)
+        self._saved_watched = dict(state.get(WATCHED, {}))
+        self._load(self.objects, {name: value for name, value in state.items() if name != WATCHED})
+
+    def loop_started(self, step: int) -> list[str]:
+        """What a resumed loop (at ``step``) starts without: unregistered attributes that differ from
+        their saved values."""
+        return self.watched.lost(self._saved_watched, step)
 
     def load_rank_state_dict(self, state: Mapping[str, Any]) -> None:
         self._load(self.per_rank, state)

@@ -69,6 +69,10 @@ class SavePath:
         self._data, self._total_steps, self.saved_step = data, total_steps, saved_step
 
     @property
+    def source(self) -> StateSource | None:
+        return self._source
+
+    @property
     def write_s(self) -> float | None:
         """A save's write time: the first synchronous one, else the first background write (which stands
         in for the final, synchronous save); None before either."""
