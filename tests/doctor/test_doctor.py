@@ -364,4 +364,7 @@ def test_an_unregistered_curriculum_is_caught_by_the_second_stop_with_each_kind_
     assert "first divergence of each kind" in out
     assert "    model weights: step 5" in out and "    ema: step 5" in out and "    optimizer: step 5" in out
     assert "    data consumed: step 5 (1)" in out  # the batches themselves, not only the loader's counters
-    assert "- state the loop does not register: curriculum.stage (Curriculum), saved as 1, 0 as the resumed" in out
+    assert (
+        "- state the loop does not register: curriculum.stage (Curriculum), saved as 1, 0 as the resumed"
+        in out
+    )
