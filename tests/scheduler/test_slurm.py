@@ -206,16 +206,20 @@ def test_preemption_by_a_higher_priority_job(workdir: Path, time_limited_run: Pa
 SCRIPT = REPO / "examples" / "train_script.py"
 
 
+def reference_run(script: Path, run_dir: Path, workdir: Path, *args: str) -> None:
+    """The script run uninterrupted as a plain process: what the scheduled run must end bit-identical to."""
+    done = subprocess.run(
+        [sys.executable, str(script), *args], cwd=workdir, capture_output=True, text=True, timeout=300,
+        env=clean_env(TRM_CLUSTER_RUN_DIR=str(run_dir), WANDB_MODE="offline"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_own_script_preempted_on_demand_requeues_and_ends_bit_identical(workdir: Path) -> None:
     """``submit --script``: the example researcher script (StatefulDataLoader with 2 workers, EMA,
     cosine, a final eval) is preempted with ``python -m trm_cluster.preempt``, requeued by Slurm, exact."""
     steps, reference = 200, workdir / "script-reference"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--max-steps", str(steps), "--out", str(workdir / "ref.pt")],
-        cwd=workdir, env=clean_env(TRM_CLUSTER_RUN_DIR=str(reference), WANDB_MODE="offline"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    reference_run(SCRIPT, reference, workdir, "--max-steps", str(steps), "--out", str(workdir / "ref.pt"))
     run_dir = workdir / "script"
     submitted = cli(
         "submit", "--script", str(SCRIPT), *SLURM[:-1], "2", "--wandb-mode", "offline", "--run-dir", str(run_dir),
@@ -246,11 +250,7 @@ def test_a_hung_step_then_preempted_requeues_the_same_job_within_the_grace(workd
     resumes from the checkpoint and ends bit-identical to a run that never hung."""
     script, reference = workdir / "hang.py", workdir / "hang-reference"
     script.write_text(HANG_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=workdir, capture_output=True, text=True, timeout=300,
-        env=clean_env(TRM_CLUSTER_RUN_DIR=str(reference), WANDB_MODE="offline"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    reference_run(script, reference, workdir)
     run_dir, marker = workdir / "hang", workdir / "stuck"
     submitted = cli(
         "submit", "--script", str(script), *SLURM, "--wandb-mode", "offline", "--run-dir", str(run_dir),
