@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -161,6 +162,8 @@ class CheckpointStore:
         for old in dropped:
             for file in (old.file, *(part["file"] for part in old.parts)):
                 (self.run_dir / file).unlink(missing_ok=True)
+            for folder in {Path(part["file"]).parent for part in old.parts if part.get("sharded")}:
+                shutil.rmtree(self.run_dir / folder, ignore_errors=True)  # the step's DCP directory
 
     def load_latest(self, run_uid: str) -> LoadedCheckpoint | None:
         """The newest checkpoint that exists, matches its digest and loads; None when there is none.
@@ -194,7 +197,7 @@ class CheckpointStore:
         if record is None or payload is None or payload.get("meta", {}).get("run_uid") != run_uid:
             raise CheckpointError(f"checkpoint of step {step} is not usable on rank {rank}")
         if rank:
-            part = next((p for p in record.parts if p["rank"] == rank), None)
+            part = next((p for p in record.parts if p["rank"] == rank and not p.get("sharded")), None)
             if part is None:
                 raise CheckpointError(f"checkpoint of step {step} holds no part for rank {rank}")
             loaded = self._verified_file(part["file"], part["bytes"], part["sha256"], step)
@@ -218,6 +221,11 @@ class CheckpointStore:
                 "checkpoint %s lacks the rank file(s) %s; falling back", record.file, ", ".join(missing)
             )
             return None
+        for part in (p for p in record.parts if p.get("sharded")):  # DCP's files: read by every rank
+            path = self.run_dir / part["file"]
+            if os.path.getsize(path) != part["bytes"] or sha256_of(path) != part["sha256"]:
+                log.warning("checkpoint %s: %s fails its digest; falling back", record.file, part["file"])
+                return None
         return payload
 
     def _verified_file(self, file: str, size: int, sha256: str, step: int) -> dict[str, Any] | None:
@@ -242,13 +250,19 @@ class CheckpointStore:
         """Delete files a killed process left behind: temp files and unpublished checkpoints."""
         if not self.directory.is_dir():
             return []
-        published = {
-            Path(file).name
+        published_files = [
+            file
             for c in self.manifest.read().checkpoints
             for file in (c.file, *(part["file"] for part in c.parts))
-        }
+        ]
+        published = {Path(file).name for file in published_files}
         removed = []
         for path in self.directory.iterdir():
+            if path.is_dir():  # a step's DCP directory that no checkpoint names (a save killed midway)
+                if not any(str(path.relative_to(self.run_dir)) in file for file in published_files):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.name)
+                continue
             is_temp = path.name.startswith(".") and path.name.endswith(".tmp")
             is_unpublished = path.suffix == ".pt" and path.name not in published
             if is_temp or is_unpublished:

@@ -138,9 +138,9 @@ def standalone_plan() -> SessionPlan:
     )
 
 
-def exit_hung(retry: bool | None, _signals: StopSignals | None = None) -> None:
+def exit_hung(retry: bool | None, signals: StopSignals | None = None) -> None:
     """A process with no scheduler to requeue it: exit as a stop does (run it again to resume from the
-    last checkpoint), or as failed once the same step has hung too often. (``_signals``: the signature
+    last checkpoint), or as failed once the same step has hung too often. (``signals``, unused: the signature
     of ``scheduler.job.leave_hung``; a plain process has no handler to hand over to.)"""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):

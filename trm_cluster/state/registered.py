@@ -28,6 +28,7 @@ from trm_cluster.state.hyperparameters import (
     warning,
 )
 from trm_cluster.state.loader_state import is_stateful_loader, loader_state, quiet_workers, restore_loader
+from trm_cluster.state.sharded import ShardedState
 from trm_cluster.state.unregistered import (
     WatchedAttributes,
     script_objects,
@@ -95,6 +96,9 @@ class RegisteredState:
         objects = {name: obj for name, obj in objects.items() if obj is not None}
         self.keep_hyperparameters = {n for n, o in objects.items() if isinstance(o, NewHyperparameters)}
         objects = {n: o.obj if isinstance(o, NewHyperparameters) else o for n, o in objects.items()}
+        self.sharded = ShardedState(objects)
+        """An FSDP2 model and its optimizer: saved by every rank through DCP (state/sharded.py)."""
+        objects = {n: o for n, o in objects.items() if n not in self.sharded.names}
         self.objects = {name: obj for name, obj in objects.items() if not isinstance(obj, PerRank)}
         self.per_rank = {name: obj.obj for name, obj in objects.items() if isinstance(obj, PerRank)}
         self.unsaved: list[str] = []
@@ -112,7 +116,8 @@ class RegisteredState:
                     f"run.restore({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
                     "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
                 )
-        candidates, registered = script_objects(), [*self.objects.values(), *self.per_rank.values()]
+        sharded = [*self.sharded.modules.values(), *(opt for opt, _ in self.sharded.optimizers.values())]
+        candidates, registered = script_objects(), [*self.objects.values(), *self.per_rank.values(), *sharded]
         self.watched = WatchedAttributes(candidates, registered)
         self._saved_watched: dict[str, Any] = {}
         unregistered = unregistered_stateful(candidates, registered)

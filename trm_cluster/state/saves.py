@@ -8,6 +8,7 @@ so the requeue path in the session reads top to bottom without the details of a 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -95,6 +96,8 @@ class SavePath:
         assert self._source is not None and self._data is not None, "attach() first"
         began = time.perf_counter()
         self.saver.begin()  # at most one save in flight: wait for the previous one (counted)
+        sharded = getattr(self._source, "sharded", None)
+        background = background and not sharded  # sharded state: written synchronously, by DCP, for now
         shared = None
         if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
             shared = self._source.state_dict()
@@ -113,6 +116,8 @@ class SavePath:
             self._total_steps,
             not background,
         )
+        if sharded:
+            staged = dataclasses.replace(staged, sharded=sharded.state_dict())
         self.saved_step = step
         if background:
             copied = snapshot_copy(

@@ -8,8 +8,13 @@ after every part is durable: a checkpoint that the manifest names is always comp
 staged (:func:`stage_step`, at the step boundary) and then written (:func:`write_step`): both on the
 training thread for a synchronous save, the write on background_save's writer thread for a background one.
 
+Sharded state (an FSDP2 model and its optimizer, state/sharded.py) is written by every rank into the
+step's DCP directory before the parts are gathered: its files are parts of the checkpoint too, published
+with the rest once every rank's are durable.
+
 Loading: rank 0 picks the newest valid checkpoint (falling back past bad ones), every rank loads the
-same step, each with its own part.
+same step, each with its own part, and the sharded state from the step's directory, resharded to the
+current ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from torch.distributed.checkpoint.api import CheckpointException
 
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.core.rng import capture_rng, derived_seed, restore_rng, seed_everything
@@ -30,6 +37,7 @@ from trm_cluster.rundir.checkpoints import (
 )
 from trm_cluster.rundir.manifest import ConfigChange, ManifestData, RunManifest, utc_now
 from trm_cluster.rundir.segments import add_segment_warning
+from trm_cluster.state.sharded import ShardedState, save_sharded, sharded_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,8 @@ class StagedStep:
     """Rank r > 0: ``{"rng", "rank_state", "meta"}`` for ``step_N.rankR.pt``; None on rank 0."""
     main_payload: dict[str, Any] | None
     """Rank 0: ``{"model", "trainer", "rng", "rank_state", "tracking", "meta"}``; None elsewhere."""
+    sharded: dict[str, Any] | None = None
+    """Every rank, for sharded state: this rank's shards by registered name (state/sharded.py)."""
 
 
 def stage_step(
@@ -92,18 +102,23 @@ def write_step(store: CheckpointStore, ranks: Ranks, staged: StagedStep) -> None
     or all on their writer thread (``ranks.for_background_saves()``). A rank whose write fails still
     takes part in both collectives, so no rank waits for it: rank 0 then publishes nothing, the failing
     rank raises its error and the others an OSError naming it."""
-    own: OSError | None = None
-    record: dict[str, Any] | str | None = None
-    if staged.rank_payload is not None:
-        try:
-            record = store.write_part(staged.step, ranks.rank, staged.rank_payload)
-        except OSError as error:
-            own, record = error, f"rank {ranks.rank}: {error}"
-    parts = ranks.gather(record)  # also: every part is durable once rank 0 has them all
-    failed = "; ".join(p for p in parts if isinstance(p, str))
+    own: BaseException | None = None
+    written: list[dict[str, Any]] = []
+    record: list[dict[str, Any]] | str = written
+    try:
+        if staged.sharded is not None:  # collective: every rank writes its shards
+            directory = store.directory / sharded_name(staged.step)
+            written += save_sharded(staged.sharded, directory, ranks.rank, ranks.control)
+        if staged.rank_payload is not None:
+            written.append(store.write_part(staged.step, ranks.rank, staged.rank_payload))
+    except (OSError, CheckpointException) as error:  # DCP raises a write's error on every rank as its own
+        own, record = error, f"rank {ranks.rank}: {error}"
+    gathered = ranks.gather(record)  # also: every part is durable once rank 0 has them all
+    failed = "; ".join(p for p in gathered if isinstance(p, str))
+    parts = [part for rank_parts in gathered if isinstance(rank_parts, list) for part in rank_parts]
     if staged.main_payload is not None and not failed:
         try:
-            store.save(staged.step, staged.main_payload, parts=[p for p in parts if isinstance(p, dict)])
+            store.save(staged.step, staged.main_payload, parts=parts)
         except OSError as error:
             own, failed = error, f"rank 0: {error}"
     # published, or not on every rank: none runs ahead of a checkpoint that is not in the manifest yet
@@ -173,6 +188,7 @@ def restore_step(
     state = dict(payload["trainer"])
     state.setdefault("model", payload["model"])
     target.load_state_dict(state)
+    load_sharded(loaded, target, manifest, ranks)
     for warning in getattr(target, "warnings", ()):  # e.g. the script's new hyperparameters overridden
         log.warning("%s", warning)
         if ranks.is_main:
@@ -185,3 +201,20 @@ def restore_step(
     else:
         seed_everything(derived_seed(run_uid, step, ranks.rank))
     return {"step": step, "total_steps": meta.get("total_steps"), "tracking": payload.get("tracking", {})}
+
+
+def load_sharded(loaded: LoadedCheckpoint, target: StateTarget, manifest: RunManifest, ranks: Ranks) -> None:
+    """Every rank reads its shards from the step's DCP directory (collective); a checkpoint and a loop
+    that disagree on what is sharded are refused, never mixed."""
+    sharded: ShardedState | None = getattr(target, "sharded", None)
+    files = [part["file"] for part in loaded.record.parts if part.get("sharded")]
+    wanted = sorted(sharded.names) if sharded else []
+    if bool(files) != bool(wanted):
+        held = "sharded state (a DCP directory)" if files else "no sharded state"
+        raise CheckpointError(
+            f"the checkpoint of step {loaded.record.step} holds {held}, but this loop registers "
+            f"{'the sharded ' + ', '.join(wanted) if wanted else 'no sharded model'}: a sharded run resumes "
+            "only as a sharded run (and a replicated one as replicated)"
+        )
+    if sharded and files:
+        sharded.load(manifest.run_dir / files[0].rsplit("/", 1)[0], ranks.control)
