@@ -70,8 +70,9 @@ def fork_step(point: ForkPoint) -> int:
     return step
 
 
-def read_fork_point(point: ForkPoint) -> tuple[ManifestData, int, list[dict[str, Any]]]:
-    """The parent's manifest, the chosen step and every rank's verified payload at it (rank order).
+def read_fork_point(point: ForkPoint) -> tuple[ManifestData, int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The parent's manifest, the chosen step, every rank's verified payload at it (rank order) and the
+    files of its sharded state (a DCP directory, verified with the main payload; none for replicated state).
 
     Refuses a step without a checkpoint, naming the steps that have one.
     """
@@ -82,11 +83,11 @@ def read_fork_point(point: ForkPoint) -> tuple[ManifestData, int, list[dict[str,
     record = next(c for c in parent.checkpoints if c.step == step)
     try:
         payloads = [store.load_step(step, 0, parent.run_uid).payload]
-        for part in sorted(record.parts, key=lambda p: int(p["rank"])):
+        for part in sorted((p for p in record.parts if not p.get("sharded")), key=lambda p: int(p["rank"])):
             payloads.append(store.load_step(step, int(part["rank"]), parent.run_uid).payload["rank_part"])
     except CheckpointError as error:
         raise ManifestError(f"cannot fork {parent_dir} at step {step}: {error}") from None
-    return parent, step, payloads
+    return parent, step, payloads, [p for p in record.parts if p.get("sharded")]
 
 
 def fork_wandb(parent: ManifestData, given: WandbOptions) -> WandbOptions:
@@ -105,7 +106,7 @@ def fork_run(
     launch: Mapping[str, Any],
 ) -> ManifestData:
     """Create the child run at ``child_dir`` from the parent's checkpoint; the parent is only read."""
-    parent, step, payloads = read_fork_point(point)
+    parent, step, payloads, sharded = read_fork_point(point)
     parent_dir = point.run_dir.resolve()
     child_dir = child_dir.resolve()
     if child_dir == parent_dir:
@@ -117,7 +118,7 @@ def fork_run(
     existed = child_dir.exists()
     data = create_run(child_dir, name, parent.workload, config, wandb, max_requeues, launch)
     try:
-        _adopt_checkpoint(child_dir, data, step, payloads)
+        _adopt_checkpoint(child_dir, data, step, payloads, sharded, parent_dir)
         with RunManifest(child_dir).update() as data:
             data.forked_from = ForkOrigin(
                 run_dir=str(parent_dir), name=parent.name, run_uid=parent.run_uid,
@@ -134,18 +135,28 @@ def fork_run(
 
 
 def _adopt_checkpoint(
-    child_dir: Path, child: ManifestData, step: int, payloads: list[dict[str, Any]]
+    child_dir: Path,
+    child: ManifestData,
+    step: int,
+    payloads: list[dict[str, Any]],
+    sharded: list[dict[str, Any]],
+    parent_dir: Path,
 ) -> None:
-    """Write the parent's state as the child's own checkpoint at ``step`` (every rank's part), published."""
+    """Write the parent's state as the child's own checkpoint at ``step`` (every rank's part; a sharded
+    state's DCP files copied as they are: they name no run), published."""
     store = CheckpointStore(RunManifest(child_dir), keep_last=1)
-    parts = []
+    for part in sharded:
+        target = child_dir / part["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(parent_dir / part["file"], target)
+    parts = list(sharded)
     for rank, payload in enumerate(payloads):
         meta = {**payload.get("meta", {}), "run_uid": child.run_uid}
         if rank == 0:
             meta["run_name"] = child.name
         written = store.write_part(step, rank, {**payload, "meta": meta})
         parts.append(written)
-    main, others = parts[0], parts[1:]
+    main, others = parts[len(sharded)], parts[: len(sharded)] + parts[len(sharded) + 1 :]
     store.publish(
         CheckpointRecord(
             step=step, file=main["file"], bytes=main["bytes"], sha256=main["sha256"],

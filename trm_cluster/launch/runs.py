@@ -115,10 +115,10 @@ def refuse_resume(data: ManifestData, launch: Mapping[str, Any]) -> None:
 
 
 def _refuse_world_size_change(data: ManifestData, launch: Mapping[str, Any]) -> None:
-    """The latest checkpoint was written by 1 + len(parts) ranks; another number resumes only when allowed."""
+    """The latest checkpoint's ranks (``CheckpointRecord.world_size``); another number resumes only when allowed."""
     if not data.checkpoints or launch.get("allow_world_size_change"):
         return
-    saved = 1 + len(data.checkpoints[-1].parts)
+    saved = data.checkpoints[-1].world_size
     tasks = int(launch.get("tasks_per_node") or launch.get("gpus_per_node") or 1)
     now = int(launch.get("nodes", 1)) * tasks
     if saved != now:

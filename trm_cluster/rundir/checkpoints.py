@@ -191,12 +191,13 @@ class CheckpointStore:
 
     def load_step(self, step: int, rank: int, run_uid: str) -> LoadedCheckpoint:
         """The checkpoint at ``step`` that rank 0 chose, with this rank's own part merged in as
-        ``payload["rank_part"]`` (ranks other than 0). No fallback here: every rank loads the same step."""
+        ``payload["rank_part"]`` (ranks other than 0; none for a rank the saving run did not have, whose
+        own state a world-size change re-derives). No fallback here: every rank loads the same step."""
         record = next((c for c in self.manifest.read().checkpoints if c.step == step), None)
         payload = self._verified_payload(record) if record is not None else None
         if record is None or payload is None or payload.get("meta", {}).get("run_uid") != run_uid:
             raise CheckpointError(f"checkpoint of step {step} is not usable on rank {rank}")
-        if rank:
+        if rank and rank < record.world_size:
             part = next((p for p in record.parts if p["rank"] == rank and not p.get("sharded")), None)
             if part is None:
                 raise CheckpointError(f"checkpoint of step {step} holds no part for rank {rank}")

@@ -149,7 +149,13 @@ class CheckpointRecord:
     created_at: str
     parts: list[dict[str, Any]] = field(default_factory=list)
     """The other ranks' own state (RNG streams, data position): ``{"rank", "file", "bytes", "sha256"}``
-    each, written before this record was published."""
+    each, written before this record was published; with ``"sharded": true``, a file of the step's DCP
+    directory (sharded state, written by every rank)."""
+
+    @property
+    def world_size(self) -> int:
+        """How many ranks wrote it: rank 0's main file, and every rank's part."""
+        return len({0, *(int(part["rank"]) for part in self.parts)})
 
 
 @dataclass

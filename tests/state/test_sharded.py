@@ -1,0 +1,121 @@
+"""An FSDP2 model (``fully_shard``) on gloo ranks, through the loop-side API on the local executor
+(examples/fsdp_script.py): every checkpoint's model and optimizer are a torch.distributed.checkpoint
+directory written by every rank, exact through preemptions, skipped like a corrupt file when a rank's
+shard is missing or cut, and resharded when the run resumes on another number of ranks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from support import (
+    REPO,
+    assert_one_continuous_wandb_run,
+    assert_same_state,
+    assert_same_training_state,
+    cli,
+    manifest,
+)
+
+from trm_cluster.state.sharded import read_full
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "examples" / "fsdp_script.py"
+STEPS = 30  # checkpoints at 10, 20, 30
+
+
+def submit(run_dir: Path, *args: str, ranks: int = 2, script_args: tuple[str, ...] = ()) -> str:
+    done = cli(
+        "submit", "--script", str(SCRIPT), "--executor", "local", "--tasks-per-node", str(ranks), "--wait",
+        "--wandb-mode", "offline", "--run-dir", str(run_dir), "--steps", str(STEPS), *args,
+        *(("--script-args", *script_args) if script_args else ()), cwd=run_dir.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def resume(run_dir: Path, ranks: int, *args: str) -> Any:
+    return cli(
+        "submit", "--resume", str(run_dir), "--executor", "local", "--tasks-per-node", str(ranks), "--wait",
+        *args, cwd=run_dir.parent,
+    )  # fmt: skip
+
+
+def sharded_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:09d}.dcp"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-rank run, uninterrupted."""
+    run_dir = tmp_path_factory.mktemp("sharded") / "straight"
+    submit(run_dir)
+    return run_dir
+
+
+def test_preempted_twice_it_ends_with_every_full_tensor_of_an_uninterrupted_run(
+    straight: Path, workdir: Path
+) -> None:
+    run_dir = workdir / "preempted"
+    submit(run_dir, "--preemptions", "2")
+    data = manifest(run_dir)
+    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "preempted", "completed"]
+    for record in data["checkpoints"]:  # each a DCP directory, its metadata and both ranks' shards recorded
+        shards = sorted(Path(p["file"]).name for p in record["parts"] if p.get("sharded"))
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], record
+    expected, actual = read_full(sharded_dir(straight, STEPS)), read_full(sharded_dir(run_dir, STEPS))
+    assert expected.keys() == actual.keys() == {"model", "optimizer"}
+    assert_same_state(expected, actual)  # every full tensor of the model and the optimizer
+    # the rest: torch's RNG, the W&B rows (python's and numpy's streams are never seeded nor drawn here)
+    assert_same_training_state(straight, run_dir, ignore=("rng.python", "rng.numpy"))
+    assert_one_continuous_wandb_run(run_dir, list(range(5, STEPS + 1, 5)))
+
+
+def test_a_missing_rank_shard_or_a_cut_one_is_skipped_for_the_checkpoint_before(
+    straight: Path, workdir: Path
+) -> None:
+    run_dir = workdir / "damaged"
+    shutil.copytree(straight, run_dir)
+    cut = sharded_dir(run_dir, 30) / "__0_0.distcp"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    (sharded_dir(run_dir, 20) / "__1_0.distcp").unlink()
+    done = resume(run_dir, 2, "--steps", "40")
+    assert done.returncode == 0, done.stdout + done.stderr
+    resumed = manifest(run_dir)["segments"][-1]
+    assert (resumed["start_step"], resumed["end_reason"]) == (10, "completed")
+    log = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.err"))
+    assert "step_000000030.dcp/__0_0.distcp fails its digest; falling back" in log
+    assert "step_000000020.pt lacks the rank file(s) checkpoints/step_000000020.dcp/__1_0.distcp" in log
+
+
+def test_another_number_of_ranks_is_refused_in_one_line_then_resharded_with_the_flag(
+    straight: Path, workdir: Path
+) -> None:
+    run_dir = workdir / "resharded"
+    shutil.copytree(straight, run_dir)
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    refused = resume(run_dir, 1, "--steps", "40")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "(step 30) was written by 2 ranks and this submission has 1" in refused.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    for ranks, saved_at, steps in ((1, 30, 40), (2, 40, 50)):  # 2 -> 1, then 1 -> 2
+        dump = workdir / f"restored-{ranks}.pt"
+        done = resume(
+            run_dir,
+            ranks,
+            "--steps",
+            str(steps),
+            "--allow-world-size-change",
+            "--",
+            "--dump-restored",
+            str(dump),
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        restored = torch.load(dump, weights_only=True)  # the full state each rank's shards came back as
+        assert_same_state(read_full(sharded_dir(run_dir, saved_at)), restored)
+    changes = manifest(run_dir)["config_changes"]
+    assert [c["changes"]["world_size"] for c in changes if "world_size" in c["changes"]] == [[2, 1], [1, 2]]
