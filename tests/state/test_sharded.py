@@ -5,7 +5,10 @@ shard is missing or cut, and resharded when the run resumes on another number of
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from support import (
     assert_one_continuous_wandb_run,
     assert_same_state,
     assert_same_training_state,
+    clean_env,
     cli,
     manifest,
 )
@@ -119,3 +123,16 @@ def test_another_number_of_ranks_is_refused_in_one_line_then_resharded_with_the_
         assert_same_state(read_full(sharded_dir(run_dir, saved_at)), restored)
     changes = manifest(run_dir)["config_changes"]
     assert [c["changes"]["world_size"] for c in changes if "world_size" in c["changes"]] == [[2, 1], [1, 2]]
+
+
+def test_the_doctor_compares_the_full_tensors_of_a_sharded_run(workdir: Path) -> None:
+    """One rank (the script shards over a group of one): the doctor reads each step's DCP directory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "trm_cluster.doctor", "--script", str(SCRIPT), "--steps", "8"],
+        cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exact: steps 5..8 after the resumes at steps 4, 5 match" in done.stdout
+    # 5 checkpoints: 6 model tensors and 18 optimizer ones each (exp_avg, exp_avg_sq, step), with the RNG's
+    compared = int(re.search(r"compared \d+ checkpoints \((\d+) tensors", done.stdout).group(1))  # type: ignore[union-attr]
+    assert compared >= 5 * 24, done.stdout

@@ -278,6 +278,11 @@ class Checkpoints(Mapping[int, Mapping[str, Any]]):
         if not path.is_file() or path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
             raise Untestable(f"{self.label}: checkpoint {record.file} is missing or fails its digest")
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        sharded = [part["file"] for part in record.parts if part.get("sharded")]
+        if sharded:  # a sharded model and optimizer: compared as the full tensors their shards make up
+            from trm_cluster.state.sharded import read_full
+
+            payload["trainer"].update(read_full(self.run_dir / Path(sharded[0]).parent))
         self._cached = (step, payload)
         return payload  # type: ignore[no-any-return]
 
