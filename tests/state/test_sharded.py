@@ -71,6 +71,10 @@ def test_preempted_twice_it_ends_with_every_full_tensor_of_an_uninterrupted_run(
     for record in data["checkpoints"]:  # each a DCP directory, its metadata and both ranks' shards recorded
         shards = sorted(Path(p["file"]).name for p in record["parts"] if p.get("sharded"))
         assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], record
+    for run in (straight, run_dir):  # the periodic saves (10, 20) by DCP's own thread, the last one not
+        segments = manifest(run)["segments"]
+        inside = [len([k for k in (10, 20) if s["start_step"] < k <= s["end_step"]]) for s in segments]
+        assert [s["timings"]["background_saves"] for s in segments] == inside and sum(inside) > 0, run
     expected, actual = read_full(sharded_dir(straight, STEPS)), read_full(sharded_dir(run_dir, STEPS))
     assert expected.keys() == actual.keys() == {"model", "optimizer"}
     assert_same_state(expected, actual)  # every full tensor of the model and the optimizer

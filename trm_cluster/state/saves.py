@@ -23,6 +23,7 @@ from trm_cluster.rundir.segment_timings import SegmentTimings
 from trm_cluster.rundir.segments import record_failed_save
 from trm_cluster.state.background_save import BackgroundSaver, snapshot_copy
 from trm_cluster.state.registered import StateSource
+from trm_cluster.state.sharded import save_sharded_in_background, sharded_name
 from trm_cluster.state.snapshot import StagedStep, stage_step, write_step
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,6 @@ class SavePath:
         began = time.perf_counter()
         self.saver.begin()  # at most one save in flight: wait for the previous one (counted)
         sharded = getattr(self._source, "sharded", None)
-        background = background and not sharded  # sharded state: written synchronously, by DCP, for now
         shared = None
         if self.ranks.is_main:  # the shared state is the same on every rank: rank 0 writes it
             shared = self._source.state_dict()
@@ -116,7 +116,12 @@ class SavePath:
             self._total_steps,
             not background,
         )
-        if sharded:
+        if sharded and background:  # DCP copies the shards now and writes them on its own thread
+            group = self.ranks.for_background_saves().control
+            directory = self.store.directory / sharded_name(step)
+            pending = save_sharded_in_background(sharded.state_dict(), directory, group)
+            staged = dataclasses.replace(staged, sharded_pending=pending)
+        elif sharded:
             staged = dataclasses.replace(staged, sharded=sharded.state_dict())
         self.saved_step = step
         if background:
@@ -126,7 +131,9 @@ class SavePath:
 
             def write() -> None:
                 state = copied.wait()
-                staged_copy = StagedStep(staged.step, state["rank"], state["main"])
+                staged_copy = StagedStep(
+                    staged.step, state["rank"], state["main"], sharded_pending=staged.sharded_pending
+                )
                 write_step(self.store, self.ranks.for_background_saves(), staged_copy)
 
             self.saver.start(write, began)

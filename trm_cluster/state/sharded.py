@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.tensor import DTensor
 
@@ -91,16 +93,27 @@ class ShardedState:
             set_optimizer_state_dict(owner, optimizer, state[name])
 
 
-def save_sharded(
-    state: Mapping[str, Any], directory: Path, rank: int, process_group: Any = None
-) -> list[dict[str, Any]]:
-    """Write every rank's shards into ``directory`` (collective), each file fsynced by DCP's writer;
-    return this rank's files as manifest parts (rank 0: ``.metadata`` too), each with its sha256."""
+def save_sharded(state: Mapping[str, Any], directory: Path, process_group: Any = None) -> None:
+    """Write every rank's shards into ``directory`` (collective), each file fsynced by DCP's writer."""
     dcp_save(
-        dict(state),
-        storage_writer=FileSystemWriter(directory, sync_files=True),
-        process_group=process_group,
+        dict(state), storage_writer=FileSystemWriter(directory, sync_files=True), process_group=process_group
     )
+
+
+def save_sharded_in_background(
+    state: Mapping[str, Any], directory: Path, process_group: Any = None
+) -> Future[Any]:
+    """The same, written by DCP's own thread: the shards are copied (staged) before this returns, so the
+    loop may change them at once; the future is done when every rank's files are written."""
+    writer = FileSystemWriter(directory, sync_files=True)
+    future = dcp_async_save(dict(state), storage_writer=writer, process_group=process_group)
+    assert isinstance(future, Future), "an AsyncSaveResponse comes only with an async stager of one's own"
+    return future
+
+
+def sharded_files(directory: Path, rank: int) -> list[dict[str, Any]]:
+    """This rank's files of a written step as manifest parts (rank 0: ``.metadata`` too), each with
+    its sha256; rank 0 also makes the directory's entries durable."""
     mine = sorted(directory.glob(f"__{rank}_*.distcp"))
     if rank == 0:
         mine.append(directory / METADATA)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +38,7 @@ from trm_cluster.rundir.checkpoints import (
 )
 from trm_cluster.rundir.manifest import ConfigChange, ManifestData, RunManifest, utc_now
 from trm_cluster.rundir.segments import add_segment_warning
-from trm_cluster.state.sharded import ShardedState, save_sharded, sharded_name
+from trm_cluster.state.sharded import ShardedState, save_sharded, sharded_files, sharded_name
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class StagedStep:
     """Rank 0: ``{"model", "trainer", "rng", "rank_state", "tracking", "meta"}``; None elsewhere."""
     sharded: dict[str, Any] | None = None
     """Every rank, for sharded state: this rank's shards by registered name (state/sharded.py)."""
+    sharded_pending: Future[Any] | None = None
+    """Instead, for a background save: the shards already being written by DCP's thread."""
 
 
 def stage_step(
@@ -106,9 +109,13 @@ def write_step(store: CheckpointStore, ranks: Ranks, staged: StagedStep) -> None
     written: list[dict[str, Any]] = []
     record: list[dict[str, Any]] | str = written
     try:
+        directory = store.directory / sharded_name(staged.step)
         if staged.sharded is not None:  # collective: every rank writes its shards
-            directory = store.directory / sharded_name(staged.step)
-            written += save_sharded(staged.sharded, directory, ranks.rank, ranks.control)
+            save_sharded(staged.sharded, directory, ranks.control)
+        if staged.sharded_pending is not None:
+            staged.sharded_pending.result()
+        if staged.sharded is not None or staged.sharded_pending is not None:
+            written += sharded_files(directory, ranks.rank)
         if staged.rank_payload is not None:
             written.append(store.write_part(staged.step, ranks.rank, staged.rank_payload))
     except (OSError, CheckpointException) as error:  # DCP raises a write's error on every rank as its own
