@@ -367,3 +367,12 @@ with trm_cluster.session({session}) as run:
         run.log({{"loss": loss.item()}})
     print("after the loop at step", run.step, "lr", args.lr, flush=True)
 """
+
+
+def round_trip(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` through torch.save and torch.load(weights_only=True), as a checkpoint is loaded."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
+    return loaded

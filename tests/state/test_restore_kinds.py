@@ -4,24 +4,16 @@ user's side: the script's own object, after a checkpoint's round trip through to
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from support import round_trip
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from trm_cluster.state.attributes import Attributes, attributes
 from trm_cluster.state.registered import RegisteredState, per_rank
-
-
-def round_trip(state: dict[str, Any]) -> dict[str, Any]:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
-    return loaded
 
 
 def trained_model() -> torch.nn.Module:

@@ -5,13 +5,13 @@ module or a validation loader."""
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import time
 from typing import Any
 
 import pytest
 import torch
+from support import round_trip
 
 from trm_cluster.state.attributes import attributes
 from trm_cluster.state.registered import RegisteredState
@@ -95,14 +95,6 @@ class PlainTrainer:
         self.global_step = 41  # its own step counter (for self.global_step in run.steps(), then += 1)
         self.last_log_time += 1.0
         return round_trip(state.state_dict())  # the save
-
-
-def round_trip(state: dict[str, Any]) -> dict[str, Any]:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
-    return loaded
 
 
 def test_unregistered_plain_attributes_the_resume_lost_are_named_as_the_loop_starts() -> None:

@@ -14,7 +14,6 @@ and put back with the ``set_`` pair, so what is saved is what DCP knows how to r
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -35,6 +34,7 @@ from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_asyn
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.tensor import DTensor
 
+from trm_cluster.rundir.atomic import fsync_directory
 from trm_cluster.rundir.checkpoints import sha256_of
 
 METADATA = ".metadata"
@@ -117,7 +117,7 @@ def sharded_files(directory: Path, rank: int) -> list[dict[str, Any]]:
     mine = sorted(directory.glob(f"__{rank}_*.distcp"))
     if rank == 0:
         mine.append(directory / METADATA)
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return [sharded_part(path, rank, directory.parent.parent) for path in mine]
 
 
@@ -132,14 +132,6 @@ def sharded_part(path: Path, rank: int, run_dir: Path) -> dict[str, Any]:
         "sha256": sha256_of(path),
         "sharded": True,
     }
-
-
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def read_full(directory: Path) -> dict[str, Any]:
