@@ -6,6 +6,7 @@ state the session saves."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -174,3 +175,32 @@ def test_a_registered_loaders_workers_ignore_the_stop_signal_whatever_starts_the
     RegisteredState({"data": loader})
     assert next(iter(loader)).tolist() == [1]
     assert loader.worker_init_fn is not None and loader.worker_init_fn.then == seen.append  # type: ignore[attr-defined]
+
+
+class KeptStream(Stream):
+    """A dataset that restores itself (torchdata then skips the replay): nothing to warn about."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stage = state["stage"]
+
+
+@pytest.mark.parametrize("dataset", [Stream, KeptStream])
+def test_a_resume_that_replays_batches_of_a_dataset_without_state_says_what_it_needs(
+    dataset: type[Stream], caplog: pytest.LogCaptureFixture
+) -> None:
+    loader = StatefulDataLoader(dataset(), batch_size=2, num_workers=WORKERS, generator=torch.Generator())
+    batches = iter(loader)
+    for _ in range(3):
+        next(batches)
+    saved = RegisteredState({"data": loader}).state_dict()
+    del batches
+    again = StatefulDataLoader(dataset(), batch_size=2, num_workers=WORKERS, generator=torch.Generator())
+    with caplog.at_level(logging.WARNING, logger="trm_cluster"):
+        RegisteredState({"data": again}).load_state_dict(saved)
+    warned = (
+        "the Stream has no state_dict()/load_state_dict(), so the resumed iterator replays the 3 batch(es)"
+    )
+    assert (warned in caplog.text) is (dataset is Stream), caplog.text

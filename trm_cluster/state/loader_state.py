@@ -25,6 +25,7 @@ makes them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,8 @@ import torch
 from torch.utils.data import IterableDataset
 
 from trm_cluster.core.signals import ignore_stop_signals
+
+log = logging.getLogger(__name__)
 
 FORMAT = "trm_cluster.loader/1"
 """Marks this wrapper in a checkpoint; a loader's state saved before it is the bare torchdata dict."""
@@ -73,7 +76,19 @@ def restore_loader(loader: Any, state: Mapping[str, Any]) -> None:
     restore_generator = "generator" in state and _iterable_with_generator(loader)
     if restore_generator:
         loader.generator.set_state(state["generator"])
-    _correct_first_iterator(loader, restore_generator)
+    replayed = _correct_first_iterator(loader, restore_generator)
+    if replayed and not callable(getattr(loader.dataset, "load_state_dict", None)):
+        log.warning("%s", replay_warning(loader.dataset, replayed))
+
+
+def replay_warning(dataset: Any, replayed: int) -> str:
+    """Why the resumed iterator replays batches, and what that asks of the dataset."""
+    return (
+        f"run.restore(data=...): the {type(dataset).__name__} has no state_dict()/load_state_dict(), so the "
+        f"resumed iterator replays the {replayed} batch(es) it had yielded (torchdata's fast-forward): exact "
+        "only if each worker's samples are a function of its worker seed and their order (not the clock, "
+        "not a file listing's order); give the dataset state_dict()/load_state_dict() to skip the replay"
+    )
 
 
 def _replayed_and_position(state: Mapping[str, Any]) -> tuple[int, int]:
@@ -87,8 +102,9 @@ def _replayed_and_position(state: Mapping[str, Any]) -> tuple[int, int]:
     return replayed, replayed
 
 
-def _correct_first_iterator(loader: Any, restore_generator: bool) -> None:
-    """Wrap the loader's ``_get_iterator`` for one call: the iterator made from the restored state."""
+def _correct_first_iterator(loader: Any, restore_generator: bool) -> int:
+    """Wrap the loader's ``_get_iterator`` for one call: the iterator made from the restored state.
+    Returns how many batches that iterator will replay."""
     make: Callable[[], Any] = loader._get_iterator
     replayed, position = _replayed_and_position(loader.next_iter_state or {})
 
@@ -106,6 +122,7 @@ def _correct_first_iterator(loader: Any, restore_generator: bool) -> None:
         return iterator
 
     loader._get_iterator = first_iterator
+    return replayed
 
 
 def _uncount(iterator: Any, replayed: int) -> None:
