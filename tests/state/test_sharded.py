@@ -5,8 +5,10 @@ shard is missing or cut, and resharded when the run resumes on another number of
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,11 @@ from support import (
     assert_one_continuous_wandb_run,
     assert_same_state,
     assert_same_training_state,
+    children,
     clean_env,
     cli,
     manifest,
+    wait_for,
 )
 
 from trm_cluster.state.sharded import read_full
@@ -140,3 +144,38 @@ def test_the_doctor_compares_the_full_tensors_of_a_sharded_run(workdir: Path) ->
     # 5 checkpoints: 6 model tensors and 18 optimizer ones each (exp_avg, exp_avg_sq, step), with the RNG's
     compared = int(re.search(r"compared \d+ checkpoints \((\d+) tensors", done.stdout).group(1))  # type: ignore[union-attr]
     assert compared >= 5 * 24, done.stdout
+
+
+def test_a_kill_during_a_background_sharded_save_loses_that_checkpoint_only(
+    straight: Path, workdir: Path
+) -> None:
+    """Every process of the job is SIGKILLed while the periodic save of step 20 is in flight: DCP has
+    written both ranks' shards, rank 1's own part is still a temp file (the test seam holds it there).
+    Nothing of step 20 was published, so ``--resume`` starts from step 10, removes the unpublished
+    directory, and ends with every full tensor of the uninterrupted run."""
+    run_dir = workdir / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", "--script", str(SCRIPT), "--executor", "local",
+         "--tasks-per-node", "2", "--wait", "--wandb-mode", "offline", "--run-dir", str(run_dir),
+         "--steps", str(STEPS)],
+        cwd=workdir, env=clean_env(TRM_CLUSTER_PAUSE_IN_WRITE="step_000000020.rank1:300"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    held = run_dir / "checkpoints"
+    wait_for(
+        lambda: list(held.glob(".step_000000020.rank1.pt.*.tmp")), what="rank 1's part of step 20 to be held"
+    )
+    assert (sharded_dir(run_dir, 20) / ".metadata").is_file()  # the shards are written, not published
+    job = int(manifest(run_dir)["launch"]["job_id"])
+    for pid in [*children(job), job]:
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert [c["step"] for c in manifest(run_dir)["checkpoints"]] == [10]
+    done = resume(run_dir, 2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    segments = manifest(run_dir)["segments"]
+    assert [(s["start_step"], s["end_reason"]) for s in segments][-1] == (10, "completed")
+    log = "".join(p.read_text() for p in (run_dir / "logs").glob("*_log.err"))
+    assert re.search(r"removed \d+ unpublished checkpoint file\(s\): .*step_000000020\.dcp", log), log[-2000:]
+    assert_same_state(read_full(sharded_dir(straight, STEPS)), read_full(sharded_dir(run_dir, STEPS)))
+    assert_same_training_state(straight, run_dir, ignore=("rng.python", "rng.numpy"))
