@@ -28,7 +28,12 @@ from support import (
     wait_for,
 )
 
+from trm_cluster.core.distributed import Ranks
+from trm_cluster.rundir.checkpoints import CheckpointError, LoadedCheckpoint
+from trm_cluster.rundir.manifest import CheckpointRecord, RunManifest
+from trm_cluster.state.registered import RegisteredState
 from trm_cluster.state.sharded import read_full
+from trm_cluster.state.snapshot import load_sharded
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +184,19 @@ def test_a_kill_during_a_background_sharded_save_loses_that_checkpoint_only(
     assert re.search(r"removed \d+ unpublished checkpoint file\(s\): .*step_000000020\.dcp", log), log[-2000:]
     assert_same_state(read_full(sharded_dir(straight, STEPS)), read_full(sharded_dir(run_dir, STEPS)))
     assert_same_training_state(straight, run_dir, ignore=("rng.python", "rng.numpy"))
+
+
+def test_a_sharded_checkpoint_is_refused_by_a_loop_that_registers_no_sharded_model(tmp_path: Path) -> None:
+    shard = {
+        "rank": 0,
+        "file": "checkpoints/step_000000010.dcp/.metadata",
+        "bytes": 1,
+        "sha256": "",
+        "sharded": True,
+    }
+    record = CheckpointRecord(step=10, file="checkpoints/step_000000010.pt", bytes=1, sha256="", created_at="",
+                              parts=[shard])  # fmt: skip
+    replicated = RegisteredState({"model": torch.nn.Linear(2, 2)})
+    with pytest.raises(CheckpointError, match=r"step 10 holds sharded state \(a DCP directory\), but this loop "
+                       "registers no sharded model: a sharded run resumes only as a sharded run"):  # fmt: skip
+        load_sharded(LoadedCheckpoint(record, {}), replicated, RunManifest(tmp_path), Ranks())
