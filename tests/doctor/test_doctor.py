@@ -83,9 +83,14 @@ def _script(path: Path, body: str) -> Path:
 @pytest.mark.slow
 def test_example_script_resumes_exactly(doctor: Doctor) -> None:
     # two steps after the resume: with the example's two DataLoader workers, one batch of each
-    done = doctor("--script", str(EXAMPLE), "--steps", "3", "--at", "1")
+    done = doctor("--script", str(EXAMPLE), "--steps", "3", "--at", "1", "--control")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exact: steps 2..3 after the resume at step 1" in done.stdout
+    # the control (the RNG restore skipped: the example's dropout draws from it) is caught at once
+    assert (
+        "control: resumed at step 1 with the RNG restore skipped, it diverges (model weights at step 2"
+        in done.stdout
+    )
     assert "3 checkpoints (" in done.stdout  # step 1 and the two after it
     assert "left out: timings trainer/steps_per_s" in done.stdout
     assert "wall time" in done.stdout
@@ -367,4 +372,19 @@ def test_an_unregistered_curriculum_is_caught_by_the_second_stop_with_each_kind_
     assert (
         "- state the loop does not register: curriculum.stage (Curriculum), saved as 1, 0 as the resumed"
         in out
+    )
+
+
+@pytest.mark.slow
+def test_a_control_that_does_not_diverge_makes_the_loop_untestable(doctor: Doctor) -> None:
+    """The FSDP2 example draws its data from a registered generator and no dropout: skipping the RNG
+    restore changes nothing the comparison sees, so its "exact" would prove nothing of the RNG: exit 3."""
+    done = doctor(
+        "--script", str(REPO / "examples" / "fsdp_script.py"), "--steps", "4", "--at", "2", "--control"
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "exact: steps 3..4 after the resume at step 2" in done.stdout
+    assert (
+        "control: resumed at step 2 with the RNG restore skipped, it still matches the uninterrupted run"
+        in done.stdout
     )

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each run may take (default 1800)"
     )
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also resume once with the RNG restore skipped, to show that the comparison catches it "
+        "(a control that does not diverge makes the loop untestable: exit 3)",
+    )
+    parser.add_argument(
         "--serial",
         action="store_true",
         help="run A, then B (default: A alongside B; use this for a GPU too small for two runs)",
@@ -132,7 +138,7 @@ def parse(argv: Sequence[str]) -> Request:
         if script_args is not None:
             raise BadInput("--script-args passes arguments to a --script; a --preset takes none")
         loop = PresetLoop.load(args.preset, steps)
-    return Request(steps, stops, cwd, keep, list(args.ignore), args.timeout, args.serial, loop)
+    return Request(steps, stops, cwd, keep, list(args.ignore), args.timeout, args.serial, loop, args.control)
 
 
 def default_stops(steps: int) -> tuple[int, ...]:
@@ -167,6 +173,24 @@ def _split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 
 def report(outcome: Outcome, say: Any = print) -> int:
+    code = _report_verdict(outcome, say)
+    control = outcome.control
+    if control is None:
+        return code
+    k = control.resume_at
+    if control.first is not None:
+        kinds = ", ".join(f"{kind} at step {step}" for kind, (step, _) in control.first_by_kind().items())
+        say(f"control: resumed at step {k} with the RNG restore skipped, it diverges ({kinds}): the "
+            "comparison catches a resume that leaves state behind")  # fmt: skip
+        return code
+    say(f"control: resumed at step {k} with the RNG restore skipped, it still matches the uninterrupted run: "
+        "no random number this loop draws reaches what is compared, so the comparison cannot tell a good "
+        "resume from one that forgets the RNG; draw from the restored streams (dropout, augmentation) "
+        "or check such a loop by its data and metrics")  # fmt: skip
+    return EXIT_UNTESTABLE if code == EXIT_EXACT else code
+
+
+def _report_verdict(outcome: Outcome, say: Any) -> int:
     verdict, k, n = outcome.verdict, outcome.verdict.resume_at, outcome.verdict.total_steps
     tally = verdict.tally
     counted = (

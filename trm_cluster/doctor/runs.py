@@ -9,6 +9,7 @@ comparison needs (or raises :class:`Untestable` with its last lines), and compar
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,13 @@ from trm_cluster.doctor.causes import Cause, divergence_causes, warning_causes
 from trm_cluster.launch.presets import PresetError, load_preset
 from trm_cluster.rundir.creation import create_run, create_script_run
 from trm_cluster.rundir.manifest import RunManifest
-from trm_cluster.runtime.plan import EXIT_STOPPED, RUN_DIR_ENV, STOP_AFTER_ENV, TRACE_DATA_ENV
+from trm_cluster.runtime.plan import (
+    EXIT_STOPPED,
+    RUN_DIR_ENV,
+    SKIP_RNG_RESTORE_ENV,
+    STOP_AFTER_ENV,
+    TRACE_DATA_ENV,
+)
 
 if TYPE_CHECKING:
     from trm_cluster.doctor.compare import Verdict
@@ -141,6 +148,8 @@ class Request:
     timeout_s: float
     serial: bool
     loop: Loop
+    control: bool = False
+    """Also resume once with the RNG restore skipped, to show that the comparison catches a bad resume."""
 
 
 # -- running the processes ----------------------------------------------------------------------------
@@ -194,8 +203,10 @@ class Running:
         cwd: Path,
         timeout_s: float,
         stop_after: int | None,
+        planted: Mapping[str, str] | None = None,
     ) -> None:
         command, extra = loop.command(run_dir)
+        extra = {**extra, **(planted or {})}
         if stop_after is not None:
             extra = {**extra, STOP_AFTER_ENV: str(stop_after)}
         slug = label.replace(" ", "-")
@@ -318,6 +329,8 @@ class Outcome:
     verdict: Verdict
     causes: list[Cause]
     warnings: list[Cause]
+    control: Verdict | None = None
+    """The control run (resumed at the first stop with the RNG restore skipped) against run A."""
 
 
 def examine(request: Request, work: Path, say: Any = print) -> Outcome:
@@ -328,13 +341,17 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     n, stops = request.steps, request.stops
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    run_a, run_b = work / "uninterrupted", work / "resumed"
+    run_a, run_b, run_c = work / "uninterrupted", work / "resumed", work / "control"
     request.loop.create(run_a, n, request.cwd)
     request.loop.create(run_b, n, request.cwd)
     running: list[Running] = []
 
-    def start(label: str, run_dir: Path, stop_after: int | None) -> Running:
-        process = Running(label, request.loop, run_dir, logs, request.cwd, request.timeout_s, stop_after)
+    def start(
+        label: str, run_dir: Path, stop_after: int | None, planted: Mapping[str, str] | None = None
+    ) -> Running:
+        process = Running(
+            label, request.loop, run_dir, logs, request.cwd, request.timeout_s, stop_after, planted
+        )
         running.append(process)
         return process
 
@@ -353,11 +370,18 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
         for stop in stops:
             label = "run B" if not resumed_from else "run B resumed"
             finish(start(label, run_b, stop), EXIT_STOPPED, f"stopped after step {stop}")
+            if request.control and not resumed_from:  # the control resumes from the first stop too
+                shutil.copytree(run_b, run_c)
             resumed_from = stop
         b_resumed = start("run B resumed", run_b, None)
         if not request.serial:
             finish(a, 0, a_what)
         resumed = finish(b_resumed, 0, f"fresh process, steps {resumed_from + 1}..{n}")
+        if request.control:
+            skipped = {SKIP_RNG_RESTORE_ENV: "1"}
+            finish(
+                start("control", run_c, None, skipped), 0, f"resumed at step {stops[0]}, RNG restore skipped"
+            )
     finally:
         for process in running:
             process.kill()
@@ -368,4 +392,11 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     b_checkpoints.require(range(1, n + 1))
     verdict = compare_runs(a_checkpoints, b_checkpoints, stops, n, ignore=request.ignore)
     warnings = warning_causes(resumed.text("stderr"))
-    return Outcome(verdict, divergence_causes(verdict), warnings)
+    control = None
+    if request.control:
+        _status(run_c, "the control run", n)
+        # a stream the loop never draws (left out above) is not restored either: not what the control tests
+        idle = [pattern for name in verdict.idle_streams for pattern in (f"rng.{name}", f"rng.{name}.*")]
+        control_run = Checkpoints(run_c, "the control run")
+        control = compare_runs(a_checkpoints, control_run, stops[0], n, [*request.ignore, *idle])
+    return Outcome(verdict, divergence_causes(verdict), warnings, control)

@@ -29,6 +29,9 @@ STOP_AFTER_ENV = "TRM_CLUSTER_STOP_AFTER"
 """Outside ``submit``: stop (save, exit) after this many steps, as a preemption would (the doctor)."""
 TRACE_DATA_ENV = "TRM_CLUSTER_TRACE_DATA"
 """Set to "1" by the doctor for its runs: each checkpoint records what its step consumed (data_trace.py)."""
+SKIP_RNG_RESTORE_ENV = "TRM_CLUSTER_SKIP_RNG_RESTORE"
+"""Set to "1" by the doctor's control run only: a resume that leaves the RNG streams as the process
+made them, the bug the control plants to show that the comparison catches it."""
 EXIT_STOPPED = 75
 """Exit status of a process outside ``submit`` that stopped before the end: run it again to resume."""
 

@@ -9,6 +9,7 @@ restored, so nothing it does can draw from them.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from trm_cluster.core.rng import rng_fingerprint
 from trm_cluster.rundir import segments
 from trm_cluster.rundir.checkpoints import CheckpointStore
 from trm_cluster.rundir.manifest import ManifestData, RunManifest, Segment
-from trm_cluster.runtime.plan import SessionPlan
+from trm_cluster.runtime.plan import SKIP_RNG_RESTORE_ENV, SessionPlan
 from trm_cluster.state.registered import RegisteredState, StateSource
 from trm_cluster.state.snapshot import load_step, restore_step
 from trm_cluster.wandb.tracker import NullTracker, Tracker, WandbStart, WandbTracker, resumed_tracker
@@ -69,7 +70,8 @@ def resume_segment(
         resumed = Resumed(0, data, tracker)
         journal: Any = ()
         if loaded is not None:
-            restored = restore_step(loaded, source, manifest, ranks, data.run_uid)
+            skip_rng = os.environ.get(SKIP_RNG_RESTORE_ENV) == "1"  # the doctor's control run only
+            restored = restore_step(loaded, source, manifest, ranks, data.run_uid, skip_rng)
             resumed.data, resumed.restored_rng = manifest.read(), rng_fingerprint()
             resumed.step = restored["step"]
             if ranks.is_main and resumed.step != segment.start_step:  # fell back past a bad file

@@ -182,7 +182,12 @@ class StateTarget(Protocol):
 
 
 def restore_step(
-    loaded: LoadedCheckpoint, target: StateTarget, manifest: RunManifest, ranks: Ranks, run_uid: str
+    loaded: LoadedCheckpoint,
+    target: StateTarget,
+    manifest: RunManifest,
+    ranks: Ranks,
+    run_uid: str,
+    skip_rng: bool = False,
 ) -> Mapping[str, Any]:
     """Load a checkpoint into ``target`` (its ``load_rank_state_dict`` too, if it has one), then this
     rank's RNG streams, last, so that loading consumes none of them (re-derived from the run, step and
@@ -203,7 +208,9 @@ def restore_step(
     own = rank_part(payload, ranks.rank) if same_ranks else None
     if own is not None and hasattr(target, "load_rank_state_dict"):
         target.load_rank_state_dict(own["rank_state"])
-    if own is not None:  # last: building and loading must not consume the restored streams
+    if skip_rng:  # the doctor's control: the streams stay as the process made them (a planted bug)
+        log.warning("the RNG streams are not restored (the resume doctor's control run)")
+    elif own is not None:  # last: building and loading must not consume the restored streams
         restore_rng(own["rng"])
     else:
         seed_everything(derived_seed(run_uid, step, ranks.rank))
