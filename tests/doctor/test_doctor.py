@@ -167,7 +167,8 @@ LOOP = """
 def test_rng_drawn_after_restore_is_named(doctor: Doctor) -> None:
     script = _script(doctor.cwd / "train.py", LOOP.format(seed=0, after_restore="torch.rand(1)"))
     kept = doctor.tmp / "kept"
-    done = doctor("--script", str(script), "--steps", "2", "--at", "1", "--keep", str(kept))
+    # --cold: every process a fresh interpreter, as before the warm start (the default elsewhere)
+    done = doctor("--script", str(script), "--steps", "2", "--at", "1", "--keep", str(kept), "--cold")
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     assert "first divergence at step 2, 1 step(s) after the resume at step 1" in out
@@ -193,6 +194,18 @@ def test_a_loop_that_is_not_deterministic_is_told_apart_from_a_bad_resume(doctor
     assert "NOT EXACT: first divergence at step 1, before the resume (at step 2)" in done.stdout
     assert "- the loop is not deterministic: the two runs differ at step 1, before any resume" in done.stdout
     assert "state the loop does not register" not in done.stdout
+
+
+@pytest.mark.slow
+def test_a_loop_that_depends_on_the_hash_seed_still_differs_between_the_warm_runs(doctor: Doctor) -> None:
+    """The warm start forks each process from a warm interpreter: runs A and B get one each, with their
+    own PYTHONHASHSEED, so a loop seeded from str hashing (set and dict order alike) is still caught."""
+    script = _script(
+        doctor.cwd / "train.py", LOOP.format(seed='hash("peptide") % 2**31', after_restore="pass")
+    )
+    done = doctor("--script", str(script), "--steps", "3", "--at", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "- the loop is not deterministic: the two runs differ at step 1, before any resume" in done.stdout
 
 
 # -- what cannot be tested, and bad input --------------------------------------------------------------------

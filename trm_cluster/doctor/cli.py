@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(a control that does not diverge makes the loop untestable: exit 3)",
     )
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="start every process as a fresh interpreter (default: forked from a warm one per run, which "
+        "imported torch and the package once)",
+    )
+    parser.add_argument(
         "--serial",
         action="store_true",
         help="run A, then B (default: A alongside B; use this for a GPU too small for two runs)",
@@ -138,7 +144,18 @@ def parse(argv: Sequence[str]) -> Request:
         if script_args is not None:
             raise BadInput("--script-args passes arguments to a --script; a --preset takes none")
         loop = PresetLoop.load(args.preset, steps)
-    return Request(steps, stops, cwd, keep, list(args.ignore), args.timeout, args.serial, loop, args.control)
+    return Request(
+        steps,
+        stops,
+        cwd,
+        keep,
+        list(args.ignore),
+        args.timeout,
+        args.serial,
+        loop,
+        args.control,
+        not args.cold,
+    )
 
 
 def default_stops(steps: int) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from trm_cluster.core.config import RunConfig
 from trm_cluster.core.wandb_options import WandbOptions
 from trm_cluster.core.workload import dataclass_from_dict, load_workload
 from trm_cluster.doctor.causes import Cause, divergence_causes, warning_causes
+from trm_cluster.doctor.warm import Zygote, kill
 from trm_cluster.launch.presets import PresetError, load_preset
 from trm_cluster.rundir.creation import create_run, create_script_run
 from trm_cluster.rundir.manifest import RunManifest
@@ -150,6 +151,8 @@ class Request:
     loop: Loop
     control: bool = False
     """Also resume once with the RNG restore skipped, to show that the comparison catches a bad resume."""
+    warm: bool = True
+    """Fork each process from a warm interpreter of its run (doctor/warm.py); False: a fresh one each."""
 
 
 # -- running the processes ----------------------------------------------------------------------------
@@ -204,38 +207,58 @@ class Running:
         timeout_s: float,
         stop_after: int | None,
         planted: Mapping[str, str] | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         command, extra = loop.command(run_dir)
         extra = {**extra, **(planted or {})}
         if stop_after is not None:
             extra = {**extra, STOP_AFTER_ENV: str(stop_after)}
         slug = label.replace(" ", "-")
-        self.label, self.timeout_s = label, timeout_s
+        self.label, self.timeout_s, self.zygote = label, timeout_s, zygote
         self.stdout, self.stderr = logs / f"{slug}.out", logs / f"{slug}.err"
-        self._out, self._err = self.stdout.open("wb"), self.stderr.open("wb")
+        self.stdout.write_bytes(b"")
+        self.stderr.write_bytes(b"")
         self.started = time.monotonic()
-        self.popen = subprocess.Popen(
-            command, cwd=cwd, env=child_environment(extra), stdout=self._out, stderr=self._err
-        )
+        self.code: int | None = None
+        if zygote is not None:
+            self.pid = zygote.start(command, child_environment(extra), cwd, self.stdout, self.stderr)
+            return
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.popen = subprocess.Popen(
+                command, cwd=cwd, env=child_environment(extra), stdout=out, stderr=err
+            )
+        self.pid = self.popen.pid
 
     def wait(self) -> Process:
-        remaining = self.timeout_s - (time.monotonic() - self.started)
-        try:
-            code = self.popen.wait(timeout=max(remaining, 0.01))
-        except subprocess.TimeoutExpired:
+        remaining = max(self.timeout_s - (time.monotonic() - self.started), 0.01)
+        code = self._wait(remaining)
+        if code is None:
             self.kill()
             code = -1
-            self._err.write(f"\n[doctor] killed after {self.timeout_s:g} s (--timeout)\n".encode())
-        seconds = time.monotonic() - self.started
-        self._out.close()
-        self._err.close()
-        return Process(self.label, code, seconds, self.stdout, self.stderr)
+            with self.stderr.open("ab") as err:
+                err.write(f"\n[doctor] killed after {self.timeout_s:g} s (--timeout)\n".encode())
+        self.code = code
+        return Process(self.label, code, time.monotonic() - self.started, self.stdout, self.stderr)
+
+    def _wait(self, timeout_s: float) -> int | None:
+        if self.zygote is not None:
+            return self.zygote.wait(self.pid, timeout_s)
+        try:
+            return self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
-        """Kill this process (only it: the doctor's own child) if it still runs."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
+        """Kill this process (only it: the doctor's own child, or its zygote's) if it still runs."""
+        if self.code is not None:
+            return
+        if self.zygote is None:
+            if self.popen.poll() is None:
+                self.popen.kill()
+                self.popen.wait()
+            return
+        kill(self.pid)
+        self.code = self.zygote.wait(self.pid, 30)
 
 
 def _expect(process: Process, code: int, what: str) -> None:
@@ -336,8 +359,6 @@ class Outcome:
 def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     """Run A, and B stopped at each K and resumed in a fresh process, in ``work``; compare them. Run A
     runs alongside run B unless ``request.serial``."""
-    from trm_cluster.doctor.compare import compare_runs  # torch: see the top
-
     n, stops = request.steps, request.stops
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -346,11 +367,14 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     request.loop.create(run_b, n, request.cwd)
     running: list[Running] = []
 
+    zygotes: dict[Path, Zygote] = {}
+
     def start(
         label: str, run_dir: Path, stop_after: int | None, planted: Mapping[str, str] | None = None
     ) -> Running:
+        zygote = zygotes.get(run_dir)
         process = Running(
-            label, request.loop, run_dir, logs, request.cwd, request.timeout_s, stop_after, planted
+            label, request.loop, run_dir, logs, request.cwd, request.timeout_s, stop_after, planted, zygote
         )
         running.append(process)
         return process
@@ -363,6 +387,9 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
 
     a_what = f"uninterrupted, steps 1..{n}"
     try:
+        if request.warm:  # each run its own warm interpreter, and so its own hash seed (doctor/warm.py)
+            for run_dir in (run_a, run_b, run_c) if request.control else (run_a, run_b):
+                zygotes[run_dir] = Zygote(child_environment({}), request.cwd)
         a = start("run A", run_a, None)
         if request.serial:
             finish(a, 0, a_what)
@@ -385,8 +412,12 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
     finally:
         for process in running:
             process.kill()
+        for zygote in zygotes.values():
+            zygote.close()
     _status(run_a, "run A", n)
     _status(run_b, "run B", n)
+    from trm_cluster.doctor.compare import compare_runs  # torch: imported while the runs ran (see the top)
+
     a_checkpoints, b_checkpoints = Checkpoints(run_a, "run A"), Checkpoints(run_b, "run B")
     a_checkpoints.require(range(1, n + 1))
     b_checkpoints.require(range(1, n + 1))

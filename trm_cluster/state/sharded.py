@@ -14,6 +14,7 @@ and put back with the ``set_`` pair, so what is saved is what DCP knows how to r
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -21,23 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.filesystem import FileSystemWriter
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
-from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
-from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
-from torch.distributed.tensor import DTensor
 
 from trm_cluster.rundir.atomic import fsync_directory
 from trm_cluster.rundir.checkpoints import sha256_of
 
 METADATA = ".metadata"
+"""DCP writes it last, on the coordinating rank: a directory without it is incomplete."""
 
 
 def sharded_name(step: int) -> str:
@@ -45,11 +35,13 @@ def sharded_name(step: int) -> str:
     return f"step_{step:09d}.dcp"
 
 
-"""DCP writes it last, on the coordinating rank: a directory without it is incomplete."""
-
-
 def is_sharded_module(obj: Any) -> bool:
-    return isinstance(obj, torch.nn.Module) and any(isinstance(p, DTensor) for p in obj.parameters())
+    """A module with ``DTensor`` parameters. DTensor (and DCP) are imported only where a loop shards: a
+    process that never imported ``torch.distributed.tensor`` has no DTensor, and pays nothing here."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is None or not isinstance(obj, torch.nn.Module):
+        return False
+    return any(isinstance(p, dtensor.DTensor) for p in obj.parameters())
 
 
 def _owner(
@@ -78,6 +70,8 @@ class ShardedState:
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's shards, by registered name (every rank calls it at the same step)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
         state: dict[str, Any] = {name: get_model_state_dict(module) for name, module in self.modules.items()}
         for name, (optimizer, owner) in self.optimizers.items():
             state[name] = get_optimizer_state_dict(owner, optimizer)
@@ -86,6 +80,9 @@ class ShardedState:
     def load(self, directory: Path, process_group: Any = None) -> None:
         """Read this rank's shards from ``directory`` (written by any number of ranks) into the objects."""
         state = self.state_dict()  # the current shards' layout: what DCP fills in, resharded
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
         dcp_load(state, checkpoint_id=directory, process_group=process_group)
         for name, module in self.modules.items():
             set_model_state_dict(module, state[name])
@@ -95,6 +92,9 @@ class ShardedState:
 
 def save_sharded(state: Mapping[str, Any], directory: Path, process_group: Any = None) -> None:
     """Write every rank's shards into ``directory`` (collective), each file fsynced by DCP's writer."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
     dcp_save(
         dict(state), storage_writer=FileSystemWriter(directory, sync_files=True), process_group=process_group
     )
@@ -105,6 +105,9 @@ def save_sharded_in_background(
 ) -> Future[Any]:
     """The same, written by DCP's own thread: the shards are copied (staged) before this returns, so the
     loop may change them at once; the future is done when every rank's files are written."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
+
     writer = FileSystemWriter(directory, sync_files=True)
     future = dcp_async_save(dict(state), storage_writer=writer, process_group=process_group)
     assert isinstance(future, Future), "an AsyncSaveResponse comes only with an async stager of one's own"
@@ -139,6 +142,8 @@ def read_full(directory: Path) -> dict[str, Any]:
     process group: for comparing runs (the doctor, tests), never for a resume."""
     with tempfile.TemporaryDirectory() as scratch:
         whole = Path(scratch) / "full.pt"
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
         dcp_to_torch_save(directory, whole)
         state: dict[str, Any] = torch.load(whole, map_location="cpu", weights_only=True)
     return state

@@ -20,12 +20,11 @@ current ranks.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from torch.distributed.checkpoint.api import CheckpointException
 
 from trm_cluster.core.distributed import Ranks
 from trm_cluster.core.rng import capture_rng, derived_seed, restore_rng, seed_everything
@@ -41,6 +40,12 @@ from trm_cluster.rundir.segments import add_segment_warning
 from trm_cluster.state.sharded import ShardedState, save_sharded, sharded_files, sharded_name
 
 log = logging.getLogger(__name__)
+
+
+def _dcp_errors() -> tuple[type[BaseException], ...]:
+    """DCP's CheckpointException (a write's error, raised on every rank), once DCP is imported."""
+    api = sys.modules.get("torch.distributed.checkpoint.api")
+    return (api.CheckpointException,) if api is not None else ()
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def write_step(store: CheckpointStore, ranks: Ranks, staged: StagedStep) -> None
             written += sharded_files(directory, ranks.rank)
         if staged.rank_payload is not None:
             written.append(store.write_part(staged.step, ranks.rank, staged.rank_payload))
-    except (OSError, CheckpointException) as error:  # DCP raises a write's error on every rank as its own
+    except (OSError, *_dcp_errors()) as error:  # type: ignore[misc]  # a tuple of exception classes  # DCP raises a write's error on every rank as its own
         own, record = error, f"rank {ranks.rank}: {error}"
     gathered = ranks.gather(record)  # also: every part is durable once rank 0 has them all
     failed = "; ".join(p for p in gathered if isinstance(p, str))
