@@ -114,7 +114,8 @@ class RegisteredState:
             elif not _supported(obj):
                 raise StateError(
                     f"run.restore({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
-                    "register an object with both, a dict (restored in place), a tensor or a torch.Generator"
+                    "register an object with both, a dict (restored in place), a tensor, a torch.Generator, or "
+                    f'its plain attributes: {name}=trm_cluster.attributes(obj, "attribute", ...)'
                 )
         sharded = [*self.sharded.modules.values(), *(opt for opt, _ in self.sharded.optimizers.values())]
         candidates, registered = script_objects(), [*self.objects.values(), *self.per_rank.values(), *sharded]
