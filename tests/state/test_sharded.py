@@ -122,18 +122,16 @@ def test_another_number_of_ranks_is_refused_in_one_line_then_resharded_with_the_
     for ranks, saved_at, steps in ((1, 30, 40), (2, 40, 50)):  # 2 -> 1, then 1 -> 2
         dump = workdir / f"restored-{ranks}.pt"
         done = resume(
-            run_dir,
-            ranks,
-            "--steps",
-            str(steps),
-            "--allow-world-size-change",
-            "--",
-            "--dump-restored",
-            str(dump),
-        )
+            run_dir, ranks, "--steps", str(steps), "--allow-world-size-change",
+            "--", "--dump-restored", str(dump), "--lr", "0.02",
+        )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         restored = torch.load(dump, weights_only=True)  # the full state each rank's shards came back as
         assert_same_state(read_full(sharded_dir(run_dir, saved_at)), restored)
+        # the sharded optimizer's restored lr wins over the script's new one, and the segment says so
+        assert (
+            "optimizer group 0: lr 0.01 (checkpoint) vs 0.02" in manifest(run_dir)["segments"][-1]["warning"]
+        )
     changes = manifest(run_dir)["config_changes"]
     assert [c["changes"]["world_size"] for c in changes if "world_size" in c["changes"]] == [[2, 1], [1, 2]]
 

@@ -15,6 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -153,6 +154,13 @@ class RegisteredState:
         their saved values."""
         return self.watched.lost(self._saved_watched, step)
 
+    def load_sharded(self, directory: Path, process_group: Any = None) -> None:
+        """The sharded objects from a step's DCP directory, their optimizers' hyperparameters checked
+        against the script's as for replicated ones (kept with :func:`new_hyperparameters`)."""
+        built = {name: hyperparameters(opt) for name, (opt, _) in self.sharded.optimizers.items()}
+        self.sharded.load(directory, process_group)
+        self._check_hyperparameters(built, {name: opt for name, (opt, _) in self.sharded.optimizers.items()})
+
     def load_rank_state_dict(self, state: Mapping[str, Any]) -> None:
         self._load(self.per_rank, state)
 
@@ -173,12 +181,16 @@ class RegisteredState:
         built = {name: hyperparameters(objects[name]) for name in expected if is_optimizer(objects[name])}
         for name in expected:
             _load_into(objects[name], state[name], name)
+        self._check_hyperparameters(built, objects)
+
+    def _check_hyperparameters(self, built: Mapping[str, Any], optimizers: Mapping[str, Any]) -> None:
+        """Warn about each restored hyperparameter that differs from the script's, or put the script's back."""
         changed: list[str] = []
         for name, mine in built.items():
             if name in self.keep_hyperparameters:
-                keep_built(objects[name], mine, objects.values())
+                keep_built(optimizers[name], mine, [*self.objects.values(), *self.per_rank.values()])
             else:
-                changed += differences(name, mine, hyperparameters(objects[name]))
+                changed += differences(name, mine, hyperparameters(optimizers[name]))
         if changed:
             self.warnings.append(warning(changed))
 

@@ -236,4 +236,6 @@ def load_sharded(loaded: LoadedCheckpoint, target: StateTarget, manifest: RunMan
             "only as a sharded run (and a replicated one as replicated)"
         )
     if sharded and files:
-        sharded.load(manifest.run_dir / files[0].rsplit("/", 1)[0], ranks.control)
+        directory = manifest.run_dir / files[0].rsplit("/", 1)[0]
+        load = getattr(target, "load_sharded", sharded.load)  # RegisteredState's checks hyperparameters
+        load(directory, ranks.control)
