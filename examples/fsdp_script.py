@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dump-restored", type=Path, help="write the full state as restored to this file")
+    parser.add_argument(
+        "--sleep-per-step", type=float, default=0.0, help="seconds (a slower step, for tests)"
+    )
     args = parser.parse_args()
 
     with trm_cluster.session(steps=args.steps, log_every=5, checkpoint_every=10) as run:  # +
@@ -77,6 +81,7 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             run.log({"loss": loss.item()})  # +
+            time.sleep(args.sleep_per_step)
 
 
 if __name__ == "__main__":

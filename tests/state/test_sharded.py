@@ -198,3 +198,32 @@ def test_a_sharded_checkpoint_is_refused_by_a_loop_that_registers_no_sharded_mod
     with pytest.raises(CheckpointError, match=r"step 10 holds sharded state \(a DCP directory\), but this loop "
                        "registers no sharded model: a sharded run resumes only as a sharded run"):  # fmt: skip
         load_sharded(LoadedCheckpoint(record, {}), replicated, RunManifest(tmp_path), Ranks())
+
+
+def test_one_rank_killed_mid_run_fails_the_other_and_the_run_resumes_exactly(
+    straight: Path, workdir: Path
+) -> None:
+    """Rank 1 alone is SIGKILLed after the first checkpoint: rank 0's next collective (an FSDP2
+    all-gather) fails at once, the segment is recorded failed, and ``--resume`` ends bit-identical."""
+    run_dir = workdir / "one-killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trm_cluster.submit", "--script", str(SCRIPT), "--executor", "local",
+         "--tasks-per-node", "2", "--wait", "--wandb-mode", "offline", "--run-dir", str(run_dir),
+         "--steps", str(STEPS), "--script-args", "--sleep-per-step", "0.2"],  # killed well before the end
+        cwd=workdir, env=clean_env(TRM_CLUSTER_COLLECTIVE_TIMEOUT_S="30"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rank0 = wait_for(lambda: manifest(run_dir)["checkpoints"] and manifest(run_dir)["segments"][-1]["pid"])
+    (rank1,) = [pid for pid in children(int(manifest(run_dir)["launch"]["job_id"])) if pid != rank0]
+    os.kill(rank1, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    assert manifest(run_dir)["segments"][0]["end_reason"] == "failed"
+    done = resume(run_dir, 2, "--", "--sleep-per-step", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [s["end_reason"] for s in manifest(run_dir)["segments"]] == ["failed", "completed"]
+    assert_same_state(read_full(sharded_dir(straight, STEPS)), read_full(sharded_dir(run_dir, STEPS)))
+    # the step's slowness is a script argument (the resume drops it): the only config that differs
+    assert_same_training_state(
+        straight, run_dir, ignore=("rng.python", "rng.numpy", "meta.config.script.args")
+    )
