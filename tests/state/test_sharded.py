@@ -90,6 +90,8 @@ def test_preempted_twice_it_ends_with_every_full_tensor_of_an_uninterrupted_run(
     # the rest: torch's RNG, the W&B rows (python's and numpy's streams are never seeded nor drawn here)
     assert_same_training_state(straight, run_dir, ignore=("rng.python", "rng.numpy"))
     assert_one_continuous_wandb_run(run_dir, list(range(5, STEPS + 1, 5)))
+    shown = cli("status", str(run_dir), cwd=workdir).stdout  # each step's directory, no digest of nothing
+    assert "sharded: step_000000030.dcp, 3 files" in shown and "weights sha256" not in shown, shown
 
 
 def test_a_missing_rank_shard_or_a_cut_one_is_skipped_for_the_checkpoint_before(

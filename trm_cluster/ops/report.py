@@ -54,6 +54,8 @@ def _latest_weights_digest(run_dir: Path, data: ManifestData) -> str | None:
 
     from trm_cluster.core.digest import weights_sha256  # torch too
 
+    if any(part.get("sharded") for part in data.checkpoints[-1].parts):
+        return None  # the weights are shards in the step's DCP directory: each file's digest is listed
     path = run_dir / data.checkpoints[-1].file
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -83,8 +85,11 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"       {alive.describe()}")
     lines.append("checkpoints:")
     for c in status["checkpoints"]:
+        size = c["bytes"] + sum(part["bytes"] for part in c.get("parts", []))
+        shards = [part for part in c.get("parts", []) if part.get("sharded")]
+        sharded = f"  sharded: {Path(shards[0]['file']).parent.name}, {len(shards)} files" if shards else ""
         lines.append(
-            f"  step {c['step']:<8} {c['file']}  {c['bytes'] / 1e6:.1f} MB  sha256 {c['sha256'][:12]}"
+            f"  step {c['step']:<8} {c['file']}  {size / 1e6:.1f} MB  sha256 {c['sha256'][:12]}{sharded}"
         )
     for change in status["config_changes"]:
         for key, (old, new) in change["changes"].items():

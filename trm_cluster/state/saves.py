@@ -141,7 +141,7 @@ class SavePath:
         write_step(self.store, self.ranks, staged)
         if self.sync_save_s is None:
             self.sync_save_s = time.perf_counter() - began
-        if step >= self._total_steps and shared is not None:
+        if step >= self._total_steps and shared is not None and not sharded:  # sharded: in the DCP files
             self.final_digest = weights_sha256(shared["model"])
 
     def save_or_report(self, step: int, background: bool = False) -> bool:
