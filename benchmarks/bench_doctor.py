@@ -7,19 +7,23 @@ within a repetition. Loops: the example script (``examples/train_script.py``) an
 tiny presets.
 
 Nothing is asserted; read the ratios (the machine is shared). Usage: python benchmarks/bench_doctor.py
-[--steps 20] [--repeats 3] [--loops example regression tiny]
+[--steps 20] [--repeats 3] [--loops example regression tiny]; benchmarks/run.py folds it in (:func:`measure`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from figures import Figure, figure, interleaved, ratios, table
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPS = {
@@ -57,33 +61,40 @@ def doctor(loop: str, steps: int, work: Path, cold: bool) -> float:
     return time.perf_counter() - began
 
 
+def measure(root: Path, loops: list[str], steps: int, repeats: int) -> list[Figure]:
+    """Per loop, the three variants interleaved, and the doctor's ratios to one run (benchmarks/run.py)."""
+    figures: list[Figure] = []
+    for loop in loops:
+        work = root / f"doctor-{loop}"
+        work.mkdir(parents=True, exist_ok=True)
+        variants = {
+            "one run": functools.partial(one_run, loop, steps, work),
+            "warm": functools.partial(doctor, loop, steps, work, False),
+            "--cold": functools.partial(doctor, loop, steps, work, True),
+        }
+        results = interleaved(variants, repeats)
+        note = f"{steps} steps, W&B disabled"
+        figures += [figure(f"doctor, {loop}: {name}", values, "s", note) for name, values in results.items()]
+        warm, cold = (
+            ratios(results["warm"], results["one run"]),
+            ratios(results["--cold"], results["one run"]),
+        )
+        target = {"target": ("<=", 2.0)} if loop == "example" else {}
+        figures.append(
+            figure(f"doctor, {loop}: warm / one run", warm, "x", "issue 20's target: 2x", **target)
+        )
+        figures.append(figure(f"doctor, {loop}: --cold / one run", cold, "x"))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loops", nargs="+", default=list(LOOPS), choices=list(LOOPS))
     args = parser.parse_args()
-    variants = {
-        "one run": lambda loop, work: one_run(loop, args.steps, work),
-        "doctor (warm)": lambda loop, work: doctor(loop, args.steps, work, cold=False),
-        "doctor (--cold)": lambda loop, work: doctor(loop, args.steps, work, cold=True),
-    }
-    for loop in args.loops:
-        seconds: dict[str, list[float]] = {name: [] for name in variants}
-        ratios: dict[str, list[float]] = {"doctor (warm) / one run": [], "doctor (--cold) / one run": []}
-        with tempfile.TemporaryDirectory() as scratch:
-            for index in range(args.repeats):
-                names = list(variants)
-                names = names[index % len(names) :] + names[: index % len(names)]
-                took = {name: variants[name](loop, Path(scratch)) for name in names}
-                for name, value in took.items():
-                    seconds[name].append(value)
-                for name in ("doctor (warm)", "doctor (--cold)"):
-                    ratios[f"{name} / one run"].append(took[name] / took["one run"])
-        for name, values in {**seconds, **ratios}.items():
-            unit = "s" if name in seconds else "x"
-            print(f"{loop} {args.steps} steps, {name:28s} median {statistics.median(values):7.2f} {unit} "
-                  f"[{min(values):.2f}..{max(values):.2f}]")  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        print(table(measure(Path(scratch), args.loops, args.steps, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ machine and the commit).
   torch.load, a raw write + fsync of the same bytes (bench_checkpoint.py);
 - signal to requeue against state size, steps lost, and the requeued process's resume latency split
   (bench_requeue.py, submitit's local executor, real signals);
-- manifest updates/s with 1, 4 and 8 concurrent writers, and lost updates (bench_manifest.py).
+- manifest updates/s with 1, 4 and 8 concurrent writers, and lost updates (bench_manifest.py);
+- the resume doctor (warm and --cold) against one uninterrupted run of the same loop (bench_doctor.py).
+
+Run on their own: bench_sharded.py (2 gloo ranks), bench_watchdog.py, bench_wandb_overlap.py.
 
 Variants are interleaved within each repetition (the order rotated) and ratios are taken within a
 repetition; the table gives the median and [min..max]. Nothing is asserted: on a shared machine read
@@ -32,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_checkpoint
+import bench_doctor
 import bench_manifest
 import bench_overhead
 import bench_requeue
@@ -39,11 +43,14 @@ from figures import Figure, Machine, as_json, table
 
 PLANS = {
     "smoke": {"presets": [("regression", 30)], "sizes_mb": [1], "requeue_mb": [0.1], "repeats": 1,
-              "requeue_repeats": 1, "manifest_updates": 10, "wandb": "disabled"},
+              "requeue_repeats": 1, "manifest_updates": 10, "wandb": "disabled",
+              "doctor_loops": ["example"], "doctor_steps": 4},
     "quick": {"presets": [("tiny", 30)], "sizes_mb": [10, 100], "requeue_mb": [10], "repeats": 3,
-              "requeue_repeats": 1, "manifest_updates": 50, "wandb": "offline"},
+              "requeue_repeats": 1, "manifest_updates": 50, "wandb": "offline",
+              "doctor_loops": ["example", "regression"], "doctor_steps": 20},
     "full": {"presets": [("tiny", 60), ("mid", 15)], "sizes_mb": [10, 100, 1000], "requeue_mb": [10, 100],
-             "repeats": 5, "requeue_repeats": 2, "manifest_updates": 100, "wandb": "offline"},
+             "repeats": 5, "requeue_repeats": 2, "manifest_updates": 100, "wandb": "offline",
+             "doctor_loops": ["example", "regression", "tiny"], "doctor_steps": 20},
 }  # fmt: skip
 
 
@@ -68,6 +75,7 @@ def main() -> int:
             figures += bench_checkpoint.measure(root, megabytes, plan["repeats"])
         figures += bench_requeue.measure(root, plan["requeue_mb"], plan["wandb"], plan["requeue_repeats"])
         figures += bench_manifest.measure(root, plan["manifest_updates"], plan["repeats"])
+        figures += bench_doctor.measure(root, plan["doctor_loops"], plan["doctor_steps"], plan["repeats"])
     machine.load_at_end = os.getloadavg()
     settings = {"plan": plan_name, **plan, "wall_s": round(time.perf_counter() - began, 1)}
     print(f"trm_cluster benchmarks ({plan_name}), {machine.host}: {machine.cpus} CPUs, {machine.device}, torch "

@@ -30,6 +30,7 @@ FIGURES = [
     "resume: checkpoint load (verify + torch.load + restore)", "resume: W&B init (disabled)",
     "resume: process start to the first step", "resume: the rest (the trainer built: *)", "resume: first step minus (imports + load)",
     *(f"manifest {what}, {n} writer(s)" for n in (1, 4, 8) for what in ("updates/s", "lost updates")),
+    *(f"doctor, example: {what}" for what in ("one run", "warm", "--cold", "warm / one run", "--cold / one run")),
 ]  # fmt: skip
 MUST_BE_ZERO = ["steps lost at the preemption *", "manifest lost updates, *"]
 
