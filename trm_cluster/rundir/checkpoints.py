@@ -194,7 +194,9 @@ class CheckpointStore:
         ``payload["rank_part"]`` (ranks other than 0; none for a rank the saving run did not have, whose
         own state a world-size change re-derives). No fallback here: every rank loads the same step."""
         record = next((c for c in self.manifest.read().checkpoints if c.step == step), None)
-        payload = self._verified_payload(record) if record is not None else None
+        # rank 0 chose this step after checking every shard's digest (load_latest): the others do not
+        # read every rank's shards again, only their own part
+        payload = self._verified_payload(record, shards=rank == 0) if record is not None else None
         if record is None or payload is None or payload.get("meta", {}).get("run_uid") != run_uid:
             raise CheckpointError(f"checkpoint of step {step} is not usable on rank {rank}")
         if rank and rank < record.world_size:
@@ -209,7 +211,8 @@ class CheckpointStore:
             payload["rank_part"] = loaded
         return LoadedCheckpoint(record, payload)
 
-    def _verified_payload(self, record: CheckpointRecord) -> dict[str, Any] | None:
+    def _verified_payload(self, record: CheckpointRecord, shards: bool = True) -> dict[str, Any] | None:
+        """The main file's payload if it and every part are whole; ``shards``: the DCP files' digests too."""
         payload = self._verified_file(record.file, record.bytes, record.sha256, record.step)
         if payload is None:
             return None
@@ -222,7 +225,7 @@ class CheckpointStore:
                 "checkpoint %s lacks the rank file(s) %s; falling back", record.file, ", ".join(missing)
             )
             return None
-        for part in (p for p in record.parts if p.get("sharded")):  # DCP's files: read by every rank
+        for part in (p for p in record.parts if shards and p.get("sharded")):  # hashed once, by rank 0
             path = self.run_dir / part["file"]
             if os.path.getsize(path) != part["bytes"] or sha256_of(path) != part["sha256"]:
                 log.warning("checkpoint %s: %s fails its digest; falling back", record.file, part["file"])
