@@ -2,9 +2,9 @@
 
 One process per task (Slurm's ``--ntasks-per-node``, the local executor's ``tasks_per_node``). The
 process group comes from submitit's :class:`~submitit.helpers.TorchDistributedEnvironment` (master
-address and a port derived from the job id, so a requeued job finds it again), without its
-CUDA_VISIBLE_DEVICES rewrite: where Slurm binds GPUs, every task may see all of the node's devices,
-so each picks its own by local rank. NCCL on CUDA, gloo on the CPU.
+address, and a port derived from the job id on Slurm; the local executor's controller sets a free one),
+without its CUDA_VISIBLE_DEVICES rewrite: where Slurm binds GPUs, every task may see all of the node's
+devices, so each picks its own by local rank. NCCL on CUDA, gloo on the CPU.
 
 A signal reaches ranks at different moments, or not at all: :meth:`Ranks.agree` makes every rank see
 the same answer at every step boundary (an all-reduce of one flag), so all stop after the same step.
