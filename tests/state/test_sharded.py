@@ -202,6 +202,42 @@ def test_a_sharded_checkpoint_is_refused_by_a_loop_that_registers_no_sharded_mod
         load_sharded(LoadedCheckpoint(record, {}), replicated, RunManifest(tmp_path), Ranks())
 
 
+SHARDED_LOOP_MEETS_A_REPLICATED_CHECKPOINT = """
+import sys
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from trm_cluster.core.distributed import Ranks
+from trm_cluster.rundir.checkpoints import CheckpointError, LoadedCheckpoint
+from trm_cluster.rundir.manifest import CheckpointRecord, RunManifest
+from trm_cluster.state.registered import RegisteredState
+from trm_cluster.state.snapshot import load_sharded
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1] + "/store", rank=0, world_size=1)
+model = fully_shard(torch.nn.Linear(2, 2))
+state = RegisteredState({"model": model, "optimizer": torch.optim.AdamW(model.parameters())})
+record = CheckpointRecord(step=10, file="checkpoints/step_000000010.pt", bytes=1, sha256="", created_at="")
+try:
+    load_sharded(LoadedCheckpoint(record, {}), state, RunManifest(sys.argv[1]), Ranks())
+except CheckpointError as error:
+    print(error)
+dist.destroy_process_group()
+"""
+
+
+def test_a_replicated_checkpoint_is_refused_by_a_loop_with_a_sharded_model(tmp_path: Path) -> None:
+    """The other direction, with a real FSDP2 model on a group of one (in its own process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SHARDED_LOOP_MEETS_A_REPLICATED_CHECKPOINT, str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=clean_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == (
+        "the checkpoint of step 10 holds no sharded state, but this loop registers the sharded model, "
+        "optimizer: a sharded run resumes only as a sharded run (and a replicated one as replicated)"
+    )
+
+
 def test_one_rank_killed_mid_run_fails_the_other_and_the_run_resumes_exactly(
     straight: Path, workdir: Path
 ) -> None:
