@@ -9,11 +9,8 @@ whole node and would preempt any job beside it.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +31,6 @@ from support import (
     manifest,
     wandb_history,
 )
-
-from trm_cluster.core.distributed import master_address
 
 # the waits below add up to more than the default 900 s per test when the node is slow
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
@@ -339,75 +334,6 @@ def test_two_ranks_stop_together_requeue_and_end_bit_identical(
     data = wait_for_end(run_dir)
     assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"], data["segments"]
     assert_two_ranks_resumed_exactly(run_dir, two_rank_reference)
-
-
-# -- two node names on this host: a second private cluster, beside the single-node test cluster --------
-
-
-def free_port_base(count: int) -> int:
-    """The first of ``count`` consecutive free TCP ports, from 7817 on (the test cluster has 6817-6820)."""
-    for base in range(7817, 9817, 10):
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("0.0.0.0", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no {count} consecutive free ports in 7817-9816")
-
-
-@pytest.fixture(scope="module")
-def two_node_slurm() -> Iterator[dict[str, str]]:
-    """``TRM_SLURM_NODES=2 scripts/slurm-local.sh start``: nodes n1 and n2 on this host, one slurmd each,
-    with its own state, ports and munge; stopped and removed at the end. Yields the environment that
-    selects it. Its state is in /tmp itself: munged refuses a socket below a directory that is not
-    searchable by all, as pytest's tmp_path is."""
-    state = tempfile.mkdtemp(prefix="trm-slurm-nodes-", dir="/tmp")
-    knobs = {
-        "TRM_SLURM_DIR": state,
-        "TRM_SLURM_NODES": "2",
-        "TRM_SLURM_PORT_BASE": str(free_port_base(5)),  # slurmctld, slurmd n1, slurmdbd, MariaDB, slurmd n2
-    }
-    script = str(REPO / "scripts" / "slurm-local.sh")
-    started = subprocess.run(
-        [script, "start"], env=clean_env(**knobs), capture_output=True, text=True, timeout=600
-    )
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield {"SLURM_CONF": f"{state}/etc/slurm.conf"}
-    finally:
-        stopped = subprocess.run([script, "stop"], env=clean_env(**knobs), capture_output=True, timeout=600)
-        if stopped.returncode == 0:  # else leave the state for the logs (and the pidfiles to stop it by)
-            shutil.rmtree(state)
-
-
-def test_the_master_address_of_a_node_name_that_is_no_host_name_is_its_node_addr(
-    two_node_slurm: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SLURM_CONF", two_node_slurm["SLURM_CONF"])
-    assert master_address("n2") == "127.0.0.1"  # `scontrol show node n2`: NodeAddr=127.0.0.1
-    assert master_address("localhost") == "localhost"  # a name that resolves is kept
-
-
-def test_two_nodes_on_one_host_stop_together_requeue_and_end_bit_identical(
-    workdir: Path, two_node_slurm: dict[str, str], two_rank_reference: Path
-) -> None:
-    """``--nodes 2 --tasks-per-node 1``: one rank on each Slurm node, n1 and n2 (which resolve to no host:
-    rank 0 is found at n1's NodeAddr), USR2 to both, one requeue; exact against two local ranks."""
-    run_dir = workdir / "nodes"
-    args = ("--nodes", "2", "--tasks-per-node", "1", "--step-delay-s", "0.05", "--run-dir", str(run_dir))
-    submitted = cli("submit", *RUN, *SLURM, *args, cwd=workdir, timeout=900, **two_node_slurm)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    jid = job_id(run_dir)
-    wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
-    subprocess.run(["scancel", "--signal=USR2", jid], env=clean_env(**two_node_slurm), check=True)
-    data = wait_for_end(run_dir, **two_node_slurm)
-    assert [s["end_reason"] for s in data["segments"]] == ["preempted", "completed"], data["segments"]
-    assert_two_ranks_resumed_exactly(run_dir, two_rank_reference)
-    for rank in (0, 1):  # submitit's view of each task, from SLURM_NODEID and SLURM_PROCID, on both starts
-        out = (run_dir / "logs" / f"{jid}_{rank}_log.out").read_text()
-        assert out.count(f"node={rank}(2), global_rank={rank}(2)") == 2, out
 
 
 def test_status_shows_a_pending_jobs_live_state_then_its_accounting_record(workdir: Path) -> None:
