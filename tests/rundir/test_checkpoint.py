@@ -40,7 +40,26 @@ def test_records_are_published_with_digest_and_size(tmp_path: Path) -> None:
 def test_keeps_only_the_last_k(tmp_path: Path) -> None:
     store = store_with(tmp_path, [10, 20, 30, 40], keep=2)
     assert [c.step for c in store.manifest.read().checkpoints] == [30, 40]
-    assert sorted(p.name for p in store.directory.iterdir()) == ["step_000000030.pt", "step_000000040.pt"]
+    on_disk = sorted(p.name for p in store.directory.iterdir())
+    assert on_disk == [".spare-rank0", "step_000000030.pt", "step_000000040.pt"]  # one dropped file kept
+
+
+def test_a_dropped_file_is_written_over_in_place_and_cut_to_the_new_checkpoint(tmp_path: Path) -> None:
+    """Retention keeps the dropped file as the spare; the next save overwrites it (no new blocks to
+    allocate) and truncates what the longer old checkpoint left beyond the new one's end."""
+    store = CheckpointStore(new_run(tmp_path), keep_last=2)
+    store.save(10, {**payload(10), "trainer": {"big": torch.zeros(100_000)}})
+    first = (store.directory / "step_000000010.pt").stat()
+    store.save(20, payload(20))
+    store.save(30, payload(30))  # drops step 10: its file becomes the spare
+    assert (store.directory / ".spare-rank0").stat().st_ino == first.st_ino
+    store.save(40, payload(40))
+    written = (store.directory / "step_000000040.pt").stat()
+    assert written.st_ino == first.st_ino and written.st_size < first.st_size
+    loaded = store.load_latest("uid")  # the digest and the size of what was written, and it loads
+    assert loaded is not None and loaded.record.step == 40
+    assert torch.equal(loaded.payload["model"]["w"], torch.full((4,), 40.0))
+    assert not list(store.directory.glob(".*.tmp")) and store.remove_orphans() == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])

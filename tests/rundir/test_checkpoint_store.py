@@ -82,6 +82,7 @@ def test_pruning_removes_every_rank_file_of_an_old_checkpoint_even_one_already_g
     part = store.write_part(20, 1, {"rng": torch.tensor([20, 1])})
     store.save(20, _payload(20), parts=[part])
     assert sorted(p.name for p in store.directory.iterdir()) == [
+        ".spare-rank1",  # rank 1's dropped file, for its next write to overwrite in place
         "step_000000020.pt",
         "step_000000020.rank1.pt",
     ]

@@ -42,6 +42,13 @@ def checkpoint_name(step: int, rank: int = 0) -> str:
     return f"step_{step:09d}.pt" if rank == 0 else f"step_{step:09d}.rank{rank}.pt"
 
 
+def spare_name(rank: int) -> str:
+    """``.spare-rank0``: the file of a checkpoint that retention dropped, kept for the next write of that
+    rank's file to overwrite in place (rundir/atomic.py). Not a checkpoint: nothing reads it, no orphan
+    removal deletes it, and the disk holds at rest the one file more that it holds during every save."""
+    return f".spare-rank{rank}"
+
+
 def capture(state: Any) -> Any:
     """Every tensor of a nested state detached and on the CPU.
 
@@ -144,7 +151,8 @@ class CheckpointStore:
     def write_part(self, step: int, rank: int, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Write one rank's file of a checkpoint atomically; its record for the manifest."""
         target = self.directory / checkpoint_name(step, rank)
-        with atomic_writer(target) as handle, _HashingWriter(handle) as hashing:
+        spare = self.directory / spare_name(rank)
+        with atomic_writer(target, reuse=spare) as handle, _HashingWriter(handle) as hashing:
             torch.save(dict(payload), hashing)  # type: ignore[arg-type]
         file = str(target.relative_to(self.run_dir))
         return {"rank": rank, "file": file, "bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
@@ -160,10 +168,25 @@ class CheckpointStore:
                 data.checkpoints[-self.keep_last :],
             )
         for old in dropped:
-            for file in (old.file, *(part["file"] for part in old.parts)):
-                (self.run_dir / file).unlink(missing_ok=True)
+            self._retire(old.file, rank=0)
+            for part in old.parts:
+                if part.get("sharded"):
+                    (self.run_dir / part["file"]).unlink(missing_ok=True)
+                else:
+                    self._retire(part["file"], part["rank"])
             for folder in {Path(part["file"]).parent for part in old.parts if part.get("sharded")}:
                 shutil.rmtree(self.run_dir / folder, ignore_errors=True)  # the step's DCP directory
+
+    def _retire(self, file: str, rank: int) -> None:
+        """A dropped checkpoint file becomes its rank's spare (:func:`spare_name`), or is deleted."""
+        path, spare = self.run_dir / file, self.directory / spare_name(rank)
+        try:
+            if spare.exists():
+                path.unlink(missing_ok=True)
+            else:
+                path.rename(spare)
+        except FileNotFoundError:
+            pass
 
     def load_latest(self, run_uid: str) -> LoadedCheckpoint | None:
         """The newest checkpoint that exists, matches its digest and loads; None when there is none.
