@@ -9,12 +9,25 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
 
+echo "set-up: ${SECONDS} s"
+
 ruff check .
 ruff format --check .
-mypy
+# mypy beside the tests' start (its 15 s of CPU where the tests wait on processes); its verdict counts
+mypy_log=$(mktemp)
+mypy > "$mypy_log" 2>&1 &
+mypy_pid=$!
 
 scripts/slurm-local.sh start
 eval "$(scripts/slurm-local.sh env)"
-# two workers, one test file each at a time (a file's module fixtures are built once; every Slurm test is
-# in tests/scheduler/test_slurm.py, so they run one after another on the one test node)
-python -m pytest -n 2 --dist loadfile --durations=30 "$@"
+# two workers, one test file each at a time (a file's module fixtures are built once; the Slurm tests of
+# the test node are all in tests/scheduler/test_slurm.py, so they run one after another on it)
+tests=0
+python -m pytest -n 2 --dist loadfile --durations=30 "$@" || tests=$?
+echo "tests done: ${SECONDS} s since the start"
+typed=0
+wait "$mypy_pid" || typed=$?
+cat "$mypy_log"
+rm -f "$mypy_log"
+[ "$tests" -ne 0 ] && exit "$tests"
+exit "$typed"

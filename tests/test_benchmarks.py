@@ -63,12 +63,12 @@ def test_the_smoke_run_measures_every_figure_and_loses_nothing(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_the_gpu_check_runs_its_cpu_smoke_and_finds_the_resumes_exact(tmp_path: Path) -> None:
-    """scripts/gpu-check.sh's script on the CPU (--allow-cpu, tiny preset, 30 steps), so it cannot rot
+    """scripts/gpu-check.sh's script on the CPU (--allow-cpu, tiny preset, 12 steps), so it cannot rot
     unseen between GPU loans: every figure present, both resumes exact (CPU kernels are deterministic)."""
     out = tmp_path / "gpu-check.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--allow-cpu", "--preset", "tiny",
-         "--steps", "30", "--json", str(out)],
+         "--steps", "12", "--json", str(out)],
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -328,7 +328,8 @@ def test_two_ranks_stop_together_requeue_and_end_bit_identical(
     """``--tasks-per-node 2`` (gloo): both tasks get the USR2 (scancel reaches every srun task), agree to
     stop after the same step, rank 0 requeues the job; exact against the same two ranks uninterrupted."""
     run_dir = workdir / "ranks"
-    submit(workdir, run_dir, "--tasks-per-node", "2", "--step-delay-s", "0.1")
+    # the delay keeps the job running past the signal: 350 steps of 0.05 s after the first checkpoint
+    submit(workdir, run_dir, "--tasks-per-node", "2", "--step-delay-s", "0.05")
     wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
     subprocess.run(["scancel", "--signal=USR2", job_id(run_dir)], env=clean_env(), check=True)
     data = wait_for_end(run_dir)
