@@ -219,7 +219,7 @@ def test_own_script_preempted_on_demand_requeues_and_ends_bit_identical(workdir:
     submitted = cli(
         "submit", "--script", str(SCRIPT), *SLURM[:-1], "2", "--wandb-mode", "offline", "--run-dir", str(run_dir),
         "--checkpoint-every", "50", "--script-args", "--max-steps", str(steps), "--out", str(workdir / "final.pt"),
-        "--sleep-per-step", "0.1", cwd=workdir,
+        "--sleep-per-step", "0.06", cwd=workdir,  # 150 steps (9 s) left after the checkpoint awaited
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     wait_for(lambda: training(run_dir, 0, past_step=0), "segment 0 to train")
