@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 . .venv/bin/activate
-pip install -q --no-compile --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
 
 echo "set-up: ${SECONDS} s"
 
