@@ -20,7 +20,7 @@ import torch
 from support import new_run
 
 from trm_cluster.core.job_context import JobContext
-from trm_cluster.rundir.checkpoints import CheckpointStore
+from trm_cluster.rundir.checkpoints import CheckpointStore, is_spare
 from trm_cluster.rundir.heartbeat import Heartbeat
 from trm_cluster.rundir.lease import LEASE_TIMEOUT_ENV, LeaseHeld, LeaseLost, ensure_held
 from trm_cluster.rundir.manifest import ManifestError, RunManifest, Segment
@@ -150,7 +150,7 @@ def test_a_holder_that_lost_its_lease_writes_nothing(tmp_path: Path, monkeypatch
     left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     # the taker's checkpoint is still there (the stalled one's step 15 file is an orphan, never published:
     # the next holder's start removes it); the spare (a dropped file, no checkpoint) it may have written over
-    assert {f for f in files if not f.startswith(".spare-")} <= set(left)
+    assert {f for f in files if not is_spare(f)} <= set(left)
 
 
 def test_a_manifest_whose_segments_are_gone_is_no_lease_either(tmp_path: Path) -> None:

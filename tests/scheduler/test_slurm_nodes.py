@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from support import (
     clean_env,
     cli,
     manifest,
+    wait_for,
 )
 
 from trm_cluster.core.distributed import master_address
@@ -108,15 +108,10 @@ def test_a_model_sharded_across_two_nodes_stops_together_requeues_and_ends_bit_i
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     jid = str(manifest(run_dir)["launch"]["job_id"])
-    deadline = time.time() + 300
-    while not any(c["step"] >= 10 for c in manifest(run_dir)["checkpoints"]):
-        assert time.time() < deadline, "waited 300 s for the checkpoint of step 10"
-        time.sleep(0.5)
+    wait_for(lambda: any(c["step"] >= 10 for c in manifest(run_dir)["checkpoints"]), 300, "checkpoint 10")
     subprocess.run(["scancel", "--signal=USR2", jid], env=clean_env(**two_node_slurm), check=True)
-    deadline = time.time() + 600
-    while (data := manifest(run_dir))["status"] not in ("completed", "failed"):
-        assert time.time() < deadline, f"waited 600 s for the run to end: {data['segments']}"
-        time.sleep(1)
+    wait_for(lambda: manifest(run_dir)["status"] in ("completed", "failed"), 600, "the run to end")
+    data = manifest(run_dir)
     segments = data["segments"]
     assert [s["end_reason"] for s in segments] == ["preempted", "completed"], segments
     assert segments[0]["end_step"] < STEPS and segments[1]["start_step"] == segments[0]["end_step"]

@@ -20,7 +20,7 @@ import torch
 
 from trm_cluster.chaos import procs as chaos_procs
 from trm_cluster.ops.wandb_sync import SyncError, plan_sync
-from trm_cluster.rundir.checkpoints import CHECKPOINT_DIR
+from trm_cluster.rundir.checkpoints import CHECKPOINT_DIR, is_spare
 from trm_cluster.rundir.manifest import MANIFEST_NAME, ManifestData, ManifestError, RunManifest
 from trm_cluster.wandb import files as wandb_files
 from trm_cluster.wandb.writers import wait_for_writers
@@ -142,14 +142,14 @@ def _bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _clean(run_dir: Path, data: ManifestData, processes: list[chaos_procs.Proc]) -> tuple[bool, str]:
-    """No temp file, no unlisted checkpoint file (a spare is none: rundir/checkpoints.py's spare_name), no
-    process of the run (or its wandb-core) left."""
+    """No temp file, no unlisted checkpoint file (a rank's spare is none), no process of the run (or its
+    wandb-core) left."""
     temps = [*run_dir.glob(".*.tmp"), *(run_dir / CHECKPOINT_DIR).glob(".*.tmp")]
     if temps:
         return False, f"temp files left: {', '.join(sorted(p.name for p in temps))}"
     listed = {Path(f).name for c in data.checkpoints for f in (c.file, *(p["file"] for p in c.parts))}
     listed |= {Path(p["file"]).parent.name for c in data.checkpoints for p in c.parts if p.get("sharded")}
-    on_disk = {p.name for p in (run_dir / CHECKPOINT_DIR).iterdir() if not p.name.startswith(".spare-")}
+    on_disk = {p.name for p in (run_dir / CHECKPOINT_DIR).iterdir() if not is_spare(p.name)}
     if on_disk != listed:
         return (
             False,

@@ -1,10 +1,10 @@
 """Atomic file replacement: a reader sees the old file or the new one, never a torn one.
 
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target, then
-fsync the directory so the rename itself survives a crash. The temporary file may be an old file that is
-no longer needed (``reuse``), overwritten in place: its blocks are already allocated, which made a 1 GB
-checkpoint save several times faster than writing a new file (docs/performance.md). Every durable write in the package goes
-through here, so there is one place where tests can pause a write (``TRM_CLUSTER_PAUSE_IN_WRITE``).
+fsync the directory so the rename itself survives a crash. The temporary file may be an old file that
+is no longer needed (``reuse``), overwritten in place: its blocks are already allocated, which made a 1 GB
+checkpoint save several times faster here than writing a new file (docs/performance.md). Every durable
+write in the package goes through here, so there is one place where tests can pause a write (``TRM_CLUSTER_PAUSE_IN_WRITE``).
 """
 
 from __future__ import annotations

@@ -42,11 +42,19 @@ def checkpoint_name(step: int, rank: int = 0) -> str:
     return f"step_{step:09d}.pt" if rank == 0 else f"step_{step:09d}.rank{rank}.pt"
 
 
+SPARE_PREFIX = ".spare-rank"
+
+
 def spare_name(rank: int) -> str:
     """``.spare-rank0``: the file of a checkpoint that retention dropped, kept for the next write of that
     rank's file to overwrite in place (rundir/atomic.py). Not a checkpoint: nothing reads it, no orphan
     removal deletes it, and the disk holds at rest the one file more that it holds during every save."""
-    return f".spare-rank{rank}"
+    return f"{SPARE_PREFIX}{rank}"
+
+
+def is_spare(name: str) -> bool:
+    """Whether a file name in ``checkpoints/`` is a rank's spare (:func:`spare_name`), not a checkpoint."""
+    return name.startswith(SPARE_PREFIX)
 
 
 def capture(state: Any) -> Any:
