@@ -133,7 +133,7 @@ def test_timeout_requeue_budget_is_enforced_and_classified_from_the_scheduler(wo
     result = cli(
         "submit", *LOCAL_RUN, "--run-dir", str(run_dir),
         "--time-min", "1", "--signal-delay-s", "50", "--max-requeues", "1",
-        "--steps", "100000", "--step-delay-s", "0.002",
+        "--steps", "100000", "--step-delay-s", "0.02",  # waits on the clock: a step that sleeps, not spins
         cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr

@@ -30,16 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from trm_cluster.doctor.runs import (
-    BadInput,
-    Loop,
-    Outcome,
-    PresetLoop,
-    Request,
-    ScriptLoop,
-    Untestable,
-    examine,
-)
+from trm_cluster.doctor.errors import BadInput, Untestable
+from trm_cluster.doctor.runs import Loop, Outcome, PresetLoop, Request, ScriptLoop, examine
 from trm_cluster.rundir.manifest import ManifestError
 
 if TYPE_CHECKING:

@@ -3,17 +3,21 @@
 :func:`examine` creates run A and run B, runs A uninterrupted alongside B stopped after step K (exit
 75, as a preemption stops it), then B resumed in another process, checks that each did what the
 comparison needs (or raises :class:`Untestable` with its last lines), and compares their checkpoints
-(doctor/compare.py) and the causes (doctor/causes.py). The command is doctor/cli.py.
+(doctor/checkpoints.py reads them, doctor/compare.py compares them) and the causes (doctor/causes.py).
+The command is doctor/cli.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +26,8 @@ from trm_cluster.core.config import RunConfig
 from trm_cluster.core.wandb_options import WandbOptions
 from trm_cluster.core.workload import dataclass_from_dict, load_workload
 from trm_cluster.doctor.causes import Cause, divergence_causes, warning_causes
+from trm_cluster.doctor.checkpoints import Checkpoints
+from trm_cluster.doctor.errors import BadInput, Untestable
 from trm_cluster.doctor.warm import Zygote, kill
 from trm_cluster.launch.presets import PresetError, load_preset
 from trm_cluster.rundir.creation import create_run, create_script_run
@@ -41,14 +47,6 @@ if TYPE_CHECKING:
 # they are imported where they are used, so a bad request is answered before the seconds torch takes.
 
 TAIL_LINES = 25
-
-
-class BadInput(ValueError):
-    """The request cannot be run as given (exit 2, one line)."""
-
-
-class Untestable(RuntimeError):
-    """A run of the loop did not do what the comparison needs (exit 3)."""
 
 
 def doctor_run_flags(steps: int) -> dict[str, Any]:
@@ -280,64 +278,6 @@ def _expect(process: Process, code: int, what: str) -> None:
     )
 
 
-# -- reading the checkpoints --------------------------------------------------------------------------
-
-
-class Checkpoints(Mapping[int, Mapping[str, Any]]):
-    """A run's checkpoints by step, each verified against its manifest digest and loaded when asked."""
-
-    def __init__(self, run_dir: Path, label: str) -> None:
-        self.run_dir, self.label = run_dir, label
-        self.records = {c.step: c for c in RunManifest(run_dir).read().checkpoints}
-        self._cached: tuple[int, Mapping[str, Any]] | None = None
-
-    def require(self, steps: range) -> None:
-        missing = [s for s in steps if s not in self.records]
-        if missing:
-            raise Untestable(
-                f"{self.label} left no checkpoint of step(s) {_ranges(missing)} (it holds "
-                f"{_ranges(sorted(self.records)) or 'none'}): the doctor asks for one after every step "
-                "(checkpoint_every=1); does the loop override it?"
-            )
-
-    def __getitem__(self, step: int) -> Mapping[str, Any]:
-        if self._cached is not None and self._cached[0] == step:
-            return self._cached[1]
-        import torch  # see the top
-
-        from trm_cluster.rundir.checkpoints import sha256_of
-
-        record = self.records[step]
-        path = self.run_dir / record.file
-        if not path.is_file() or path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
-            raise Untestable(f"{self.label}: checkpoint {record.file} is missing or fails its digest")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        sharded = [part["file"] for part in record.parts if part.get("sharded")]
-        if sharded:  # a sharded model and optimizer: compared as the full tensors their shards make up
-            from trm_cluster.state.sharded import read_full
-
-            payload["trainer"].update(read_full(self.run_dir / Path(sharded[0]).parent))
-        self._cached = (step, payload)
-        return payload  # type: ignore[no-any-return]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self.records))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
-def _ranges(steps: Sequence[int]) -> str:
-    """``1-3, 7`` for ``[1, 2, 3, 7]``."""
-    runs: list[list[int]] = []
-    for step in steps:
-        if runs and runs[-1][1] == step - 1:
-            runs[-1][1] = step
-        else:
-            runs.append([step, step])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def _status(run_dir: Path, label: str, steps: int) -> None:
     data = RunManifest(run_dir).read()
     if data.status != "completed" or data.step != steps:
@@ -345,6 +285,20 @@ def _status(run_dir: Path, label: str, steps: int) -> None:
 
 
 # -- the examination ----------------------------------------------------------------------------------
+
+
+def _import_beside_the_runs(module: str) -> threading.Thread:
+    """Import ``module`` (the comparison: torch) on a thread while the runs run, not after them. Started
+    once both runs are under way, so it does not compete with their interpreters' own imports. A failed
+    import is left to the import in the main thread, which raises it again."""
+
+    def quietly() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=quietly, name="doctor-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass
@@ -386,6 +340,7 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
         return done
 
     a_what = f"uninterrupted, steps 1..{n}"
+    comparison: threading.Thread | None = None
     try:
         if request.warm:  # each run its own warm interpreter, and so its own hash seed (doctor/warm.py)
             for run_dir in (run_a, run_b, run_c) if request.control else (run_a, run_b):
@@ -396,7 +351,9 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
         resumed_from = 0
         for stop in stops:
             label = "run B" if not resumed_from else "run B resumed"
-            finish(start(label, run_b, stop), EXIT_STOPPED, f"stopped after step {stop}")
+            b = start(label, run_b, stop)
+            comparison = comparison or _import_beside_the_runs("trm_cluster.doctor.compare")
+            finish(b, EXIT_STOPPED, f"stopped after step {stop}")
             if request.control and not resumed_from:  # the control resumes from the first stop too
                 shutil.copytree(run_b, run_c)
             resumed_from = stop
@@ -416,6 +373,8 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
             zygote.close()
     _status(run_a, "run A", n)
     _status(run_b, "run B", n)
+    if comparison is not None:
+        comparison.join()
     from trm_cluster.doctor.compare import compare_runs  # torch: imported while the runs ran (see the top)
 
     a_checkpoints, b_checkpoints = Checkpoints(run_a, "run A"), Checkpoints(run_b, "run B")
