@@ -17,6 +17,7 @@ from pathlib import Path
 
 import tyro
 
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.core.signals import preempt_signal
 from trm_cluster.rundir.manifest import ManifestError, RunManifest
 
@@ -50,6 +51,7 @@ def preempt(run_dir: Path, term: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_final_collections()
     args = tyro.cli(PreemptArgs, args=argv, prog="python -m trm_cluster.preempt")
     try:
         print(preempt(args.run_dir, args.term))

@@ -10,6 +10,7 @@ from pathlib import Path
 import tyro
 
 from trm_cluster.core.pipes import quiet_on_broken_pipe
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.ops import overview
 from trm_cluster.ops.report import render, run_status
 from trm_cluster.rundir.manifest import MANIFEST_NAME, ManifestError
@@ -30,6 +31,7 @@ class StatusArgs:
 
 @quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
+    skip_final_collections()
     args = tyro.cli(StatusArgs, args=argv, prog="python -m trm_cluster.status")
     folder = not (args.run_dir / MANIFEST_NAME).exists() and bool(overview.find_runs(args.run_dir))
     if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:

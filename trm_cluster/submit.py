@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from trm_cluster.core.pipes import quiet_on_broken_pipe
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.launch.launcher import launch
 from trm_cluster.launch.parse import parse
 from trm_cluster.launch.presets import PresetError
@@ -19,6 +20,7 @@ from trm_cluster.rundir.manifest import ManifestError
 @quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     """Parse, launch, and turn a refusal into one ``trm-submit: error:`` line and exit status 2."""
+    skip_final_collections()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return launch(parse(argv))

@@ -10,6 +10,7 @@ from pathlib import Path
 import tyro
 
 from trm_cluster.core.pipes import quiet_on_broken_pipe
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.ops.wandb_sync import (
     SyncError,
     SyncFailed,
@@ -36,6 +37,7 @@ class SyncArgs:
 
 @quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
+    skip_final_collections()
     args = tyro.cli(SyncArgs, args=argv, prog="python -m trm_cluster.sync")
     try:
         data = RunManifest(args.run_dir).read()

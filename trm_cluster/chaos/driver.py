@@ -29,6 +29,7 @@ import tyro
 
 from trm_cluster.chaos import procs as chaos_procs
 from trm_cluster.chaos.verify import Verdict, verify
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.core.workload import load_workload
 from trm_cluster.launch.presets import PresetError, load_preset
 from trm_cluster.rundir.atomic import PAUSE_ENV
@@ -345,6 +346,7 @@ def summary(tally: Tally, verdicts: list[Verdict], run_dir: Path, requested: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_final_collections()
     args = tyro.cli(ChaosArgs, args=argv, prog="python -m trm_cluster.chaos")
     root = (args.run_dir or Path("runs") / f"chaos-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     try:

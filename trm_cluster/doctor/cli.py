@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.doctor.errors import BadInput, Untestable
 from trm_cluster.doctor.runs import Loop, Outcome, PresetLoop, Request, ScriptLoop, examine
 from trm_cluster.rundir.manifest import ManifestError
@@ -289,6 +290,7 @@ def workspace(keep: Path | None) -> Iterator[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    skip_final_collections()
     started = time.monotonic()
     try:
         request = parse(sys.argv[1:] if argv is None else argv)

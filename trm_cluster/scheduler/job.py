@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import submitit
 
 from trm_cluster.core.job_context import JobContext
+from trm_cluster.core.process_exit import skip_final_collections
 from trm_cluster.core.rng import seed_everything
 from trm_cluster.core.signals import StopSignals, preempt_signal
 from trm_cluster.core.workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, load_workload
@@ -63,6 +64,7 @@ class SegmentedJob(submitit.helpers.Checkpointable):
         self.quiet = quiet
 
     def __call__(self) -> dict[str, Any]:
+        skip_final_collections()  # the job's process exits faster (core/process_exit.py)
         _configure_logging()
         while True:
             context = JobContext.detect()
