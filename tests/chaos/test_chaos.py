@@ -1,4 +1,5 @@
-"""The chaos tool end to end (a short run hit 8 times), and its verifier shown to fail on broken runs.
+"""The chaos tool end to end (a short run hit 6 times, one hit of each of six kinds), and its verifier
+shown to fail on broken runs.
 
 One real chaos run (regression preset, 100 steps, no W&B: each hit costs a process start) is shared by
 the tests of this file; the verifier's tests break a copy of it and expect the matching verdict to fail.
@@ -19,7 +20,10 @@ from trm_cluster.chaos import procs as chaos_procs
 from trm_cluster.chaos.driver import printed_progress, step_accounting
 from trm_cluster.chaos.verify import differences, final_payload, verify
 
-HITS = 8
+HITS = 6
+SEED = 409
+"""Its six hits are six kinds: usr2-twice, term, kill-in-checkpoint-write, kill-tree, kill-in-manifest-write,
+usr2-kill (seed 3's 8 hits were five kinds; these six took 27 s against about 42 s)."""
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,7 @@ def chaos_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("chaos")
     root = work / "chaos"
     result = cli(
-        "chaos", "--hits", str(HITS), "--steps", "100", "--no-wandb", "--seed", "3", "--run-dir", str(root),
+        "chaos", "--hits", str(HITS), "--steps", "100", "--no-wandb", "--seed", str(SEED), "--run-dir", str(root),
         cwd=work, timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
