@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from support import (
     wandb_history,
 )
 
+from trm_cluster import submit
 from trm_cluster.launch.runs import preemption_steps
 
 FAST = ("--preset", "regression", "--wandb-mode", "offline")
@@ -153,11 +155,19 @@ def _one_line_error(result, fragment: str) -> None:  # type: ignore[no-untyped-d
     ],
 )
 def test_bad_new_run_input_is_refused_with_one_line(
-    workdir: Path, args: tuple[str, ...], fragment: str
+    workdir: Path,
+    args: tuple[str, ...],
+    fragment: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result = cli("submit", *FAST[2:], "--executor", "debug", *args, cwd=workdir)
-    _one_line_error(result, fragment)
-    assert not (workdir / "runs").exists()
+    """In this process: the refusals are the parser's (a process of its own, with its exit status, is
+    the occupied directory's and the resumes' refusals below)."""
+    monkeypatch.chdir(workdir)
+    code = submit.main([*FAST[2:], "--executor", "debug", *args])
+    out, err = capsys.readouterr()
+    _one_line_error(subprocess.CompletedProcess(args, code, out, err), fragment)
+    assert code == 2 and out == "" and not (workdir / "runs").exists()
 
 
 @pytest.fixture
