@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# the test cluster starts beside the venv's set-up: neither needs the other
+slurm_log=$(mktemp)
+scripts/slurm-local.sh start > "$slurm_log" 2>&1 &
+slurm_pid=$!
+
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
@@ -18,7 +23,12 @@ mypy_log=$(mktemp)
 mypy > "$mypy_log" 2>&1 &
 mypy_pid=$!
 
-scripts/slurm-local.sh start
+slurm=0
+wait "$slurm_pid" || slurm=$?
+cat "$slurm_log"
+rm -f "$slurm_log"
+[ "$slurm" -ne 0 ] && exit "$slurm"
+echo "test cluster up: ${SECONDS} s"
 eval "$(scripts/slurm-local.sh env)"
 # two workers, one test file each at a time (a file's module fixtures are built once; the Slurm tests of
 # the test node are all in tests/scheduler/test_slurm.py, so they run one after another on it)
