@@ -8,6 +8,20 @@ import pytest
 
 pytest_plugins = ["pytester", "ci_guard"]  # ci_guard: Slurm tests and data files skip, or fail under CI=true
 
+LONGEST_FIRST = (
+    "scheduler/test_slurm.py", "scheduler/test_resume_local.py", "state/test_sharded.py",
+    "launch/test_submit_cli.py", "runtime/test_distributed.py", "runtime/test_hangs.py", "test_benchmarks.py",
+    "workloads/trm/test_trm_jobs.py", "scheduler/test_slurm_nodes.py", "runtime/test_own_loop.py",
+)  # fmt: skip
+"""The test files that take longest (CI's timings, 2026-12-06), started first: two workers take whole files
+(``-n 2 --dist loadfile``), and a long file started last leaves the other worker idle at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of LONGEST_FIRST first, in that order; the others after them, in collection order."""
+    first = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))
+
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
