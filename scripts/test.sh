@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# finish PID LOG: wait for a step started in the background, print its output; its exit status
+finish() {
+    local code=0
+    wait "$1" || code=$?
+    cat "$2"
+    rm -f "$2"
+    return "$code"
+}
+
 # the test cluster starts beside the venv's set-up: neither needs the other
 slurm_log=$(mktemp)
 scripts/slurm-local.sh start > "$slurm_log" 2>&1 &
@@ -23,11 +32,7 @@ mypy_log=$(mktemp)
 mypy > "$mypy_log" 2>&1 &
 mypy_pid=$!
 
-slurm=0
-wait "$slurm_pid" || slurm=$?
-cat "$slurm_log"
-rm -f "$slurm_log"
-[ "$slurm" -ne 0 ] && exit "$slurm"
+finish "$slurm_pid" "$slurm_log"
 echo "test cluster up: ${SECONDS} s"
 eval "$(scripts/slurm-local.sh env)"
 # two workers, one test file each at a time (a file's module fixtures are built once; the Slurm tests of
@@ -36,8 +41,6 @@ tests=0
 python -m pytest -n 2 --dist loadfile --durations=30 "$@" || tests=$?
 echo "tests done: ${SECONDS} s since the start"
 typed=0
-wait "$mypy_pid" || typed=$?
-cat "$mypy_log"
-rm -f "$mypy_log"
+finish "$mypy_pid" "$mypy_log" || typed=$?
 [ "$tests" -ne 0 ] && exit "$tests"
 exit "$typed"
