@@ -13,6 +13,7 @@ import pytest
 from support import REPO, clean_env
 
 from trm_cluster.core import process_exit
+from trm_cluster.rundir.manifest import ManifestError
 from trm_cluster.scheduler.job import TrainingJob
 
 PROBE = """
@@ -50,6 +51,6 @@ def test_every_command_registers_it(entry: str, monkeypatch: pytest.MonkeyPatch)
 
 def test_a_job_process_registers_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(process_exit, "_registered", False)
-    with pytest.raises(Exception):  # noqa: B017 (no run there: the job refuses; the hook is in already)
+    with pytest.raises(ManifestError, match="holds no run"):  # it refuses, the hook already in
         TrainingJob(tmp_path / "no-run")()
     assert process_exit._registered

@@ -2,7 +2,7 @@
 
 Why: while it unloads modules at exit, the interpreter runs full collections that walk every object
 alive. With torch imported, and ``torch._dynamo`` (constructing any optimizer imports it), that walk took
-0.7 s of CPU at each exit on this project's 2-core machine, against 0.15 s without it; every command and
+0.86 s of CPU at each exit on this project's 2-core machine, against 0.15 s without it; every command and
 job process paid it (the test suite starts hundreds). ``gc.freeze()`` as the last exit hook moves what is
 alive into the permanent generation, which those collections skip. Modules are still unloaded, the other
 exit hooks still run first (W&B's, logging's), and reference counting still frees and closes what it

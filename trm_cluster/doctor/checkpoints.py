@@ -1,4 +1,8 @@
-"""A doctor run's checkpoints by step, each verified against its manifest digest and loaded when asked."""
+"""What the doctor compares: a run's checkpoints read back from its manifest.
+
+torch is imported when the first checkpoint is loaded, not with this module: the doctor answers a bad
+request before the seconds torch takes (doctor/runs.py).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ class Checkpoints(Mapping[int, Mapping[str, Any]]):
     def __getitem__(self, step: int) -> Mapping[str, Any]:
         if self._cached is not None and self._cached[0] == step:
             return self._cached[1]
-        import torch  # see the top
+        import torch  # here, not at the top: see the module's docstring
 
         from trm_cluster.rundir.checkpoints import sha256_of
 

@@ -43,8 +43,8 @@ from trm_cluster.runtime.plan import (
 if TYPE_CHECKING:
     from trm_cluster.doctor.compare import Verdict
 
-# The launch side (launch/runs.py), the comparison (compare.py) and the checkpoints' reader import torch:
-# they are imported where they are used, so a bad request is answered before the seconds torch takes.
+# The launch side (launch/runs.py), the comparison (compare.py) and the checkpoints' reader (checkpoints.py)
+# import torch: they are imported where they are used, so a bad request is answered before torch's seconds.
 
 TAIL_LINES = 25
 
@@ -352,7 +352,8 @@ def examine(request: Request, work: Path, say: Any = print) -> Outcome:
         for stop in stops:
             label = "run B" if not resumed_from else "run B resumed"
             b = start(label, run_b, stop)
-            comparison = comparison or _import_beside_the_runs("trm_cluster.doctor.compare")
+            if comparison is None:  # run A and run B are under way (their interpreters warm)
+                comparison = _import_beside_the_runs("trm_cluster.doctor.compare")
             finish(b, EXIT_STOPPED, f"stopped after step {stop}")
             if request.control and not resumed_from:  # the control resumes from the first stop too
                 shutil.copytree(run_b, run_c)
