@@ -400,6 +400,20 @@ all_slurmds_alive() {
   for d in "${SLURMDS[@]}"; do alive "$d" || return 1; done
 }
 
+# a_slurmd_died: some slurmd's pidfile names a process that is gone. A pidfile not written yet is a slurmd
+# still daemonizing (its parent returns first; CI, loaded, once looked before the file was there and
+# called a healthy slurmd dead), so only a written pidfile can say it died.
+a_slurmd_died() {
+  local d pid
+  for d in "${SLURMDS[@]}"; do
+    [[ -s ${PIDFILE[$d]} ]] || continue
+    alive "$d" && continue
+    pid=$(tr -dc '0-9' <"${PIDFILE[$d]}")
+    [[ -n $pid ]] && return 0
+  done
+  return 1
+}
+
 node_state() { sinfo -h -N -n "${1:-$NODE}" -o '%T' 2>/dev/null | head -n 1; }
 
 node_up() {
@@ -415,7 +429,7 @@ wait_node() {
 wait_one_node() {
   local node=$1 deadline=$((SECONDS + WAIT_S)) resumed=0 st
   while ! node_up "$node"; do
-    all_slurmds_alive || fail_start "slurmd exited (node state: $(node_state "$node"))"
+    a_slurmd_died && fail_start "slurmd exited (node state: $(node_state "$node"))"
     st=$(node_state "$node")
     # A node left down/drained by an earlier run: slurmd is up and registered, so resume it once.
     if ((!resumed)) && [[ $st =~ ^(down|drained|draining)$ ]] && ((SECONDS + WAIT_S - deadline > 5)); then

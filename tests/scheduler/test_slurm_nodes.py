@@ -7,6 +7,7 @@ nodes, never to the single-node test cluster whose tests depend on what else hol
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,23 @@ def free_port_base(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports in 7817-9816")
 
 
+def slow_to_daemonize_slurmd(folder: Path) -> Path:
+    """A ``slurmd`` first on PATH that returns at once and starts the real one a second later: a daemon
+    whose pidfile is not there yet when its launcher has returned, as CI's loaded machine once had it
+    (the start then called a healthy slurmd dead). ``slurmd -C`` (the node's hardware) passes through."""
+    real = shutil.which("slurmd")
+    assert real, "slurmd is not installed"
+    folder.mkdir()
+    wrapper = folder / "slurmd"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" -C "*) exec {real} "$@" ;; esac\n'
+        f'(sleep 1; exec {real} "$@") </dev/null >/dev/null 2>&1 &\n'
+    )
+    wrapper.chmod(0o755)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def two_node_slurm() -> Iterator[dict[str, str]]:
     """``TRM_SLURM_NODES=2 scripts/slurm-local.sh start``: nodes n1 and n2 on this host, one slurmd each,
@@ -62,8 +80,13 @@ def two_node_slurm() -> Iterator[dict[str, str]]:
         "TRM_SLURM_PORT_BASE": str(free_port_base(5)),  # slurmctld, slurmd n1, slurmdbd, MariaDB, slurmd n2
     }
     script = str(REPO / "scripts" / "slurm-local.sh")
-    started = subprocess.run(
-        [script, "start"], env=clean_env(**knobs), capture_output=True, text=True, timeout=600
+    slow = slow_to_daemonize_slurmd(Path(state) / "slow-bin")
+    started = subprocess.run(  # the slow slurmd is this start's own test, below
+        [script, "start"],
+        env=clean_env(**knobs, PATH=f"{slow}:{os.environ['PATH']}"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -83,6 +106,17 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
                "--run-dir", str(run_dir), cwd=run_dir.parent)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return run_dir
+
+
+def test_the_start_waits_for_slurmds_whose_pidfiles_come_late(two_node_slurm: dict[str, str]) -> None:
+    """The fixture started this cluster with ``slow_to_daemonize_slurmd`` first on PATH and asserted that
+    the start succeeded; here both nodes answer, each served by its own slurmd."""
+    listed = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N %T"], env=clean_env(**two_node_slurm), capture_output=True, text=True
+    )
+    states = dict(line.split() for line in listed.stdout.splitlines())
+    assert set(states) == {"n1", "n2"}, listed.stdout + listed.stderr
+    assert all(state in ("idle", "mixed", "allocated") for state in states.values()), states
 
 
 def test_the_master_address_of_a_node_name_that_is_no_host_name_is_its_node_addr(
