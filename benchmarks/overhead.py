@@ -33,7 +33,8 @@ from trm_cluster.rundir.creation import create_run
 from trm_cluster.rundir.manifest import RunManifest
 from trm_cluster.runtime.plan import SegmentEnded, SessionPlan
 from trm_cluster.runtime.session import Session
-from trm_cluster.scheduler.job import TrainingJob, build_trainer
+from trm_cluster.scheduler.job import TrainingJob
+from trm_cluster.scheduler.trainer_segment import build_trainer
 from trm_cluster.workloads.regression import REGRESSION, RegressionConfig
 
 WORKLOAD = "trm_cluster.workloads.regression:REGRESSION"

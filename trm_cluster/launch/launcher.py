@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trm_cluster.launch import sweep
-from trm_cluster.launch.fork import fork_advice, fork_run
+from trm_cluster.launch.fork import fork_advice
 from trm_cluster.launch.request import Fork, Launch, NewRun, Request, Resume, Sweep, SweepResume
 from trm_cluster.launch.runs import LOG_DIR, follow, preemption_steps, resume_run, submit
 from trm_cluster.rundir.creation import create_run
@@ -69,6 +69,9 @@ def _resume(request: Resume) -> int:
 
 def _fork(request: Fork) -> int:
     """A new run from another run's checkpoint (fork.py); the parent is only read."""
+    # here, not at the top: only a fork reads and writes checkpoints in this process (torch)
+    from trm_cluster.launch.fork_state import fork_run
+
     launch, step = request.launch, request.step
     if launch.dry_run:
         return _dry_run(launch.executor, request.config, request.run_dir)

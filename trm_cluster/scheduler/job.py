@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,9 +26,7 @@ import submitit
 
 from trm_cluster.core.job_context import JobContext
 from trm_cluster.core.process_exit import skip_final_collections
-from trm_cluster.core.rng import seed_everything
 from trm_cluster.core.signals import StopSignals, preempt_signal
-from trm_cluster.core.workload import Evaluates, FollowsTotalSteps, TrainContext, Trainer, load_workload
 from trm_cluster.rundir.manifest import RunManifest
 from trm_cluster.runtime.plan import (
     EXIT_STOPPED,
@@ -39,7 +37,6 @@ from trm_cluster.runtime.plan import (
     stop_after_from_env,
 )
 from trm_cluster.runtime.retries import after_failure
-from trm_cluster.runtime.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -203,48 +200,10 @@ class TrainingJob(SegmentedJob):
     """The Trainer-protocol doorway: a workload's trainer, driven step by step through the session."""
 
     def run_segment(self, plan: SessionPlan) -> dict[str, Any]:
-        data = RunManifest(plan.run_dir).read()
-        with Session(plan) as run:
-            trainer = build_trainer(data.workload, data.config["job"], run)
-            run.restore_trainer(trainer)
-            if run.total_steps_changed and isinstance(trainer, FollowsTotalSteps):
-                trainer.total_steps_changed(*run.total_steps_changed)
-            total, eval_every = run.total_steps, run.config.eval_every
-            for step in run.steps():
-                run.log({f"train/{k}": v for k, v in trainer.train_step(step).items()})
-                if eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
-                    run.log_now(evaluate(trainer, step + 1))
-            # a doctor's run ends here: its comparison ends at the last checkpoint, saved before this
-            final = {} if data.launch.get("doctor") else evaluate(trainer, run.step)
-            if final:
-                run.log_now(final)
-                _say(plan.quiet, "[trm_cluster] eval: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()))
-        return run.summary
+        # imported here, in the job's process: `submit` pickles this class without loading torch
+        from trm_cluster.scheduler.trainer_segment import run_trainer_segment
 
-
-def build_trainer(workload_ref: str, job_config: Mapping[str, Any], run: Session) -> Trainer:
-    """Seed every stream with the run's seed, then build the workload's trainer for this run."""
-    workload = load_workload(workload_ref)
-    config = workload.config_from_dict(job_config)
-    seed_everything(run.config.seed)
-    context = run.plan.context
-    return workload.build(
-        config,
-        TrainContext(
-            seed=run.config.seed,
-            total_steps=run.total_steps,
-            run_dir=run.run_dir,
-            rank=context.global_rank,
-            world_size=context.world_size,
-            log_every=run.config.log_every,
-        ),
-    )
-
-
-def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
-    if not isinstance(trainer, Evaluates):
-        return {}
-    return {f"eval/{k}": float(v) for k, v in trainer.evaluate(step).items()}
+        return run_trainer_segment(plan)
 
 
 def _say(quiet: bool, line: str) -> None:

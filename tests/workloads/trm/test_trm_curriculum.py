@@ -14,7 +14,8 @@ from trm_cluster.workloads.trm.curriculum import (
     CurriculumConfig,
     build_curriculum,
 )
-from trm_cluster.workloads.trm.spectra import TOKEN_INDEX, generate_batch, step_generator
+from trm_cluster.workloads.trm.peptides import TOKEN_INDEX
+from trm_cluster.workloads.trm.spectra import generate_batch, step_generator
 from trm_cluster.workloads.trm.trainer import TRAIN_STREAM
 
 

@@ -9,22 +9,20 @@ import pytest
 import torch
 
 from trm_cluster.workloads.trm.curriculum import CurriculumConfig, build_curriculum
-from trm_cluster.workloads.trm.spectra import (
+from trm_cluster.workloads.trm.peptides import (
     H2O,
     PROTON,
     RESIDUE_MASSES,
     UnknownResidueError,
     b_ions,
-    generate_batch,
     neutral_mass,
     parse_sequence,
     peptide_mass,
     precursor_mz,
-    read_mgf,
-    step_generator,
     tokens_to_residues,
     y_ions,
 )
+from trm_cluster.workloads.trm.spectra import generate_batch, read_mgf, step_generator
 
 
 def test_masses_by_hand() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from trm_cluster.workloads.trm.spectra import DataSettings
+from trm_cluster.workloads.trm.peptides import DataSettings
 
 EASY_ALPHABET: tuple[str, ...] = ("G", "A", "S", "P", "V", "T")
 MEDIUM_ALPHABET: tuple[str, ...] = (*EASY_ALPHABET, "L", "N", "D", "E", "K", "F")

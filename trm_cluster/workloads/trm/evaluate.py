@@ -25,7 +25,8 @@ from trm_cluster.workloads.trm.metrics import (
     sequence_metrics,
 )
 from trm_cluster.workloads.trm.model import TinyRecursiveModel, build_model
-from trm_cluster.workloads.trm.spectra import batch_from_spectra, read_mgf, tokens_to_residues
+from trm_cluster.workloads.trm.peptides import tokens_to_residues
+from trm_cluster.workloads.trm.spectra import batch_from_spectra, read_mgf
 
 __all__ = [
     "EvaluateArgs",

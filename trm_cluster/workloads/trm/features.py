@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trm_cluster.workloads.trm.spectra import H2O, PROTON, RESIDUE_MASSES, SpectrumBatch, mass_table
+from trm_cluster.workloads.trm.peptides import H2O, PROTON, RESIDUE_MASSES
+from trm_cluster.workloads.trm.spectra import SpectrumBatch, mass_table
 
 ION_KINDS: tuple[str, ...] = ("b1", "y1", "b2", "y2", "y_suffix", "b_suffix")
 CANDIDATE_FEATURES = len(ION_KINDS) + 2  # + completes the precursor, + impossible

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trm_cluster.workloads.trm.spectra import H2O, mass_table
+from trm_cluster.workloads.trm.peptides import H2O
+from trm_cluster.workloads.trm.spectra import mass_table
 
 
 @dataclass(frozen=True)

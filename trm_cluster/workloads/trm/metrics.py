@@ -17,13 +17,8 @@ from trm_cluster.workloads.trm.config import TRMConfig
 from trm_cluster.workloads.trm.curriculum import build_curriculum
 from trm_cluster.workloads.trm.features import spectrum_features
 from trm_cluster.workloads.trm.model import TinyRecursiveModel
-from trm_cluster.workloads.trm.spectra import (
-    RESIDUE_MASSES,
-    SpectrumBatch,
-    generate_batch,
-    step_generator,
-    tokens_to_residues,
-)
+from trm_cluster.workloads.trm.peptides import RESIDUE_MASSES, tokens_to_residues
+from trm_cluster.workloads.trm.spectra import SpectrumBatch, generate_batch, step_generator
 
 EVAL_STREAM = 2
 CUM_MASS_TOL = 0.5

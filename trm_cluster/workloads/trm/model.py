@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from trm_cluster.workloads.trm.config import TRMConfig
 from trm_cluster.workloads.trm.features import feature_size
-from trm_cluster.workloads.trm.spectra import VOCAB
+from trm_cluster.workloads.trm.peptides import VOCAB
 
 Featurizer = Callable[[Tensor], Tensor]
 """Maps an answer (B, L) of token ids to input features (B, L, F)."""

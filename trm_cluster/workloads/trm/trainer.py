@@ -27,12 +27,7 @@ from trm_cluster.workloads.trm.features import spectrum_features
 from trm_cluster.workloads.trm.losses import supervision_loss
 from trm_cluster.workloads.trm.metrics import batch_metrics, evaluation_set, predict
 from trm_cluster.workloads.trm.model import build_model, count_parameters
-from trm_cluster.workloads.trm.spectra import (
-    PAD_MZ,
-    SpectrumBatch,
-    generate_batch,
-    step_generator,
-)
+from trm_cluster.workloads.trm.spectra import PAD_MZ, SpectrumBatch, generate_batch, step_generator
 
 STATE_FORMAT = 1
 TRAIN_STREAM = 1
