@@ -1,4 +1,4 @@
-"""The regression workload's trainer (``workloads/regression.py`` has its config): model, optimizer,
+"""The regression example's trainer (``config.py`` has its settings): model, optimizer,
 LR schedule, EMA weights, an AMP grad scaler, a curriculum and a DataLoader whose position is saved.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,9 +16,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from trm_cluster.core.signals import ignore_stop_signals
 from trm_cluster.core.workload import TrainContext
-
-if TYPE_CHECKING:  # at run time the config arrives built; importing its module back would be a cycle
-    from trm_cluster.workloads.regression import RegressionConfig
+from trm_cluster.workloads.regression.config import RegressionConfig
 
 
 class EpochSampler(Sampler[int]):
