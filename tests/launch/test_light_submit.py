@@ -8,12 +8,19 @@ module-level torch import that creeps back onto the path fails by name.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from support import clean_env
+import pytest
+import torch
+from support import clean_env, manifest, status_json
+
+from trm_cluster.core.digest import weights_sha256
+from trm_cluster.rundir.manifest import RunManifest
 
 BLOCK_TORCH = textwrap.dedent(
     """
@@ -39,14 +46,45 @@ def run_without_torch(module: str, *args: str, cwd: Path) -> subprocess.Complete
     )  # fmt: skip
 
 
-def test_submit_hands_a_run_to_the_local_executor_without_importing_torch(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def light_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A whole local run, submitted and waited for by a process that cannot import torch; the job's
     process (the executor's child) imports it and trains to the end."""
-    run_dir = tmp_path / "run"
+    workdir = tmp_path_factory.mktemp("light")
+    run_dir = workdir / "run"
     args = ("--preset", "regression", "--executor", "local", "--no-wandb", "--steps", "3", "--wait")
-    done = run_without_torch("trm_cluster.submit", *args, "--run-dir", str(run_dir), cwd=tmp_path)
+    done = run_without_torch("trm_cluster.submit", *args, "--run-dir", str(run_dir), cwd=workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "run completed at step 3/3" in done.stdout, done.stdout + done.stderr
+    return run_dir
+
+
+def test_submit_hands_a_run_to_the_local_executor_without_importing_torch(light_run: Path) -> None:
+    assert manifest(light_run)["status"] == "completed"
+
+
+def test_status_shows_the_final_weights_digest_without_loading_a_checkpoint(
+    light_run: Path, tmp_path: Path
+) -> None:
+    """The digest is recorded with the final checkpoint: ``status`` (torch unimportable) shows the digest
+    of the weights in that file. A run still training shows none rather than reading its checkpoint; a
+    run completed before the digest was recorded still gets it, from the file."""
+    final = manifest(light_run)["checkpoints"][-1]
+    expected = weights_sha256(torch.load(light_run / final["file"], weights_only=True)["model"])
+    shown = run_without_torch("trm_cluster.status", str(light_run), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["weights_sha256"] == expected
+
+    older = tmp_path / "older"
+    shutil.copytree(light_run, older)
+    with RunManifest(older).update() as data:
+        data.checkpoints[-1].weights_sha256 = None
+    assert status_json(older, tmp_path)["weights_sha256"] == expected  # from the file
+    with RunManifest(older).update() as data:
+        data.status = "running"
+    shown = run_without_torch("trm_cluster.status", str(older), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["weights_sha256"] is None
 
 
 def test_the_trm_preset_and_every_command_parse_without_torch(tmp_path: Path) -> None:

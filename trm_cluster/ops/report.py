@@ -28,7 +28,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "segments": data.to_dict()["segments"],
         "checkpoints": [vars(c) for c in data.checkpoints],
         "config_changes": [vars(c) for c in data.config_changes],
-        "weights_sha256": _latest_weights_digest(run_dir, data),
+        "weights_sha256": _final_weights_digest(run_dir, data),
         "forked_from": vars(data.forked_from) if data.forked_from else None,
         "goodput": goodput(data).as_dict(),
         "last_step_age_s": None if alive.last_step_age_s is None else round(alive.last_step_age_s, 1),
@@ -47,16 +47,22 @@ def _queue(data: ManifestData) -> dict[str, Any]:
     return {"queue": state.as_dict() if state else None, "queue_error": why}
 
 
-def _latest_weights_digest(run_dir: Path, data: ManifestData) -> str | None:
+def _final_weights_digest(run_dir: Path, data: ManifestData) -> str | None:
+    """The final checkpoint's weights digest, as recorded when it was saved. A run still training has none
+    (its checkpoint is not read: it may hold gigabytes); one completed before the digest was recorded
+    gets it from its file, as every run once did."""
     if not data.checkpoints:
         return None
-    import torch  # only a run with a checkpoint pays for it: `status --help`, a folder's overview do not
+    final = data.checkpoints[-1]
+    if final.weights_sha256 is not None or data.status != "completed":
+        return final.weights_sha256
+    import torch  # only an older completed run pays for it: `status` of any other run never imports torch
 
     from trm_cluster.core.digest import weights_sha256  # torch too
 
-    if any(part.get("sharded") for part in data.checkpoints[-1].parts):
+    if any(part.get("sharded") for part in final.parts):
         return None  # the weights are shards in the step's DCP directory: each file's digest is listed
-    path = run_dir / data.checkpoints[-1].file
+    path = run_dir / final.file
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:

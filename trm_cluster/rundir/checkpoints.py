@@ -185,6 +185,16 @@ class CheckpointStore:
             for folder in {Path(part["file"]).parent for part in old.parts if part.get("sharded")}:
                 shutil.rmtree(self.run_dir / folder, ignore_errors=True)  # the step's DCP directory
 
+    def record_weights_digest(self, step: int, digest: str) -> None:
+        """Note the model weights' sha256 in the record of ``step`` (the run's final checkpoint): ``status``
+        then shows it without loading a file that may hold gigabytes."""
+        with self.manifest.update() as data:
+            if self.holder is not None:
+                ensure_held(data, self.holder)
+            for record in data.checkpoints:
+                if record.step == step:
+                    record.weights_sha256 = digest
+
     def _retire(self, file: str, rank: int) -> None:
         """A dropped checkpoint file becomes its rank's spare (:func:`spare_name`), or is deleted."""
         path, spare = self.run_dir / file, self.directory / spare_name(rank)

@@ -151,6 +151,9 @@ class CheckpointRecord:
     """The other ranks' own state (RNG streams, data position): ``{"rank", "file", "bytes", "sha256"}``
     each, written before this record was published; with ``"sharded": true``, a file of the step's DCP
     directory (sharded state, written by every rank)."""
+    weights_sha256: str | None = None
+    """The sha256 of the model's weights (``core/digest.py``), recorded with the run's final checkpoint, so
+    that ``status`` shows it without loading the file; None on other checkpoints and for sharded state."""
 
     @property
     def world_size(self) -> int:

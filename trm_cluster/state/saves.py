@@ -143,6 +143,7 @@ class SavePath:
             self.sync_save_s = time.perf_counter() - began
         if step >= self._total_steps and shared is not None and not sharded:  # sharded: in the DCP files
             self.final_digest = weights_sha256(shared["model"])
+            self.store.record_weights_digest(step, self.final_digest)
 
     def save_or_report(self, step: int, background: bool = False) -> bool:
         """A periodic or stop-time save whose write fails (disk full, quota: OSError) is reported in the log
