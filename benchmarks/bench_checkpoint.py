@@ -62,6 +62,16 @@ def measure(root: Path, megabytes: float, repeats: int) -> list[Figure]:
         stall.append(time.perf_counter() - began)
         saver.wait()
 
+    def copy_all_threads() -> float:
+        """The stall's copy with one intra-op thread per core, as a training process has by default (the
+        suite pins one thread, run.py): the copy is memory-bound, so this is the floor on this machine."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            return timed(lambda: snapshot_copy({"main": state}, saver.buffers).wait())
+        finally:
+            torch.set_num_threads(threads)
+
     def torch_save() -> None:
         torch.save(state, plain)
 
@@ -85,6 +95,7 @@ def measure(root: Path, megabytes: float, repeats: int) -> list[Figure]:
         {
             "sync": lambda: timed(ours_sync),
             "async_total": lambda: timed(ours_async),
+            "copy_all_threads": copy_all_threads,
             "torch_save": lambda: timed(torch_save),
             "torch_save_fsync": lambda: timed(torch_save_fsync),
             "raw": lambda: timed(raw_write),
@@ -105,6 +116,12 @@ def measure(root: Path, megabytes: float, repeats: int) -> list[Figure]:
             [1e3 * t for t in copying],
             "ms",
             "snapshot_copy alone; the rest is staging and the hand-off to the writer thread",
+        ),
+        figure(
+            f"save {size}: ours, background: the copy with a thread per core",
+            [1e3 * t for t in results["copy_all_threads"]],
+            "ms",
+            "snapshot_copy with torch's default threads (a training process's); the other figures use one",
         ),
         figure(
             f"save {size}: ours, background: total",
