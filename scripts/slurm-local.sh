@@ -126,17 +126,23 @@ wait_for() {
   done
 }
 
+# died NAME: NAME's pidfile is written and names a process that is gone. A pidfile not written yet is a
+# daemon still starting (a forking daemon's launcher returns before the daemon writes it), not a dead one.
+died() {
+  local pid
+  [[ -s ${PIDFILE[$1]} ]] || return 1
+  pid=$(tr -dc '0-9' <"${PIDFILE[$1]}")
+  [[ -n $pid ]] && ! proc_live "$pid"
+}
+
 # wait_up SECONDS NAME CMD... : like wait_for, but give up early once NAME's process has died
 # (its pidfile names a dead process, or DAEMON_BG_PID, the launcher's child for non-forking daemons, is gone).
 DAEMON_BG_PID=
 wait_up() {
-  local deadline=$((SECONDS + $1)) name=$2 pid; shift 2
+  local deadline=$((SECONDS + $1)) name=$2; shift 2
   until "$@" >/dev/null 2>&1; do
     if [[ -n $DAEMON_BG_PID ]] && ! proc_live "$DAEMON_BG_PID"; then return 1; fi
-    if [[ -s ${PIDFILE[$name]} ]]; then
-      pid=$(tr -dc '0-9' <"${PIDFILE[$name]}")
-      [[ -n $pid ]] && ! proc_live "$pid" && return 1
-    fi
+    died "$name" && return 1
     ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
@@ -400,17 +406,11 @@ all_slurmds_alive() {
   for d in "${SLURMDS[@]}"; do alive "$d" || return 1; done
 }
 
-# a_slurmd_died: some slurmd's pidfile names a process that is gone. A pidfile not written yet is a slurmd
-# still daemonizing (its parent returns first; CI, loaded, once looked before the file was there and
-# called a healthy slurmd dead), so only a written pidfile can say it died.
+# a_slurmd_died: some slurmd has died (see died: CI, loaded, once looked before a slurmd's pidfile was
+# written and called a healthy slurmd dead).
 a_slurmd_died() {
-  local d pid
-  for d in "${SLURMDS[@]}"; do
-    [[ -s ${PIDFILE[$d]} ]] || continue
-    alive "$d" && continue
-    pid=$(tr -dc '0-9' <"${PIDFILE[$d]}")
-    [[ -n $pid ]] && return 0
-  done
+  local d
+  for d in "${SLURMDS[@]}"; do died "$d" && return 0; done
   return 1
 }
 
